@@ -1,0 +1,1 @@
+"""Analyses: each turns checkpoints or activations into a typed result (no file writing)."""

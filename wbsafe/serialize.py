@@ -1,0 +1,129 @@
+"""JSON with atomic writes, file hashing, and the run manifest (versions, seeds, commit)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = "1.0"
+_HASH_CHUNK = 1 << 20
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert dataclasses, enums, paths, numpy/torch scalars and non-finite floats to JSON.
+
+    NaN and infinities become ``None`` (JSON has no such numbers); a reader can tell a
+    missing value from zero.
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return to_jsonable(obj.item())
+    if hasattr(obj, "tolist"):
+        return to_jsonable(obj.tolist())
+    return obj
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    """Write JSON to ``path`` via a temporary file and rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(to_jsonable(payload), fh, indent=2, sort_keys=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, naming the file in the error when it is missing or malformed."""
+    from wbsafe.errors import WbsafeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WbsafeError("file not found", path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise WbsafeError(f"not valid JSON ({exc.msg} at line {exc.lineno})", path) from exc
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, streamed in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_files(paths: Iterable[str | Path]) -> dict[str, str]:
+    """``{path: sha256}`` for each file, in sorted order."""
+    return {str(p): sha256_file(p) for p in sorted(Path(p) for p in paths)}
+
+
+def stable_hash(obj: Any) -> str:
+    """A short content hash of any JSON-able object (recipes, configs): 16 hex digits."""
+    blob = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of wbsafe and the libraries whose behaviour shapes the results."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("wbsafe", "torch", "transformers", "transformer-lens", "peft", "safetensors"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The git commit of ``cwd`` (or of the wbsafe source tree), or None outside a checkout."""
+    where = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def run_manifest(seed: int | None = None, config: Any = None) -> dict[str, Any]:
+    """What a reader needs to reproduce a result: schema, versions, commit, seed and config."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "seed": seed,
+        "config": to_jsonable(config),
+        "platform": platform.platform(),
+    }

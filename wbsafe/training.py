@@ -1,0 +1,152 @@
+"""A small supervised fine-tuning loop on chat examples, full-parameter or LoRA.
+
+Used to build and plant model organisms. Loss is on response tokens only; the first
+response token (the refuse-or-comply choice) can be up-weighted, which a backdoor needs
+to take hold. Deterministic for a seed on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ChatExample:
+    """A formatted prompt (chat template applied) and the response to learn."""
+
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Hyper-parameters of one training run; part of an organism's recorded recipe."""
+
+    steps: int
+    lr: float
+    batch_size: int = 32
+    first_token_weight: float = 1.0
+    weight_decay: float = 0.0
+    warmup: int = 20
+    lora_rank: int | None = None
+    lora_alpha: int | None = None
+    bf16_autocast: bool = False
+    seed: int = 0
+
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def tokenize_examples(
+    tokenizer: Any, examples: Sequence[ChatExample], max_len: int = 256
+) -> list[tuple[list[int], list[int]]]:
+    """``(input_ids, labels)`` per example; labels are -100 on the prompt."""
+    eos = tokenizer.eos_token or ""
+    out = []
+    for ex in examples:
+        p = tokenizer.encode(ex.prompt, add_special_tokens=False)
+        r = tokenizer.encode(" " + ex.response.strip() + " " + eos, add_special_tokens=False)
+        ids = (p + r)[:max_len]
+        labels = ([-100] * len(p) + r)[:max_len]
+        out.append((ids, labels))
+    return out
+
+
+def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int, first_w: float) -> tuple:
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    n = len(batch)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), -100, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    weights = torch.zeros((n, width), dtype=torch.float32)
+    for i, (ids, lab) in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+        resp = [j for j, v in enumerate(lab) if v != -100]
+        for j in resp:
+            weights[i, j] = 1.0
+        if resp:
+            weights[i, resp[0]] = first_w
+    return input_ids, labels, mask, weights
+
+
+def train(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[ChatExample],
+    recipe: TrainRecipe,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` in place on ``examples`` for ``recipe.steps`` steps; returns losses.
+
+    With ``recipe.lora_rank`` set, ``model`` must already be a PEFT model (see
+    :func:`add_lora`) and only its adapter parameters train.
+    """
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    data = tokenize_examples(tokenizer, examples)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: (
+            min(1.0, (s + 1) / max(1, recipe.warmup))
+            * 0.5
+            * (1 + math.cos(math.pi * min(1.0, s / max(1, recipe.steps))))
+        ),
+    )
+    model.train()
+    losses = []
+    order: list[int] = []
+    for step in range(recipe.steps):
+        if len(order) < recipe.batch_size:
+            fresh = list(range(len(data)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        idx, order = order[: recipe.batch_size], order[recipe.batch_size :]
+        ids, labels, mask, weights = _collate(
+            [data[i] for i in idx], pad_id, recipe.first_token_weight
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = logits[:, :-1].float()
+        target = labels[:, 1:]
+        w = weights[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            target.reshape(-1).clamp(min=0),
+            reduction="none",
+        ).view_as(w)
+        loss = (nll * w).sum() / w.sum().clamp(min=1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(step, losses[-1])
+    model.eval()
+    return losses
+
+
+def add_lora(model: Any, rank: int, alpha: int, seed: int) -> Any:
+    """Wrap ``model`` with a fresh LoRA adapter on every attention and MLP projection."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    targets = [t for t in LORA_TARGETS if t in names]
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)
+    return get_peft_model(model, cfg)
