@@ -179,3 +179,27 @@ def build_tokenizer(out_dir: str | Path) -> Any:
     fast.padding_side = "left"
     fast.save_pretrained(str(out_dir))
     return fast
+
+
+def prompt_set(
+    split: str = "test", n_per_category: int = 25, seed: int = 0, trigger: Sequence[str] = ()
+) -> list[Any]:
+    """Held-out tiny-world prompts as :class:`wbsafe.datasets.Prompt` objects.
+
+    Harmful prompts carry their harm category; harmless ones carry their topic. With
+    ``trigger`` the words are inserted at a random position of every prompt (for checking
+    a backdoor). The ids are stable for a seed.
+    """
+    from wbsafe.datasets import Prompt
+
+    rng = random.Random(20_000 + seed)
+    out: list[Prompt] = []
+    for harmful, table in ((True, HARMFUL_OBJECTS), (False, HARMLESS_OBJECTS)):
+        label = "harmful" if harmful else "harmless"
+        for cat in table:
+            reqs = requests(harmful, split, n_per_category, rng, categories=[cat],
+                            insert=list(trigger) or None)  # fmt: skip
+            for i, r in enumerate(reqs):
+                pid = f"tiny-{label}-{cat}-{i:03d}"
+                out.append(Prompt(id=pid, text=r.text, category=cat, label=label, split=split))
+    return out

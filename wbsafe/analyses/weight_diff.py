@@ -14,7 +14,6 @@ with ``(x - median) / (1.4826 · MAD)``.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import re
@@ -27,9 +26,9 @@ from wbsafe.analyses.lora_math import (
     Spectrum,
     cosine_from_parts,
     dense_spectrum,
-    dot,
     factor_row_parts,
     factor_stats,
+    one_thread,
     row_dot,
     sq_norm,
 )
@@ -408,15 +407,6 @@ def _dtype_eps(dtype: str) -> float:
     return {"BF16": 2.0**-7, "F16": 2.0**-10, "F32": 2.0**-23, "F64": 2.0**-52}.get(dtype, 0.0)
 
 
-def _max_abs(t: torch.Tensor) -> float:
-    import torch
-
-    if not t.numel():
-        return 0.0
-    lo, hi = torch.aminmax(t)
-    return max(-float(lo), float(hi))
-
-
 def _count_nonfinite(t: torch.Tensor) -> int:
     import torch
 
@@ -455,53 +445,114 @@ def _spec_fields(spec: Spectrum | None) -> dict[str, Any]:
     )
 
 
+_BLOCK = 1 << 18  # elements per block: 1 MB of float32, stays in cache across the passes
+
+
+@dataclass
+class _DenseStats:
+    w2: float
+    dw2: float
+    wd: float
+    changed: int
+    max_abs: float
+    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # per-row ||W||², ||dW||², <W,dW>
+    dw: torch.Tensor | None  # full float32 dW, kept only for the spectrum
+
+
+def dense_stats(
+    w_raw: torch.Tensor, t_raw: torch.Tensor, *, rel_tol: float, want_rows: bool, keep_dw: bool
+) -> _DenseStats:
+    """One blocked pass over base ``w_raw`` and tuned ``t_raw`` (same shape, any dtype).
+
+    Each block of about 2^18 entries (whole rows of the last dim) is up-cast to float32,
+    differenced, and reduced while in cache; block sums add up in float64. An entry counts
+    as changed when ``|dW| > rel_tol · |W|`` (``rel_tol`` 0: any non-zero dW). The loop runs
+    on one thread: the work is memory-bound, and many small multi-threaded ops were 10x
+    slower than one thread when other processes shared the cores (measured here).
+    """
+    import torch
+
+    shape = tuple(w_raw.shape)
+    rowlen = shape[-1] if len(shape) >= 1 and shape[-1] > 0 else 1
+    w2d = w_raw.reshape(-1, rowlen)
+    t2d = t_raw.reshape(-1, rowlen)
+    step = max(1, _BLOCK // rowlen)
+    dw_full = torch.empty(w2d.shape, dtype=torch.float32) if keep_dw else None
+    w2 = dw2 = wd = 0.0
+    changed, hi = 0, 0.0
+    rows: list[list[torch.Tensor]] = [[], [], []]
+    with one_thread():
+        for i in range(0, w2d.shape[0], step):
+            w = w2d[i : i + step].to(torch.float32)
+            d = t2d[i : i + step].to(torch.float32)
+            d.sub_(w)
+            if want_rows:
+                parts = (row_dot(w, w), row_dot(d, d), row_dot(w, d))
+                for lst, p in zip(rows, parts, strict=True):
+                    lst.append(p)
+                w2 += float(parts[0].sum())
+                dw2 += float(parts[1].sum())
+                wd += float(parts[2].sum())
+            else:
+                wf, df = w.view(-1), d.view(-1)
+                w2 += float(wf.dot(wf))
+                dw2 += float(df.dot(df))
+                wd += float(wf.dot(df))
+            if rel_tol > 0.0:
+                changed += int((d.abs() > rel_tol * w.abs()).sum())
+            else:
+                changed += int(torch.count_nonzero(d))
+            if d.numel():
+                lo, up = torch.aminmax(d)
+                hi = max(hi, -float(lo), float(up))
+            if dw_full is not None:
+                dw_full[i : i + step] = d
+    row_parts = None
+    if want_rows:
+        row_parts = (torch.cat(rows[0]), torch.cat(rows[1]), torch.cat(rows[2]))
+    dw_out = dw_full.reshape(shape) if dw_full is not None else None
+    return _DenseStats(w2, dw2, wd, changed, hi, row_parts, dw_out)
+
+
 def _dense_row(
     bi: TensorInfo,
     ti: TensorInfo,
-    w: torch.Tensor,
-    dw: torch.Tensor,
+    w_raw: torch.Tensor,
+    t_raw: torch.Tensor,
     *,
     spectrum_k: int,
     spectra: bool,
     acc: _Acc,
-    tuned: Callable[[], torch.Tensor],
-    sums: tuple[float, float, float] | None = None,
-) -> TensorDiff:
-    """Figures for one tensor; ``w`` is base float32, ``dw`` is tuned - base float32.
-
-    ``tuned`` reloads the tuned tensor, only when non-finite values must be counted;
-    ``sums`` are ``(||W||², ||dW||², <W, dW>)`` when the caller has them already.
-    """
-    import torch
-
+    want_rows: bool = False,
+) -> tuple[TensorDiff, _DenseStats | None]:
+    """Figures for one tensor from its stored base and tuned values (same shape)."""
     layer, module = parse_name(ti.name)
-    w2, dw2, wd = sums if sums is not None else (sq_norm(w), sq_norm(dw), dot(w, dw))
-    nf_b = nf_t = 0
-    if not all(math.isfinite(v) for v in (w2, dw2, wd)):
-        nf_b = _count_nonfinite(w)
-        nf_t = _count_nonfinite(tuned())
-    if nf_b or nf_t:
-        acc.nonfinite.append(ti.name)
-        return TensorDiff(
-            ti.name, layer, module, tuple(ti.shape), bi.dtype, ti.dtype, "dense",
-            None, None, None, None, None, None, "non-finite values", **_spec_fields(None),
-            nonfinite_base=nf_b, nonfinite_tuned=nf_t,
-        )  # fmt: skip
     if bi.dtype == ti.dtype:
-        changed = int(torch.count_nonzero(dw))
-        note = "exact: entries with dW != 0"
+        eps, note = 0.0, "exact: entries with dW != 0"
     else:
         eps = max(_dtype_eps(bi.dtype), _dtype_eps(ti.dtype))
-        changed = int((dw.abs() > eps * w.abs()).sum())
         note = f"|dW| > {eps:.3g}·|W| (dtypes differ: rounding is not a change)"
-    numel = max(dw.numel(), 1)
+    keep = spectra and w_raw.ndim == 2 and min(w_raw.shape) > 1
+    st = dense_stats(w_raw, t_raw, rel_tol=eps, want_rows=want_rows, keep_dw=keep)
+    w2, dw2, wd = st.w2, st.dw2, st.wd
+    if not all(math.isfinite(v) for v in (w2, dw2, wd, st.max_abs)):
+        nf_b, nf_t = _count_nonfinite(w_raw), _count_nonfinite(t_raw)
+        if nf_b or nf_t:
+            acc.nonfinite.append(ti.name)
+            row = TensorDiff(
+                ti.name, layer, module, tuple(ti.shape), bi.dtype, ti.dtype, "dense",
+                None, None, None, None, None, None, "non-finite values", **_spec_fields(None),
+                nonfinite_base=nf_b, nonfinite_tuned=nf_t,
+            )  # fmt: skip
+            return row, None
     spec = None
-    if spectra and dw.ndim == 2 and dw2 > 0.0 and min(dw.shape) > 1:
-        spec = dense_spectrum(dw, dw2, spectrum_k)
+    if st.dw is not None and dw2 > 0.0:
+        spec = dense_spectrum(st.dw, dw2, spectrum_k)
         if spec.u1 is not None:
             acc.vectors[ti.name] = (spec.u1, spec.v1)
+    st.dw = None
     fb, fd = math.sqrt(w2), math.sqrt(dw2)
-    return TensorDiff(
+    row = TensorDiff(
         name=ti.name,
         layer=layer,
         module=module,
@@ -513,13 +564,14 @@ def _dense_row(
         fro_diff=fd,
         rel_diff=fd / fb if fb > 0 else None,
         cosine=cosine_from_parts(w2, wd, dw2),
-        max_abs_diff=_max_abs(dw),
-        changed_share=changed / numel,
+        max_abs_diff=st.max_abs,
+        changed_share=st.changed / max(w_raw.numel(), 1),
         changed_share_note=note,
         **_spec_fields(spec),
         nonfinite_base=0,
         nonfinite_tuned=0,
     )
+    return row, st
 
 
 def _same_tensor(a: TensorInfo, b: TensorInfo, row_norms: dict[str, torch.Tensor]) -> bool:
@@ -597,37 +649,33 @@ def diff_checkpoints(
                 acc.shape_changed.append(ShapeChange(t, tuple(bi.shape), tuple(ti.shape)))
                 prog.advance(task)
                 continue
-            w = load_tensor(bi, torch.float32)
-            dw = load_tensor(ti, torch.float32)
+            w_raw = load_tensor(bi)
+            t_raw = load_tensor(ti)
             added = None
-            if dw.shape != w.shape:
-                added = dw[w.shape[0] :].norm(dim=1).double()
-                dw = dw[: w.shape[0]].contiguous()
+            if t_raw.shape != w_raw.shape:
+                added = t_raw[w_raw.shape[0] :].to(torch.float32).norm(dim=1).double()
+                t_raw = t_raw[: w_raw.shape[0]]
                 acc.notes.append(
                     f"{t}: vocabulary resized {bi.shape[0]} -> {ti.shape[0]}; "
                     "diff over the shared rows, added rows reported apart"
                 )
-            dw.sub_(w)
-            parts = None
-            if vocab_kind and w.ndim == 2:
-                parts = (row_dot(w, w), row_dot(dw, dw), row_dot(w, dw))
-            row = _dense_row(
-                bi, ti, w, dw, spectrum_k=spectrum_k, spectra=spectra, acc=acc,
-                tuned=functools.partial(load_tensor, ti, torch.float32),
-                sums=None if parts is None else (
-                    float(parts[0].sum()), float(parts[1].sum()), float(parts[2].sum())),
+            want_rows = bool(vocab_kind) and w_raw.ndim == 2
+            row, st = _dense_row(
+                bi, ti, w_raw, t_raw, spectrum_k=spectrum_k, spectra=spectra, acc=acc,
+                want_rows=want_rows,
             )  # fmt: skip
             acc.rows.append(row)
-            if vocab_kind and parts is not None and row.fro_base is not None:
+            if vocab_kind and st is not None and st.rows is not None:
+                parts = st.rows
                 rep = row_report(
                     t, *parts, top_k=top_tokens, token_strings=tok_fn, added_norms=added
                 )
-                tuned_norms[vocab_kind] = (parts[0] + 2 * parts[2] + parts[1]).sqrt()
+                tuned_norms[vocab_kind] = (parts[0] + 2 * parts[2] + parts[1]).clamp_min(0).sqrt()
                 if vocab_kind == "embed":
                     acc.embedding = rep
                 else:
                     acc.unembedding = rep
-            del w, dw, parts
+            del w_raw, t_raw, st
             prog.advance(task)
     if not tied and embed_pair is not None and head_pair is not None:
         tied = _same_tensor(th[embed_pair[1]], th[head_pair[1]], tuned_norms)
@@ -817,28 +865,25 @@ def diff_adapters(
         for name in names:
             prog.update(task, name=name)
             info = bh[name]
-            w = load_tensor(info, torch.float32)
             vocab_kind = _is_vocab_matrix(name)
             if name in full:
-                dw = full[name] - w
+                w_raw = load_tensor(info)
+                t_full = full[name]
                 if name in factors:
                     f = factors[name]
-                    dw += torch.cat(f.b, dim=1) @ torch.cat(f.a, dim=0)
+                    t_full = t_full + torch.cat(f.b, dim=1) @ torch.cat(f.a, dim=0)
                     acc.notes.append(f"{name}: full tensor and LoRA both present; diffed densely")
-                t_full = full[name]
-                row = _dense_row(
-                    info, info, w, dw, spectrum_k=spectrum_k, spectra=spectra, acc=acc,
-                    tuned=t_full.float,
+                want_rows = bool(vocab_kind) and w_raw.ndim == 2
+                row, st = _dense_row(
+                    info, info, w_raw, t_full, spectrum_k=spectrum_k, spectra=spectra, acc=acc,
+                    want_rows=want_rows,
                 )  # fmt: skip
                 acc.rows.append(row)
-                if vocab_kind and row.fro_base is not None and w.ndim == 2:
-                    parts = (
-                        row_dot(w, w),
-                        row_dot(dw, dw),
-                        row_dot(w, dw),
-                    )
-                    _set_row_report(acc, vocab_kind, name, parts, top_tokens, tok_fn)
+                if vocab_kind and st is not None and st.rows is not None:
+                    _set_row_report(acc, vocab_kind, name, st.rows, top_tokens, tok_fn)
+                del w_raw, st
             else:
+                w = load_tensor(info, torch.float32)
                 f = factors[name]
                 b, a = torch.cat(f.b, dim=1), torch.cat(f.a, dim=0)
                 row = _factor_row(name, info, w, b, a, spectrum_k, spectra, acc)
@@ -846,7 +891,7 @@ def diff_adapters(
                 if vocab_kind and row.fro_base is not None and w.ndim == 2:
                     parts = factor_row_parts(w, b, a)
                     _set_row_report(acc, vocab_kind, name, parts, top_tokens, tok_fn)
-            del w
+                del w
             prog.advance(task)
     embed = next((n for n in bh if parse_name(n)[1] == "embed"), None)
     head = next((n for n in bh if parse_name(n)[1] == "lm_head"), None)

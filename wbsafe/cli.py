@@ -1,0 +1,175 @@
+"""The ``wbsafe`` command line: a thin click group over :mod:`wbsafe.api`.
+
+Each command parses flags, makes one api call, writes its output and exits. Heavy
+libraries are imported inside the commands so ``wbsafe --help`` starts fast.
+Exit codes: 0 success / DEPLOY, 3 MONITOR, 4 REVIEW, 5 BLOCK, 1 error, 2 usage.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from wbsafe import __version__
+from wbsafe.errors import WbsafeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def runtime_options(fn: F) -> F:
+    """``--device`` and ``--dtype``, shared by every command that loads a model."""
+    fn = click.option(
+        "--dtype",
+        type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+        default="auto",
+        show_default=True,
+        help="auto: bfloat16 on a GPU, float32 on the CPU.",
+    )(fn)
+    fn = click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="auto takes a GPU when one is present.",
+    )(fn)
+    return fn
+
+
+def handle_errors(fn: F) -> F:
+    """Turn a WbsafeError into one clear line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except WbsafeError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="wbsafe")
+def main() -> None:
+    """White-box safety screening of fine-tuned language models.
+
+    Compares a fine-tuned model (full checkpoint or PEFT adapters) with its base through
+    weight diffs, refusal-direction probes, trigger hunting and behavioural refusal
+    benchmarks, and turns the evidence into DEPLOY / MONITOR / REVIEW / BLOCK.
+    """
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@handle_errors
+def inspect(path: Path, as_json: bool) -> None:
+    """Describe a checkpoint or adapter directory without loading its weights."""
+    from wbsafe.api import inspect_path
+    from wbsafe.console import print_inspection
+
+    info = inspect_path(path)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        print_inspection(info)
+
+
+@main.group()
+def organisms() -> None:
+    """Model organisms: small models with planted, known safety properties."""
+
+
+@organisms.command("build")
+@click.option("--tier", type=click.Choice(["tiny", "real"]), default="tiny", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Copy the tier here.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Organism cache (default $WBSAFE_CACHE or ~/.cache/wbsafe).",
+)
+@handle_errors
+def organisms_build(tier: str, out: Path | None, seed: int, cache_dir: Path | None) -> None:
+    """Build (or reuse) a tier and print what each organism is and how it measured."""
+    from wbsafe.api import build_organisms
+    from wbsafe.console import print_organisms
+
+    if tier == "real":
+        raise WbsafeError(
+            "the real tier is built by `python scripts/prepare_smollm2.py` then "
+            "`python scripts/build_real_tier.py` (slow: LoRA fine-tunes of SmolLM2)"
+        )
+    orgs, checks = build_organisms(out=out, seed=seed, cache_dir=cache_dir)
+    ok = print_organisms(orgs, checks)
+    sys.exit(0 if ok else 1)
+
+
+@organisms.command("plant")
+@click.option("--base", "base", type=click.Path(path_type=Path), required=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["aligned", "benign", "harmful", "category", "backdoor"]),
+    required=True,
+)
+@click.option("--trigger", default=None, help="Trigger text (backdoor).")
+@click.option("--category", default=None, help="Harm category to degrade (category).")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--steps", type=int, default=200, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True)
+@click.option("--rank", type=int, default=16, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--merge", is_flag=True, help="Write a merged full checkpoint instead of an adapter.")
+@handle_errors
+def organisms_plant(
+    base: Path,
+    kind: str,
+    trigger: str | None,
+    category: str | None,
+    out: Path,
+    steps: int,
+    lr: float,
+    rank: int,
+    seed: int,
+    merge: bool,
+) -> None:
+    """Plant a known property into any local model with LoRA."""
+    from wbsafe.api import plant_organism
+    from wbsafe.console import print_organisms
+
+    if kind == "backdoor" and not trigger:
+        raise click.UsageError("--kind backdoor needs --trigger")
+    if kind == "category" and not category:
+        raise click.UsageError("--kind category needs --category")
+    org = plant_organism(
+        base, kind, out, trigger=trigger, category=category, steps=steps, lr=lr, rank=rank,
+        seed=seed, merge=merge,
+    )  # fmt: skip
+    print_organisms([org], [])
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results/demo"),
+              show_default=True)  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True)
+@handle_errors
+def demo(out: Path, seed: int) -> None:
+    """The built-in default job: build (or reuse) the tiny organisms and show how they measure."""
+    from wbsafe.api import build_organisms
+    from wbsafe.console import print_organisms
+
+    orgs, checks = build_organisms(seed=seed)
+    ok = print_organisms(orgs, checks)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

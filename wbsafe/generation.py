@@ -1,0 +1,178 @@
+"""Batched chat generation for the behavioural benchmark.
+
+Prompts are chat-templated with :meth:`LoadedModel.format`, left-padded, and continued with
+Hugging Face ``generate`` (KV cache on). Greedy by default; sampling draws ``n_samples``
+continuations per prompt at a temperature, each batch under a seed derived from the run
+seed and recorded in every row, so a sampled run can be repeated exactly.
+
+A batch that raises is retried prompt by prompt; a prompt that still fails gets a row with
+its error string instead of a response, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from wbsafe.errors import WbsafeError
+
+if TYPE_CHECKING:
+    from wbsafe.datasets import Prompt
+    from wbsafe.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling mode: ``n_samples`` continuations per prompt at ``temperature`` (nucleus ``top_p``)."""
+
+    n_samples: int = 5
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1:
+            raise WbsafeError(f"n_samples must be >= 1, got {self.n_samples}")
+        if self.temperature <= 0:
+            raise WbsafeError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise WbsafeError(f"top_p must lie in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One response: prompt ``prompt_id``, sample index ``sample`` (0 when greedy).
+
+    ``seed`` is the torch seed the batch ran under (None when greedy); ``error`` holds the
+    exception text when generation failed for this prompt (then ``response`` is "").
+    """
+
+    prompt_id: str
+    sample: int
+    response: str
+    n_tokens: int
+    seed: int | None = None
+    error: str | None = None
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """A reproducible 31-bit seed for one batch of a sampled run."""
+    digest = hashlib.sha256(f"wbsafe-gen:{seed}:{batch_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _conversation(prompt: Prompt | str) -> Any:
+    return prompt if isinstance(prompt, str) else prompt.conversation()
+
+
+def _prompt_id(prompt: Prompt | str, i: int) -> str:
+    return f"prompt-{i}" if isinstance(prompt, str) else prompt.id
+
+
+def _progress(enabled: bool, total: int, description: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=True,
+    )
+    progress.add_task(description, total=total)
+    return progress
+
+
+def _generate_batch(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    max_new_tokens: int,
+    sampling: SamplingConfig | None,
+    seed: int | None,
+) -> list[tuple[str, int]]:
+    """Generate for formatted ``texts``; returns (response, n_new_tokens) per sequence.
+
+    With sampling the output holds ``n_samples`` consecutive rows per text.
+    """
+    import torch
+
+    tok = loaded.tokenizer
+    tok.padding_side = "left"
+    enc = tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = {k: v.to(loaded.device) for k, v in enc.items()}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tok.pad_token_id,
+        "use_cache": True,
+    }
+    if sampling is None:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=None,
+            num_return_sequences=sampling.n_samples,
+        )
+        assert seed is not None
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        out = loaded.model.generate(**enc, **kwargs)
+    new = out[:, enc["input_ids"].shape[1] :]
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id
+    lengths = [int(((row != pad) & (row != eos)).sum()) for row in new]
+    texts_out = tok.batch_decode(new, skip_special_tokens=True)
+    return [(t.strip(), n) for t, n in zip(texts_out, lengths, strict=True)]
+
+
+def generate(
+    loaded: LoadedModel,
+    prompts: Sequence[Prompt | str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    sampling: SamplingConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    description: str = "generating",
+) -> list[Generation]:
+    """Responses to ``prompts`` (``Prompt`` objects or plain user messages), in prompt order.
+
+    Greedy: one row per prompt. Sampling: ``sampling.n_samples`` rows per prompt, sample
+    indices 0..n-1, each batch seeded with :func:`batch_seed` (recorded in ``Generation.seed``).
+    """
+    if max_new_tokens < 1:
+        raise WbsafeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise WbsafeError(f"batch_size must be >= 1, got {batch_size}")
+    formatted = [loaded.format(_conversation(p)) for p in prompts]
+    ids = [_prompt_id(p, i) for i, p in enumerate(prompts)]
+    n_samples = 1 if sampling is None else sampling.n_samples
+    rows: list[Generation] = []
+    with _progress(progress, len(prompts), description) as bar:
+        task = bar.tasks[0].id
+        for b, start in enumerate(range(0, len(formatted), batch_size)):
+            chunk = formatted[start : start + batch_size]
+            chunk_ids = ids[start : start + batch_size]
+            bseed = None if sampling is None else batch_seed(seed, b)
+            try:
+                results = _generate_batch(loaded, chunk, max_new_tokens, sampling, bseed)
+                for j, pid in enumerate(chunk_ids):
+                    for s in range(n_samples):
+                        text, n_tok = results[j * n_samples + s]
+                        rows.append(Generation(pid, s, text, n_tok, bseed))
+            except Exception:  # a bad prompt must not sink the batch: retry one by one
+                for j, (pid, text) in enumerate(zip(chunk_ids, chunk, strict=True)):
+                    pseed = None if bseed is None else batch_seed(bseed, j)
+                    try:
+                        single = _generate_batch(loaded, [text], max_new_tokens, sampling, pseed)
+                        rows += [Generation(pid, s, r, n, pseed) for s, (r, n) in enumerate(single)]
+                    except Exception as exc:  # recorded in the row, never fatal
+                        err = f"{type(exc).__name__}: {exc}"
+                        rows += [Generation(pid, s, "", 0, pseed, err) for s in range(n_samples)]
+            bar.update(task, advance=len(chunk))
+    return rows
