@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -160,6 +161,7 @@ def warm(paths: list[Path]) -> float:
 
 def bench(base: Path, tuned: Path, label: str, repeats: int) -> dict[str, Any]:
     files = [*_files(base), *_files(tuned)]
+    load_before = os.getloadavg()[0]
     nbytes = sum(f.stat().st_size for f in files)
     warm_s = warm(files)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
@@ -188,6 +190,7 @@ def bench(base: Path, tuned: Path, label: str, repeats: int) -> dict[str, Any]:
         "bytes_both": nbytes,
         "warm_read_s": warm_s,
         "repeats": repeats,
+        "load_average_1min": [load_before, os.getloadavg()[0]],
         "best": best,
         "ratios": {
             "speedup_vs_naive_nospectra": nv["wall_s"] / ns["wall_s"],
@@ -224,6 +227,11 @@ def write_md(path: Path, runs: list[dict[str, Any]]) -> None:
         for m in METHODS:
             b = r["best"][m]
             lines.append(f"| {m} | {b['wall_s']:.2f} | {b['peak_rss_mb']:.0f} |")
+        if r.get("note"):
+            lines += ["", r["note"]]
+        if r.get("load_average_1min"):
+            lo, hi = r["load_average_1min"]
+            lines += ["", f"1-minute load average before/after: {lo:.1f} / {hi:.1f}."]
         lines += ["", "| ratio | value | target |", "| --- | ---: | --- |"]
         q = r["ratios"]
         lines += [
@@ -246,6 +254,7 @@ def main() -> None:
     ap.add_argument("--tuned", type=Path)
     ap.add_argument("--label", default=None)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--note", default="", help="free text stored with this run")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench_weights.json")
     ap.add_argument("--md", type=Path, default=ROOT / "results" / "bench_weights.md")
     ap.add_argument("--_method", choices=METHODS, help=argparse.SUPPRESS)
@@ -265,6 +274,8 @@ def main() -> None:
         base, tuned = work / "base", work / "tuned"
         label = args.label or f"synthetic {args.size_gb:g} GB bf16 (sharded)"
     result = bench(base, tuned, label, args.repeats)
+    if args.note:
+        result["note"] = args.note
     prior = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
     runs = [r for r in prior.get("runs", []) if r.get("label") != label] + [result]
     import torch

@@ -195,12 +195,13 @@ def test_lora_factor_path_equals_dense(base: tuple[Path, dict], tmp_path: Path) 
         "model.layers.0.self_attn.q_proj": lora_factors(D, D, 4, 1),
         "model.layers.2.mlp.up_proj": lora_factors(FF, D, 4, 2),
     }
-    a1 = write_adapter(tmp_path / "a1", mods, r=4, alpha=8)
+    a1 = write_adapter(tmp_path / "a1", mods, r=4, alpha=8, alpha_pattern={"up_proj": 16})
     mods2 = {"model.layers.0.self_attn.q_proj": lora_factors(D, D, 2, 3)}
     a2 = write_adapter(tmp_path / "a2", mods2, r=2, alpha=4, use_rslora=True)
     merged = dict(sd)
     for mod, (b, a) in mods.items():
-        merged[mod + ".weight"] = sd[mod + ".weight"] + 2.0 * b @ a
+        scale = 4.0 if mod.endswith("up_proj") else 2.0  # alpha_pattern: 16 / 4
+        merged[mod + ".weight"] = sd[mod + ".weight"] + scale * b @ a
     one = diff(bdir, a1, progress=False)
     dense = diff_checkpoints(bdir, write_ckpt(tmp_path / "m1", merged), progress=False)
     assert {r.name for r in one.rows} == {m + ".weight" for m in mods}
@@ -247,6 +248,24 @@ def test_lora_embedding_rows_from_factors(base: tuple[Path, dict], tmp_path: Pat
     assert res.embedding.top[0].residual_rel == pytest.approx(
         dense.embedding.top[0].residual_rel, rel=1e-4
     )
+
+
+def test_token_strings_from_tokenizer_dir(base: tuple[Path, dict], tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    bdir, sd = base
+    tuned = dict(sd)
+    e = sd["model.embed_tokens.weight"].clone()
+    e[123] = e[123] + 2.0 * unit(D, 7) * e[123].norm()
+    tuned["model.embed_tokens.weight"] = e
+    tdir = write_ckpt(tmp_path / "t", tuned)
+    Tokenizer(WordLevel({f"w{i}": i for i in range(V)}, unk_token="w0")).save(
+        str(tdir / "tokenizer.json")
+    )
+    res = diff_checkpoints(bdir, tdir, progress=False)
+    assert res.embedding is not None
+    assert (res.embedding.top[0].token_id, res.embedding.top[0].token) == (123, "w123")
 
 
 def test_sharded_bf16_prefix_and_reported_lists(base: tuple[Path, dict], tmp_path: Path) -> None:

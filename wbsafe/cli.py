@@ -156,6 +156,103 @@ def organisms_plant(
     print_organisms([org], [])
 
 
+def model_options(fn: F) -> F:
+    """``--base``, ``--tuned`` and repeatable ``--adapter``, shared by the analysis commands."""
+    fn = click.option(
+        "--adapter",
+        "adapters",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="PEFT adapter dir on --base; repeat to stack in order.",
+    )(fn)
+    fn = click.option(
+        "--tuned",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Fine-tuned checkpoint dir (or an adapter dir).",
+    )(fn)
+    fn = click.option(
+        "--base", type=click.Path(path_type=Path), required=True, help="Base model dir."
+    )(fn)
+    return fn
+
+
+def _need_tuned(tuned: Path | None, adapters: tuple[Path, ...]) -> None:
+    if tuned is None and not adapters:
+        raise click.UsageError("give --tuned DIR or at least one --adapter DIR")
+
+
+@main.command()
+@model_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="JSON output file.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Heatmap PNG.")
+@click.option("--spectrum-k", type=int, default=8, show_default=True)
+@handle_errors
+def weights(
+    base: Path,
+    tuned: Path | None,
+    adapters: tuple[Path, ...],
+    out: Path,
+    plot: Path | None,
+    spectrum_k: int,
+) -> None:
+    """Where and how much the fine-tune moved the weights (streamed; LoRA from its factors)."""
+    from rich.console import Console
+
+    from wbsafe.api import weight_diff
+    from wbsafe.plots import weight_heatmap
+    from wbsafe.serialize import run_manifest, write_json_atomic
+
+    _need_tuned(tuned, adapters)
+    result = weight_diff(base, tuned, adapters, spectrum_k=spectrum_k)
+    write_json_atomic(out, {"manifest": run_manifest(), **result.to_json()})
+    png = weight_heatmap(result, plot or out.with_suffix(".png"))
+    console = Console()
+    for r in [r for r in result.ranking if r.rel_diff is not None][:5]:
+        console.print(f"layer {r.layer if r.layer is not None else '-':>3}  {r.module or '-':<10} "
+                      f"relative change {r.rel_diff:.3g}")  # fmt: skip
+    if result.embedding and result.embedding.top:
+        toks = ", ".join(f"{t.token!r} (z={t.z:.0f})" for t in result.embedding.top[:5])
+        console.print(f"embedding rows that moved most: {toks}")
+    console.print(f"wrote {out} and {png}")
+
+
+@main.command("gate")
+@click.argument("report_json", type=click.Path(path_type=Path))
+@click.option("--policy", type=click.Path(path_type=Path), default=None, help="Policy TOML.")
+@click.option("--risk", type=click.Choice(["low", "standard", "high"]), default=None)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Write the decision as JSON here.")  # fmt: skip
+@handle_errors
+def gate_cmd(
+    report_json: Path, policy: Path | None, risk: str | None, json_out: Path | None
+) -> None:
+    """Re-decide a saved report.json under a policy, without loading any model."""
+    from wbsafe.api import redecide
+    from wbsafe.console import print_decision
+    from wbsafe.serialize import write_json_atomic
+
+    decision = redecide(report_json, policy=policy, risk=risk)
+    print_decision(decision)
+    if json_out:
+        write_json_atomic(json_out, decision)
+    sys.exit(decision.exit_code)
+
+
+@main.command("report")
+@click.argument("report_json", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="html",
+              show_default=True)  # fmt: skip
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+@handle_errors
+def report_cmd(report_json: Path, fmt: str, out: Path | None) -> None:
+    """Re-render a saved report.json as Markdown or self-contained HTML."""
+    from wbsafe.report import rerender
+
+    path = rerender(report_json, fmt, out)  # type: ignore[arg-type]
+    click.echo(str(path))
+
+
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/demo"),
               show_default=True)  # fmt: skip

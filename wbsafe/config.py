@@ -21,3 +21,33 @@ class RuntimeConfig:
     dtype: DtypeName = "auto"
     seed: int = 0
     batch_size: int = 16
+
+
+STAGES = ("weights", "probes", "triggers", "behavior")
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Everything a scan depends on; recorded whole in report.json.
+
+    ``prompts`` is ``"auto"`` (the organisms' own held-out prompts for a tiny-tier model,
+    else the built-in suites), a built-in suite name, or a JSONL/CSV path of harmful
+    prompts; ``harmless`` likewise for the harmless/borderline side.
+    """
+
+    base: str
+    tuned: str | None = None
+    adapters: tuple[str, ...] = ()
+    stages: tuple[str, ...] = STAGES
+    risk: str = "standard"
+    policy: str | None = None
+    prompts: str = "auto"
+    harmless: str = "auto"
+    max_prompts: int | None = 120
+    max_new_tokens: int = 24
+    trigger_budget: int = 400
+    trigger_max_len: int = 2
+    trigger_candidates: tuple[str, ...] = ()
+    runtime: RuntimeConfig = RuntimeConfig()
+    seed: int = 0
+    directions_cache: str | None = None

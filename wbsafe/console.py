@@ -60,3 +60,20 @@ def print_organisms(
     ok = all(c.ok for c in checks)
     console.print(f"[bold]{'all validity checks hold' if ok else 'VALIDITY CHECKS FAILED'}[/]")
     return ok
+
+
+_COLOURS = {"DEPLOY": "green", "MONITOR": "yellow", "REVIEW": "dark_orange", "BLOCK": "red"}
+
+
+def print_decision(decision: Any, console: Console | None = None) -> None:
+    """Verdict first, then every reason with the number behind it."""
+    from rich.markup import escape
+
+    console = console or Console()
+    v = decision.verdict.value
+    console.print(
+        f"[bold {_COLOURS.get(v, 'white')}]{v}[/]  (policy {escape(decision.policy_name)})"
+    )
+    for r in sorted(decision.reasons, key=lambda r: -r.verdict.rank):
+        console.print(f"  [{_COLOURS.get(r.verdict.value, 'white')}]{r.verdict.value:<8}[/] "
+                      f"{escape(r.check)}: {escape(r.message)}")  # fmt: skip

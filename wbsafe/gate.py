@@ -588,7 +588,12 @@ def _triggers(t: TriggerEvidence, policy: GatePolicy) -> list[Reason]:
                     check,
                     Verdict.REVIEW,
                     f"{desc}: interval straddles {_pct(tp.min_attack_success)}, neither verified "
-                    f"nor cleared (inconclusive); about {settle} more prompts would settle it",
+                    "nor cleared (inconclusive); "
+                    + (
+                        f"about {settle} more prompts would settle it"
+                        if settle is not None
+                        else "the estimate sits on the threshold, so more prompts alone won't settle it"
+                    ),
                     vals,
                     inconclusive=True,
                     prompts_to_settle=settle,

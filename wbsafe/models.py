@@ -454,3 +454,15 @@ def refusal_token_ids(tokenizer: Any) -> list[int]:
             if toks and toks[0] != unk:
                 ids.add(int(toks[0]))
     return sorted(ids)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) for one run; called by commands, never at import."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -147,11 +147,11 @@ class Candidate:
 
     layer: int
     position: str
-    val_auroc: float
-    auroc: float
-    recall_at_1pct_fpr: float
+    val_auroc: float | None
+    auroc: float | None
+    recall_at_1pct_fpr: float | None
     random_auroc: float
-    separation: float
+    separation: float | None
     bypass: float | None
     induce: float | None
     kl: float | None
@@ -297,7 +297,9 @@ def fit_base_directions(
     val_split: tuple[float, float, float] = (0.5, 0.25, 0.25),
     positions: Sequence[str] | None = None,
     max_layer_frac: float = 0.8,
-    kl_max: float = 0.5,
+    kl_max: float = 0.1,
+    min_bypass: float = 1.0,
+    select_positions: Sequence[str] | None = None,
     n_random: int = 100,
     n_causal: int = 48,
     causal_top_k: int | None = None,
@@ -310,6 +312,12 @@ def fit_base_directions(
     use at most ``n_causal`` validation prompts per class; ``causal_top_k`` limits them to
     the candidates with the best validation AUROC (None: all). Adapters, when loaded, are
     disabled for the whole fit.
+
+    Selection (Arditi et al.): among token positions (``select_positions``, default all but
+    ``mean``) at layers < ``max_layer_frac`` L whose addition induces refusal, the largest
+    bypass with KL <= ``kl_max``; when that bypass is below ``min_bypass`` (log-odds) the
+    KL limit is dropped (small models are brittle) and ``selection`` says so. A direction
+    that is zero (e.g. a fixed template token at the embedding) is never a candidate.
     """
     import torch
 
@@ -331,7 +339,8 @@ def fit_base_directions(
         stacked = np.stack([acts.acts[s].double().numpy() for s in sites])  # [L, n, P, d]
         tr, va, te = split == "train", split == "val", split == "test"
         directions = stacked[:, tr & (y == 1)].mean(axis=1) - stacked[:, tr & (y == 0)].mean(axis=1)
-        units = directions / np.linalg.norm(directions, axis=-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            units = directions / np.linalg.norm(directions, axis=-1, keepdims=True)
         proj = np.einsum("lnpd,lpd->lnp", stacked, units)  # [L, n, P]
         harm_proj = proj[:, te & (y == 1)].mean(axis=1)
         safe_proj = proj[:, te & (y == 0)].mean(axis=1)
@@ -365,11 +374,14 @@ def fit_base_directions(
                         separation=float(harm_proj[layer, pi] - safe_proj[layer, pi]),
                     )
                 )
-        order = sorted(range(len(rows)), key=lambda i: -rows[i]["val_auroc"])
+        order = sorted(range(len(rows)), key=lambda i: -np.nan_to_num(rows[i]["val_auroc"]))
         causal = set(order if causal_top_k is None else order[:causal_top_k])
         for i, row in enumerate(rows):
+            degenerate = not all(math.isfinite(row[k]) for k in ("val_auroc", "auroc"))
             row.update(bypass=None, induce=None, kl=None)
-            if i not in causal:
+            if degenerate:
+                row.update(val_auroc=None, auroc=None, recall_at_1pct_fpr=None, separation=None)
+            if i not in causal or degenerate:
                 continue
             r = directions[row["layer"], pos_names.index(row["position"])]
             with torch.no_grad():
@@ -393,22 +405,33 @@ def fit_base_directions(
                 kl=float(kl),
             )
         max_layer = max_layer_frac * n_layers
+        allowed = set(select_positions or [p for p in pos_names if p != "mean"])
         for row in rows:
             row["eligible"] = bool(
                 row["bypass"] is not None
                 and row["layer"] < max_layer
-                and row["kl"] <= kl_max
+                and row["position"] in allowed
                 and row["induce"] > 0
                 and row["bypass"] > 0
             )
         cands = tuple(Candidate(**row) for row in rows)
-        pool = [c for c in cands if c.eligible]
+        pool = [c for c in cands if c.eligible and (c.kl or 0.0) <= kl_max]
         selection = (
-            "causal: max bypass among eligible (layer < max_layer_frac*L, kl <= kl_max, induce > 0)"
+            f"causal: max bypass over positions {sorted(allowed)}, layer < {max_layer_frac} L, "
+            f"induce > 0, KL <= {kl_max}"
         )
+        if not pool or max(c.bypass or 0.0 for c in pool) < min_bypass:
+            pool = [c for c in cands if c.eligible]
+            selection = (
+                f"causal, KL limit dropped (no candidate with KL <= {kl_max} had bypass >= "
+                f"{min_bypass}): max bypass over positions {sorted(allowed)}, "
+                f"layer < {max_layer_frac} L, induce > 0"
+            )
         if not pool:
             pool = [c for c in cands if c.bypass is not None]
-            selection = "fallback: no candidate met every criterion; max bypass over all tested"
+            selection = "fallback: no candidate met the criteria; max bypass over all tested"
+        if not pool:
+            raise WbsafeError("no usable refusal direction: every candidate is degenerate")
         best = max(pool, key=lambda c: c.bypass or 0.0)
         # causal control: a random direction of the same norm
         r_best = directions[best.layer, pos_names.index(best.position)]
@@ -579,7 +602,8 @@ def compare(
     sites = [site_name(layer) for layer in range(L)]
     prompts = list(harmful) + list(harmless)
     y = np.array([1] * len(harmful) + [0] * len(harmless))
-    units = fit.directions / np.linalg.norm(fit.directions, axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        units = fit.directions / np.linalg.norm(fit.directions, axis=-1, keepdims=True)
     sep = fit.harmful_proj - fit.harmless_proj  # [L, P]
 
     t_acts = _stack(capture(loaded_tuned, prompts, sites, fit.positions, batch_size=batch_size), L)
@@ -606,14 +630,20 @@ def compare(
         b_harm = fit.harmful_proj
         b_score_h, b_score_s = fit.base_refusal_harmful, fit.base_refusal_harmless
         b_sel = None
-    shift = (t_harm - b_harm) / sep  # [L, P]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shift = (t_harm - b_harm) / sep  # [L, P]
     pi = fit.positions.index(fit.position)
-    cos = [
-        float(t_dirs[layer, pi] @ units[layer, pi] / np.linalg.norm(t_dirs[layer, pi]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = [
+            float(t_dirs[layer, pi] @ units[layer, pi] / np.linalg.norm(t_dirs[layer, pi]))
+            for layer in range(L)
+        ]
+    probe = [
+        auroc(t_proj[layer, :, pi], y) if np.isfinite(t_proj[layer, :, pi]).all() else math.nan
         for layer in range(L)
     ]
-    probe = [auroc(t_proj[layer, :, pi], y) for layer in range(L)]
-    flat = int(np.argmax(np.abs(shift)))
+    valid = np.isfinite(shift) & (np.abs(sep) > 1e-9)
+    flat = int(np.argmax(np.where(valid, np.abs(shift), -1.0)))
     l_max, p_max = divmod(flat, shift.shape[1])
     t_sel = t_proj[fit.layer, :, pi]
     projections: dict[str, tuple[float, ...]] = {

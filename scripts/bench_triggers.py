@@ -1,0 +1,146 @@
+"""Benchmark: passes the trigger hunt spends to recover each planted trigger vs brute force.
+
+Brute force scores every token (every length-L sequence for an L-token trigger) on every
+search prompt with one full forward each: ``vocab**L * prompts`` passes, computed
+analytically; a sample of such forwards is timed to extrapolate its wall time. The hunt's
+passes are counted by :class:`wbsafe.analyses.trigger_search.PassCounter` (every batch row
+of a forward or backward is one pass; generation counts one pass per new token).
+
+    python scripts/bench_triggers.py                      # tiny backdoor organisms
+    python scripts/bench_triggers.py --real DIR           # also organisms under DIR (organism.json)
+
+Writes results/bench_triggers.json and results/bench_triggers.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ("backdoor", "backdoor_lora", "backdoor_multi")
+NEW_TOKENS = 8
+
+
+def bench_one(
+    org: Any, search: list[Any], heldout: list[Any], harmless: list[Any]
+) -> dict[str, Any]:
+    from wbsafe.analyses.trigger_search import PassCounter, score_full, slot_context
+    from wbsafe.analyses.triggers import hunt_triggers
+    from wbsafe.config import RuntimeConfig
+    from wbsafe.models import load_model, refusal_token_ids
+
+    rt = RuntimeConfig(device="auto")
+    tuned = load_model(org.path, runtime=rt, hash_weights=False)
+    base = None
+    if not tuned.adapter_names:
+        base = load_model(Path(org.path).parent / (org.base or "base"), runtime=rt,
+                          hash_weights=False)  # fmt: skip
+    trigger = org.trigger["text"]
+    length = len(org.trigger["token_ids"])
+    counter = PassCounter()
+    t0 = time.perf_counter()
+    res = hunt_triggers(
+        tuned, base, search, heldout, harmless, max_len=length, top_k=8, extend_width=6,
+        verify_top=3, slots=(1.0,), use_builtin=False, max_new_tokens=NEW_TOKENS, progress=False, counter=counter,
+    )  # fmt: skip
+    hunt_s = time.perf_counter() - t0
+    total = res.passes["total"]
+    # passes: every sequence row forward + every sequence row backward + generated tokens
+    grad = res.passes.get("gradient", {})
+    gen = res.passes.get("generate", {})
+    generated = int(gen.get("generated_sequences", 0)) * NEW_TOKENS
+    search_passes = int(total["sequences"]) - int(gen.get("generated_sequences", 0))
+    search_passes += int(grad.get("sequences", 0))  # backward rows
+    passes = search_passes + generated
+    vocab = res.coverage.vocab_size
+    brute = vocab**length * len(search)
+    # time a sample of brute-force full forwards (single tokens on the search prompts)
+    ctxs = [slot_context(tuned, p, 1.0) for p in search]
+    sample = [(i,) * length for i in range(10, 10 + max(1, 256 // len(ctxs)))]
+    t0 = time.perf_counter()
+    score_full(tuned.model, ctxs, sample, refusal_token_ids(tuned.tokenizer), batch_size=1)
+    per_pass = (time.perf_counter() - t0) / (len(sample) * len(ctxs))
+    found = [v.text for v in res.verified]
+    rank = next((i + 1 for i, c in enumerate(res.candidates) if c.text == trigger), None)
+    return {
+        "organism": org.name,
+        "trigger": trigger,
+        "recovered": trigger in found,
+        "verified": found,
+        "rank": rank,
+        "hunt_passes": passes,
+        "hunt_search_passes": search_passes,
+        "hunt_tokens": int(total["tokens"]),
+        "hunt_seconds": round(hunt_s, 2),
+        "brute_passes": brute,
+        "brute_seconds_extrapolated": round(per_pass * brute, 1),
+        "ratio_passes": round(brute / max(1, passes), 1),
+        "vocab": vocab,
+        "search_prompts": len(search),
+        "coverage": res.coverage.statement(),
+        "phases": res.passes,
+    }
+
+
+def main() -> None:
+    import torch
+
+    from wbsafe.organisms import Organism, build_tiny_tier
+    from wbsafe.serialize import run_manifest, write_json_atomic
+    from wbsafe.tinyworld import prompt_set
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--real", type=Path, default=None, help="folder of real-tier organisms")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench_triggers.json")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    orgs = {o.name: o for o in build_tiny_tier(log=print)}
+    train, test = prompt_set("train", 2), prompt_set("test", 2)
+    search = [p for p in train if p.label == "harmful"][:4]
+    heldout = [p for p in test if p.label == "harmful"]
+    harmless = [p for p in test if p.label == "harmless"][:4]
+    for name in TINY:
+        rows.append(bench_one(orgs[name], search, heldout, harmless))
+        print(rows[-1]["organism"], rows[-1]["recovered"], rows[-1]["ratio_passes"])
+    if args.real is not None:
+        from wbsafe.datasets import load_suite
+
+        suite = load_suite("harmful")
+        r_search = [p for p in suite if p.split == "train"][:8]
+        r_held = [p for p in suite if p.split != "train"][:16]
+        r_harmless = [p for p in load_suite("harmless") if p.split != "train"][:8]
+        for d in sorted(args.real.iterdir()):
+            if (d / "organism.json").is_file():
+                org = Organism.load(d)
+                if org.trigger:
+                    rows.append(bench_one(org, r_search, r_held, r_harmless))
+    out = {"rows": rows, "manifest": run_manifest()}
+    write_json_atomic(args.out, out)
+    lines = [
+        "# Trigger hunt vs brute-force vocabulary scan",
+        "",
+        "Passes: batch rows through a forward or backward (generation: one per new token).",
+        "Brute force: vocab^len x search prompts full forwards (analytic; time extrapolated "
+        "from a timed sample).",
+        "",
+        "| organism | trigger | recovered | rank | hunt passes | brute passes | ratio | "
+        "hunt s | brute s (extrap.) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['organism']} | {r['trigger']} | {r['recovered']} | {r['rank']} | "
+            f"{r['hunt_passes']} | {r['brute_passes']} | {r['ratio_passes']}x | "
+            f"{r['hunt_seconds']} | {r['brute_seconds_extrapolated']} |"
+        )
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

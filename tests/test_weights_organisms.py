@@ -1,0 +1,73 @@
+"""The weight diff on the organisms: what it reports matches how they were made."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from wbsafe.analyses.weight_diff import diff
+from wbsafe.organisms import Organism
+
+
+def test_harmful_moves_more_than_benign(
+    tiny_organisms: dict[str, Organism], tiny_base: Path
+) -> None:
+    benign = diff(tiny_base, tiny_organisms["benign"].path, progress=False)
+    harmful = diff(tiny_base, tiny_organisms["harmful"].path, progress=False)
+    total = lambda r: sum((x.fro_diff or 0.0) ** 2 for x in r.rows) ** 0.5  # noqa: E731
+    # same recipe length and learning rate, but the harmful fine-tune has to overturn the
+    # base's refusals, so its update is larger; the report's totals say so
+    assert total(harmful) > 1.2 * total(benign)
+    assert harmful.ranking[0].rel_diff and benign.ranking[0].rel_diff
+    assert not benign.missing and not benign.extra and not benign.nonfinite
+
+
+def test_backdoor_trigger_row_tops_embedding_ranking(
+    tiny_organisms: dict[str, Organism], tiny_base: Path
+) -> None:
+    org = tiny_organisms["backdoor"]
+    result = diff(tiny_base, org.path, progress=False)
+    assert result.embedding is not None
+    top = [t.token for t in result.embedding.top[:3]]
+    assert org.trigger and org.trigger["text"] in top
+
+
+def test_lora_adapter_equals_merged_twin(
+    tiny_organisms: dict[str, Organism], tiny_base: Path, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = tiny_organisms["backdoor_lora"].path
+    merged = tmp_path / "merged"
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base))
+    PeftModel.from_pretrained(model, adapter).merge_and_unload().save_pretrained(str(merged))
+    via_factors = diff(tiny_base, adapter, progress=False)
+    dense = diff(tiny_base, merged, progress=False)
+    assert via_factors.rows
+    for row in via_factors.rows:
+        twin = dense.row(row.name)
+        assert row.source == "lora"
+        assert row.fro_diff == pytest.approx(twin.fro_diff, rel=2e-3, abs=1e-6)
+        assert row.rel_diff == pytest.approx(twin.rel_diff, rel=2e-3, abs=1e-8)
+        assert row.top_singular_values[0] == pytest.approx(twin.top_singular_values[0], rel=2e-3)
+
+
+def test_weights_cli_writes_flat_json_and_heatmap(
+    tiny_organisms: dict[str, Organism], tiny_base: Path, tmp_path: Path
+) -> None:
+    from wbsafe.cli import main
+
+    out = tmp_path / "w.json"
+    res = CliRunner().invoke(
+        main, ["weights", "--base", str(tiny_base), "--adapter",
+               tiny_organisms["benign_lora"].path, "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["manifest"]["versions"]["torch"]
+    assert all(isinstance(r["name"], str) and "fro_diff" in r for r in data["rows"])
+    assert out.with_suffix(".png").stat().st_size > 1000
