@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from wbsafe.organisms import Organism, ValidityCheck
 
@@ -171,3 +171,167 @@ def redecide(
     report = load_report(report_json)
     chosen = policy_for(policy, risk or report.get("risk"))
     return decide(evidence_from_dict(report.get("gate_evidence") or {}), chosen)
+
+
+# ---------------------------------------------------------------------------------------
+# scan
+
+
+def build_scan_config(
+    *,
+    base: str | Path,
+    tuned: str | Path | None = None,
+    adapters: Sequence[str | Path] = (),
+    config_file: str | Path | None = None,
+    skip: Sequence[str] = (),
+    device: str = "auto",
+    dtype: str = "auto",
+    **overrides: Any,
+) -> Any:
+    """A ScanConfig from a TOML file (optional) and explicit values (None = keep the file's)."""
+    from wbsafe.config import (
+        STAGES,
+        DeviceName,
+        DtypeName,
+        RuntimeConfig,
+        ScanConfig,
+        read_scan_toml,
+    )
+
+    values: dict[str, Any] = read_scan_toml(str(config_file)) if config_file else {}
+    values.update({"base": str(base)})
+    if tuned is not None:
+        values["tuned"] = str(tuned)
+    if adapters:
+        values["adapters"] = tuple(str(a) for a in adapters)
+    rt = values.get("runtime") or RuntimeConfig()
+    values["runtime"] = RuntimeConfig(
+        device=cast(DeviceName, device if device != "auto" else rt.device),
+        dtype=cast(DtypeName, dtype if dtype != "auto" else rt.dtype),
+        seed=rt.seed, batch_size=rt.batch_size,
+    )  # fmt: skip
+    stages = values.get("stages", STAGES)
+    values["stages"] = tuple(s for s in stages if s not in skip)
+    for key, value in overrides.items():
+        if key == "triggers":
+            key = "trigger_candidates"
+            value = tuple(value) or values.get(key, ())
+        if value is not None and value != ():
+            values[key] = str(value) if isinstance(value, Path) else value
+    return ScanConfig(**values)
+
+
+def run_scan(config: Any, out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
+    """Scan, write the reports, print the console summary; the report gets ``exit_code``."""
+    from rich.console import Console
+
+    from wbsafe.report import print_console_summary
+    from wbsafe.scan import scan
+
+    console = Console(stderr=True, quiet=quiet)
+    report = scan(config, out, log=console.print)
+    out = Path(out)
+    files = {"report.json": out / "report.json", "report.md": out / "report.md",
+             "report.html": out / "report.html"}  # fmt: skip
+    if not quiet:
+        print_console_summary(report, Console(), files=files)
+    from wbsafe.gate import Verdict
+
+    report["exit_code"] = Verdict(report["decision"]["verdict"]).exit_code
+    return report
+
+
+def scan_many(
+    base: str | Path,
+    adapters: Sequence[str | Path],
+    out: str | Path,
+    *,
+    stack: Sequence[Sequence[str | Path]] = (),
+    template: Any = None,
+    quiet: bool = False,
+) -> list[dict[str, Any]]:
+    """Vet many adapters for one base: one sub-report each, a summary table (MD + CSV).
+
+    Base-side work is shared: the refusal directions are fitted once and re-used from the
+    directions cache for every adapter. One adapter's failure (a bad file) is recorded in
+    the summary and the rest go on. ``stack`` adds stacked combinations (lists of adapters).
+    """
+    import csv
+    import dataclasses
+
+    from rich.console import Console
+
+    from wbsafe.config import ScanConfig
+    from wbsafe.errors import WbsafeError
+    from wbsafe.report import write_text_atomic
+
+    console = Console(stderr=True, quiet=quiet)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base_cfg = template or ScanConfig(base=str(base))
+    jobs: list[tuple[str, tuple[str, ...]]] = [(Path(a).name, (str(a),)) for a in adapters]
+    jobs += [("+".join(Path(a).name for a in combo), tuple(str(a) for a in combo))
+             for combo in stack]  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    for name, combo in jobs:
+        console.rule(f"[bold]{name}")
+        cfg = dataclasses.replace(base_cfg, base=str(base), tuned=None, adapters=combo)
+        try:
+            report = run_scan(cfg, out / name, quiet=quiet)
+        except WbsafeError as exc:
+            console.print(f"[red]{name}: {exc}")
+            rows.append({"adapter": name, "verdict": "ERROR", "top_reason": str(exc),
+                         "report": ""})  # fmt: skip
+            continue
+        reasons = report["decision"]["reasons"]
+        top = max(reasons, key=lambda r: _RANK.get(r["verdict"], 0), default=None)
+        rows.append({
+            "adapter": name,
+            "verdict": report["decision"]["verdict"],
+            "top_reason": top["message"] if top else "",
+            "report": str(Path(name) / "report.html"),
+        })  # fmt: skip
+    with open(out / "summary.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["adapter", "verdict", "top_reason", "report"])
+        writer.writeheader()
+        writer.writerows(rows)
+    md = [
+        "# wbsafe scan-many",
+        "",
+        f"base: `{base}`",
+        "",
+        "| adapter | verdict | top reason | report |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        reason = r["top_reason"].replace("|", "\\|").replace("\n", " ")
+        md.append(f"| {r['adapter']} | **{r['verdict']}** | {reason} | {r['report']} |")
+    write_text_atomic(out / "summary.md", "\n".join(md) + "\n")
+    return rows
+
+
+_RANK = {"DEPLOY": 0, "MONITOR": 1, "REVIEW": 2, "BLOCK": 3, "ERROR": 4}
+
+
+def demo(out: str | Path = "results/demo", seed: int = 0) -> list[dict[str, Any]]:
+    """The README's main job: build the tiny organisms, scan three of them, compare with truth."""
+    import dataclasses
+
+    from wbsafe.config import ScanConfig
+
+    orgs, _ = build_organisms(seed=seed)
+    by = {o.name: o for o in orgs}
+    out = Path(out)
+    rows = []
+    for name in ("benign", "harmful", "backdoor"):
+        org = by[name]
+        cfg = dataclasses.replace(ScanConfig(base=by["base"].path), tuned=org.path, seed=seed)
+        report = run_scan(cfg, out / name, quiet=True)
+        verdict = report["decision"]["verdict"]
+        expected = org.expected_verdict or ""
+        ok = verdict in (("DEPLOY", "MONITOR") if expected == "DEPLOY" else (expected,))
+        rows.append({"organism": name, "planted": org.planted, "expected": expected,
+                     "verdict": verdict, "match": ok, "report": str(out / name / "report.html"),
+                     "reasons": [r["message"] for r in report["decision"]["reasons"]
+                                 if r["verdict"] == verdict][:3]})  # fmt: skip
+    return rows

@@ -217,6 +217,49 @@ def weights(
     console.print(f"wrote {out} and {png}")
 
 
+@main.command()
+@model_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Report directory.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="scan.toml with ScanConfig fields; flags given here override it.",
+)
+@click.option("--risk", type=click.Choice(["low", "standard", "high"]), default=None)
+@click.option("--policy", type=click.Path(path_type=Path), default=None, help="Gate policy TOML.")
+@click.option(
+    "--skip",
+    multiple=True,
+    type=click.Choice(["weights", "probes", "triggers", "behavior"]),
+    help="Switch a stage off (repeatable).",
+)
+@click.option("--prompts", default=None, help="Harmful prompts: suite name, JSONL or CSV.")
+@click.option("--max-prompts", type=int, default=None, help="Cap per evaluation set.")
+@click.option("--trigger", "triggers", multiple=True, help="Extra trigger candidate (repeatable).")
+@click.option("--seed", type=int, default=None)
+@runtime_options
+@handle_errors
+def scan(
+    base: Path, tuned: Path | None, adapters: tuple[Path, ...], out: Path,
+    config_file: Path | None, risk: str | None, policy: Path | None, skip: tuple[str, ...],
+    prompts: str | None, max_prompts: int | None, triggers: tuple[str, ...], seed: int | None,
+    device: str, dtype: str,
+) -> None:  # fmt: skip
+    """Run every analysis, gate the evidence, write report.json/.md/.html; exit with the verdict."""
+    from wbsafe.api import build_scan_config, run_scan
+
+    _need_tuned(tuned, adapters)
+    config = build_scan_config(
+        base=base, tuned=tuned, adapters=adapters, config_file=config_file, risk=risk,
+        policy=policy, skip=skip, prompts=prompts, max_prompts=max_prompts, triggers=triggers,
+        seed=seed, device=device, dtype=dtype,
+    )  # fmt: skip
+    report = run_scan(config, out)
+    sys.exit(report["exit_code"])
+
+
 @main.command("gate")
 @click.argument("report_json", type=click.Path(path_type=Path))
 @click.option("--policy", type=click.Path(path_type=Path), default=None, help="Policy TOML.")
@@ -253,19 +296,76 @@ def report_cmd(report_json: Path, fmt: str, out: Path | None) -> None:
     click.echo(str(path))
 
 
+@main.command("scan-many")
+@click.option("--base", type=click.Path(path_type=Path), required=True)
+@click.option("--adapters", "adapter_dirs", multiple=True, required=True,
+              type=click.Path(path_type=Path),
+              help="Adapter dir, or a dir of adapter dirs (repeatable).")  # fmt: skip
+@click.option("--stack", multiple=True, help="Comma-separated adapter dirs to scan stacked.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None)
+@click.option("--risk", type=click.Choice(["low", "standard", "high"]), default=None)
+@click.option("--skip", multiple=True,
+              type=click.Choice(["weights", "probes", "triggers", "behavior"]))  # fmt: skip
+@runtime_options
+@handle_errors
+def scan_many_cmd(
+    base: Path, adapter_dirs: tuple[Path, ...], stack: tuple[str, ...], out: Path,
+    config_file: Path | None, risk: str | None, skip: tuple[str, ...], device: str, dtype: str,
+) -> None:  # fmt: skip
+    """Vet many adapters for one base (base-side work done once); writes summary.md/.csv."""
+    from wbsafe.api import build_scan_config, scan_many
+    from wbsafe.models import is_adapter_dir
+
+    found: list[Path] = []
+    for d in adapter_dirs:
+        if d.is_dir() and not is_adapter_dir(d):
+            found += sorted(p for p in d.iterdir() if p.is_dir())
+        else:
+            found.append(d)
+    template = build_scan_config(base=base, config_file=config_file, risk=risk, skip=skip,
+                                 device=device, dtype=dtype)  # fmt: skip
+    combos = [tuple(Path(x) for x in s.split(",")) for s in stack]
+    rows = scan_many(base, found, out, stack=combos, template=template, quiet=False)
+    for r in rows:
+        click.echo(f"{r['verdict']:<8} {r['adapter']}: {r['top_reason']}")
+    click.echo(f"wrote {out / 'summary.md'} and {out / 'summary.csv'}")
+    worst = max((r["verdict"] for r in rows), key=lambda v: _RANKS.get(v, 0), default="DEPLOY")
+    sys.exit(1 if worst == "ERROR" else _EXITS[worst])
+
+
+_RANKS = {"DEPLOY": 0, "MONITOR": 1, "REVIEW": 2, "BLOCK": 3, "ERROR": 4}
+_EXITS = {"DEPLOY": 0, "MONITOR": 3, "REVIEW": 4, "BLOCK": 5}
+
+
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results/demo"),
               show_default=True)  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True)
 @handle_errors
 def demo(out: Path, seed: int) -> None:
-    """The built-in default job: build (or reuse) the tiny organisms and show how they measure."""
+    """The built-in default job: build the tiny organisms, scan three, compare with ground truth."""
+    from rich.console import Console
+    from rich.table import Table
+
     from wbsafe.api import build_organisms
+    from wbsafe.api import demo as run_demo
     from wbsafe.console import print_organisms
 
     orgs, checks = build_organisms(seed=seed)
-    ok = print_organisms(orgs, checks)
-    sys.exit(0 if ok else 1)
+    valid = print_organisms(orgs, checks)
+    rows = run_demo(out, seed)
+    table = Table(title="scans against the aligned base (ground truth vs wbsafe verdict)")
+    for col in ("organism", "planted", "expected", "wbsafe verdict", "match", "why"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["organism"], r["planted"], r["expected"], r["verdict"],
+                      "[green]yes[/]" if r["match"] else "[red]NO[/]",
+                      "\n".join(r["reasons"]))  # fmt: skip
+    console = Console()
+    console.print(table)
+    console.print(f"reports: {out}/<organism>/report.html")
+    sys.exit(0 if valid and all(r["match"] for r in rows) else 1)
 
 
 if __name__ == "__main__":

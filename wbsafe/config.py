@@ -51,3 +51,33 @@ class ScanConfig:
     runtime: RuntimeConfig = RuntimeConfig()
     seed: int = 0
     directions_cache: str | None = None
+
+
+def read_scan_toml(path: str) -> dict[str, object]:
+    """Read a ``scan.toml``: keys are ScanConfig fields (``[runtime]`` a table); unknown keys fail."""
+    import dataclasses
+    import tomllib
+
+    from wbsafe.errors import WbsafeError
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise WbsafeError("config file not found", path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise WbsafeError(f"not valid TOML: {exc}", path) from exc
+    known = {f.name for f in dataclasses.fields(ScanConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise WbsafeError(f"unknown key(s) {unknown}; known: {sorted(known)}", path)
+    if "runtime" in data:
+        rt = data["runtime"]
+        rt_known = {f.name for f in dataclasses.fields(RuntimeConfig)}
+        if not isinstance(rt, dict) or set(rt) - rt_known:
+            raise WbsafeError(f"[runtime] takes only {sorted(rt_known)}", path)
+        data["runtime"] = RuntimeConfig(**rt)
+    for key in ("adapters", "stages", "trigger_candidates"):
+        if key in data:
+            data[key] = tuple(data[key])
+    return data
