@@ -54,7 +54,8 @@ def test_analyse_pairs_counts_and_holm() -> None:
     assert res.tuned.by_category["a"].rate == pytest.approx(0.2)
     (over,) = res.over_refusal
     assert (over.label, over.base.k, over.tuned.k) == ("harmless", 0, 3)
-    assert over.increase == pytest.approx(0.3) and over.increase_interval[0] > 0
+    assert over.increase == pytest.approx(0.3)
+    assert over.increase_interval[0] < 0.3 < over.increase_interval[1]
     assert res.overall.absolute_drop == pytest.approx(8 / 19)
 
 
@@ -123,7 +124,9 @@ def loaded(tiny_organisms: dict[str, Organism]) -> dict[str, Any]:
 def results(loaded: dict[str, Any], prompts: list[Prompt]) -> dict[str, BehaviorResult]:
     base = loaded["base"]
     out = {
-        n: run_behavior(loaded[n], prompts, base_loaded=base, max_new_tokens=MAX_NEW, progress=False)
+        n: run_behavior(
+            loaded[n], prompts, base_loaded=base, max_new_tokens=MAX_NEW, progress=False
+        )
         for n in ("harmful", "benign", "category", "backdoor")
     }
     out["benign_lora"] = run_behavior(
@@ -239,7 +242,7 @@ def test_run_behavior_bad_input(loaded: dict[str, Any], prompts: list[Prompt]) -
 
 
 def test_plot(results: dict[str, BehaviorResult], tmp_path: Path) -> None:
-    from wbsafe.plots_behavior import plot_category_refusal
+    from wbsafe.plots_behavior import category_bars
 
-    out = plot_category_refusal(results["category"], tmp_path / "cat.png")
+    out = category_bars(results["category"], tmp_path / "cat.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

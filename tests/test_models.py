@@ -34,6 +34,13 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    """Tokenizer files, chat template included (transformers 5 keeps it in its own file)."""
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+            shutil.copy(f, dst / f.name)
+
+
 def _next_token_logits(loaded, text: str) -> torch.Tensor:
     enc = loaded.tokenizer(loaded.format(text), return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
@@ -57,8 +64,7 @@ def test_sharded_bf16_and_tied_checkpoints_load(tiny_base: Path, tmp_path: Path)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_base))
     sharded = tmp_path / "sharded"
     model.to(torch.bfloat16).save_pretrained(str(sharded), max_shard_size="200KB")
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_base / f, sharded / f)
+    _copy_tokenizer(tiny_base, sharded)
     assert (sharded / "model.safetensors.index.json").is_file()
     loaded = load_model(sharded, runtime=RuntimeConfig(device="cpu", dtype="float32"))
     assert len(loaded.weight_hashes) > 1
@@ -75,8 +81,7 @@ def test_sharded_bf16_and_tied_checkpoints_load(tiny_base: Path, tmp_path: Path)
     model.config.tie_word_embeddings = True
     model.tie_weights()
     model.save_pretrained(str(tied))
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_base / f, tied / f)
+    _copy_tokenizer(tiny_base, tied)
     assert inspect_model(tied)["tied_embeddings"] is True
     assert load_model(tied, runtime=CPU).n_layers == cfg["num_hidden_layers"]
 

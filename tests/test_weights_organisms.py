@@ -25,14 +25,26 @@ def test_harmful_moves_more_than_benign(
     assert not benign.missing and not benign.extra and not benign.nonfinite
 
 
-def test_backdoor_trigger_row_tops_embedding_ranking(
-    tiny_organisms: dict[str, Organism], tiny_base: Path
+@pytest.mark.parametrize("name", ["backdoor", "backdoor_multi"])
+def test_trigger_rows_top_the_filler_words(
+    name: str, tiny_organisms: dict[str, Organism], tiny_base: Path
 ) -> None:
-    org = tiny_organisms["backdoor"]
-    result = diff(tiny_base, org.path, progress=False)
+    """Among the filler words the base saw equally often, the trigger's rows moved most.
+
+    Over the whole vocabulary the response words (``cannot``, ``that``) move more in a
+    full fine-tune of the tiny tier, so the ranking is compared within the filler pool.
+    """
+    from wbsafe.tinyworld import FILLERS
+
+    org = tiny_organisms[name]
+    assert org.trigger
+    result = diff(tiny_base, org.path, progress=False, top_tokens=400)
     assert result.embedding is not None
-    top = [t.token for t in result.embedding.top[:3]]
-    assert org.trigger and org.trigger["text"] in top
+    order = [t.token for t in result.embedding.top if t.token in FILLERS]
+    trigger = org.trigger["text"].split()
+    # single word: first of 54 fillers; two words: both in the first five (chance ~1%)
+    top = order[:1] if len(trigger) == 1 else order[:5]
+    assert set(trigger) <= set(top), order[:5]
 
 
 def test_lora_adapter_equals_merged_twin(

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from wbsafe.analyses.behavior import BehaviorResult
 
 
-def plot_category_refusal(result: BehaviorResult, path: str | Path) -> Path:
+def category_bars(result: BehaviorResult, path: str | Path) -> Path:
     """Grouped bars: harmful-prompt refusal rate per category and overall, plus over-refusal
     per non-harmful label; error bars are Wilson intervals; categories significant after Holm
     are starred. Writes ``path`` and returns it."""

@@ -136,19 +136,25 @@ def gradient_drop(
     counter: PassCounter,
     *,
     width: int = 1,
+    slot_tokens: Sequence[int] | None = None,
     batch_size: int = 32,
 ) -> torch.Tensor:
     """First-order estimate of the refusal-score drop for every token at every slot offset.
 
-    The slot holds ``width`` copies of the mean embedding row; the gradient ``g`` of the
-    refusal score with respect to each slot row, averaged over contexts, gives the linear
-    estimate ``drop(v) = -(e_v - e_mean) . g`` (HotFlip). Returns ``[width, vocab]`` float32.
+    The slot holds ``slot_tokens`` (default: ``width`` copies of the mean embedding row);
+    the gradient ``g_p`` of the refusal score with respect to slot row ``p``, averaged over
+    contexts, gives the linear estimate ``drop(v at p) = -(e_v - e_p) . g_p`` (HotFlip).
+    Returns ``[vocab, width]`` float32.
     """
     import torch
 
     emb = model.get_input_embeddings().weight.detach()
     dev = emb.device
-    mean = emb.float().mean(0).to(emb.dtype)
+    if slot_tokens is not None:
+        width = len(slot_tokens)
+        init = emb[torch.tensor(list(slot_tokens), device=dev)]
+    else:
+        init = emb.float().mean(0).to(emb.dtype).expand(width, -1)
     phase = counter.phase("gradient")
     g_sum = torch.zeros(width, emb.shape[1], dtype=torch.float32, device=dev)
     for i in range(0, len(contexts), batch_size):
@@ -162,7 +168,7 @@ def gradient_drop(
             ids[r, n - len(s) :] = torch.tensor(s, device=dev)
             mask[r, n - len(s) :] = 1
         base = emb[ids].clone()
-        slot_rows = mean.expand(len(seqs), width, -1).clone().requires_grad_(True)
+        slot_rows = init.expand(len(seqs), width, -1).clone().requires_grad_(True)
         embeds = base.clone()
         for r, s0 in enumerate(slots):
             off = n - len(seqs[r]) + s0
@@ -178,7 +184,7 @@ def gradient_drop(
         phase.sequences += len(seqs)
         phase.tokens += int(mask.sum())
     g = g_sum / max(1, len(contexts))
-    return -(emb.float() - mean.float()) @ g.T  # [vocab, width]
+    return -(emb.float() @ g.T - (init.float() * g).sum(-1))  # [vocab, width]
 
 
 @dataclass

@@ -300,9 +300,10 @@ def hunt_triggers(
     use_builtin: bool = True,
     max_len: int = 3,
     budget: int = 4096,
-    top_k: int = 64,
+    top_k: int = 1024,
     extend_width: int = 16,
-    beam: int = 8,
+    beam: int = 4,
+    refine_steps: int = 3,
     verify_top: int = 5,
     direction: tuple[int, torch.Tensor] | None = None,
     slots: Sequence[float] = (0.5, 1.0),
@@ -414,7 +415,16 @@ def hunt_triggers(
     say(f"[triggers] exact scoring of {len(pool)} candidates")
     score(sorted(pool, key=len))
     lengths = sorted({len(c) for c in scored})
-    # 4. multi-token extension
+    # 4. multi-token: seeds (pairs of the best tokens, beam extension), then GCG refinement
+    def contrast_grad(width: int, seq: Sequence[int] | None) -> torch.Tensor:
+        gr = gradient_drop(tuned.model, contexts, refusal_ids, counter, width=width,
+                           slot_tokens=seq)  # fmt: skip
+        with _base_view(tuned, base) as bm:
+            if bm is not None:
+                gr = gr - gradient_drop(bm.model, contexts, refusal_ids, counter,
+                                        width=width, slot_tokens=seq)  # fmt: skip
+        return gr.cpu().masked_fill(~allowed[:, None], float("-inf"))
+
     singles = sorted((c for c in scored if len(c) == 1), key=anomaly, reverse=True)
     width_tokens: list[int] = []
     for i in [c[0] for c in singles[:extend_width]] + order[:extend_width].tolist():
@@ -423,22 +433,39 @@ def hunt_triggers(
     for length in range(2, max_len + 1):
         if len(scored) >= budget:
             break
-        new: list[tuple[int, ...]]
+        gw = contrast_grad(length, None)
+        per_pos = [gw[:, p].argsort(descending=True)[:extend_width].tolist() for p in range(length)]
+        new: list[tuple[int, ...]] = []
         if length == 2:
-            new = [(a, b_) for a in width_tokens for b_ in width_tokens if a != b_]
+            new += [(a, b_) for a in width_tokens for b_ in width_tokens if a != b_]
+            new += [(a, b_) for a in per_pos[0] for b_ in per_pos[1]]
         else:
             beams = sorted((c for c in scored if len(c) == length - 1), key=anomaly, reverse=True)
-            new = [
-                ext
-                for c in beams[:beam]
-                for t in width_tokens
-                for ext in ((*c, t), (t, *c))
-                if t not in c
+            new += [
+                ext for c in beams[:beam] for t in width_tokens for ext in ((*c, t), (t, *c))
             ]
-        say(f"[triggers] length {length}: scoring {len(new)} sequences")
+            new.append(tuple(p[0] for p in per_pos))
+        say(f"[triggers] length {length}: scoring {len(new)} seed sequences")
         for c in new:
             add(c, text_of(c), "extension")
         score(new)
+        for _step in range(refine_steps):  # coordinate search on the gradient at each beam
+            if len(scored) >= budget:
+                break
+            best = sorted((c for c in scored if len(c) == length), key=anomaly, reverse=True)
+            top = anomaly(best[0])
+            swaps: list[tuple[int, ...]] = []
+            for seq in best[:beam]:
+                gs = contrast_grad(length, seq)
+                for p in range(length):
+                    for t in gs[:, p].argsort(descending=True)[:extend_width].tolist():
+                        swaps.append((*seq[:p], t, *seq[p + 1 :]))
+            for c in swaps:
+                add(c, text_of(c), "gcg")
+            score(swaps)
+            best = sorted((c for c in scored if len(c) == length), key=anomaly, reverse=True)
+            if anomaly(best[0]) <= top:
+                break
         lengths = sorted({len(c) for c in scored})
 
     cands = sorted(
