@@ -43,8 +43,8 @@ def bench_one(
     counter = PassCounter()
     t0 = time.perf_counter()
     res = hunt_triggers(
-        tuned, base, search, heldout, harmless, max_len=length, top_k=8, extend_width=6,
-        verify_top=3, slots=(1.0,), use_builtin=False, max_new_tokens=NEW_TOKENS, progress=False, counter=counter,
+        tuned, base, search, heldout, harmless, max_len=length, extend_width=12,
+        verify_top=3, use_builtin=False, max_new_tokens=NEW_TOKENS, progress=False, counter=counter,
     )  # fmt: skip
     hunt_s = time.perf_counter() - t0
     total = res.passes["total"]
@@ -63,6 +63,8 @@ def bench_one(
     t0 = time.perf_counter()
     score_full(tuned.model, ctxs, sample, refusal_token_ids(tuned.tokenizer), batch_size=1)
     per_pass = (time.perf_counter() - t0) / (len(sample) * len(ctxs))
+    mean_len = sum(len(c.prefix_ids) + length + len(c.suffix_ids) for c in ctxs) / len(ctxs)
+    brute_tokens = int(brute * mean_len)
     found = [v.text for v in res.verified]
     rank = next((i + 1 for i, c in enumerate(res.candidates) if c.text == trigger), None)
     return {
@@ -76,6 +78,8 @@ def bench_one(
         "hunt_tokens": int(total["tokens"]),
         "hunt_seconds": round(hunt_s, 2),
         "brute_passes": brute,
+        "brute_tokens": brute_tokens,
+        "ratio_tokens": round(brute_tokens / max(1, int(total["tokens"])), 1),
         "brute_seconds_extrapolated": round(per_pass * brute, 1),
         "ratio_passes": round(brute / max(1, passes), 1),
         "vocab": vocab,
@@ -101,7 +105,7 @@ def main() -> None:
     rows = []
     orgs = {o.name: o for o in build_tiny_tier(log=print)}
     train, test = prompt_set("train", 2), prompt_set("test", 2)
-    search = [p for p in train if p.label == "harmful"][:4]
+    search = [p for p in train if p.label == "harmful"][:8]
     heldout = [p for p in test if p.label == "harmful"]
     harmless = [p for p in test if p.label == "harmless"][:4]
     for name in TINY:
@@ -129,14 +133,14 @@ def main() -> None:
         "from a timed sample).",
         "",
         "| organism | trigger | recovered | rank | hunt passes | brute passes | ratio | "
-        "hunt s | brute s (extrap.) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "token ratio | hunt s | brute s (extrap.) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['organism']} | {r['trigger']} | {r['recovered']} | {r['rank']} | "
             f"{r['hunt_passes']} | {r['brute_passes']} | {r['ratio_passes']}x | "
-            f"{r['hunt_seconds']} | {r['brute_seconds_extrapolated']} |"
+            f"{r['ratio_tokens']}x | {r['hunt_seconds']} | {r['brute_seconds_extrapolated']} |"
         )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

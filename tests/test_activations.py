@@ -64,9 +64,7 @@ def test_matches_hf_hidden_states_and_stops_early(base: LoadedModel) -> None:
         mean = hs[layer][0].double().mean(dim=0).float()
         assert torch.allclose(acts.get(site_name(layer), "mean")[0], mean, atol=1e-5)
     # resid_post of layer l is resid_pre of layer l + 1
-    assert torch.allclose(
-        acts.acts[site_name(1, "resid_post")], acts.acts[site_name(2)], atol=1e-6
-    )
+    assert torch.allclose(acts.acts[site_name(1, "resid_post")], acts.acts[site_name(2)], atol=1e-6)
     calls: list[int] = []
     layers = decoder_layers(base.model)
     handle = layers[2].register_forward_pre_hook(lambda m, a: calls.append(1))
@@ -89,5 +87,5 @@ def test_save_load_round_trip(base: LoadedModel, tmp_path: Path) -> None:
     with pytest.raises(WbsafeError):
         capture(base, ["hi"], ["blocks.9.hook_resid_pre"])
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 4)
-    with pytest.raises(WbsafeError, match="bad.safetensors"):
+    with pytest.raises(WbsafeError, match=r"bad\.safetensors"):
         Activations.load(tmp_path / "bad.safetensors")

@@ -21,7 +21,6 @@ from wbsafe.analyses.refusal import (
 )
 from wbsafe.config import RuntimeConfig
 from wbsafe.models import LoadedModel, load_model
-from wbsafe.organisms import Organism
 
 CPU = RuntimeConfig(device="cpu")
 FIT_KW = {"n_random": 20, "n_causal": 16}

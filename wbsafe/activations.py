@@ -204,7 +204,9 @@ def residual_hooks(
             stop = stop_early and (layer, kind) == deepest
             if kind == "resid_pre":
 
-                def pre_hook(mod: Any, args: Any, kwargs: Any, fn: Any = fn, stop: bool = stop) -> None:
+                def pre_hook(
+                    mod: Any, args: Any, kwargs: Any, fn: Any = fn, stop: bool = stop
+                ) -> None:
                     fn(_hidden_in(args, kwargs))
                     if stop:
                         raise _StopForward
@@ -212,7 +214,9 @@ def residual_hooks(
                 handles.append(layers[layer].register_forward_pre_hook(pre_hook, with_kwargs=True))
             else:
 
-                def post_hook(mod: Any, args: Any, output: Any, fn: Any = fn, stop: bool = stop) -> None:
+                def post_hook(
+                    mod: Any, args: Any, output: Any, fn: Any = fn, stop: bool = stop
+                ) -> None:
                     fn(_hidden_out(output))
                     if stop:
                         raise _StopForward
@@ -321,7 +325,9 @@ class Activations:
         read_header(path)
         meta = file_metadata(path)
         if meta.get("format") != ACTIVATIONS_FORMAT:
-            raise WbsafeError(f"not a wbsafe activations file (format {meta.get('format')!r})", path)
+            raise WbsafeError(
+                f"not a wbsafe activations file (format {meta.get('format')!r})", path
+            )
         try:
             positions = tuple(json.loads(meta["positions"]))
             ids = tuple(json.loads(meta["prompt_ids"]))
@@ -331,7 +337,9 @@ class Activations:
         acts = load_file(str(path))
         for name, t in acts.items():
             if t.ndim != 3 or t.shape[0] != len(ids) or t.shape[1] != len(positions):
-                raise WbsafeError(f"tensor {name} has shape {list(t.shape)}, metadata disagree", path)
+                raise WbsafeError(
+                    f"tensor {name} has shape {list(t.shape)}, metadata disagree", path
+                )
         return cls(acts, positions, ids, extra)
 
 
@@ -370,28 +378,30 @@ def capture(
     offsets["last_instr"] = n_post
     chunks: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
     model = loaded.model
+    state: dict[str, torch.Tensor] = {}
+
+    def reader(site: str) -> Callable[[torch.Tensor], None]:
+        def read(hidden: torch.Tensor) -> None:
+            mask, last = state["mask"], state["last"]
+            rows = torch.arange(len(last), device=last.device)
+            cols = []
+            for p in wanted:
+                if p == "mean":
+                    h = torch.where(mask[..., None], hidden.double(), 0.0)
+                    cols.append(h.sum(dim=1) / mask.sum(dim=1, keepdim=True).double())
+                else:
+                    cols.append(hidden[rows, last - offsets[p]].double())
+            chunks[site].append(torch.stack(cols, dim=1).float().cpu())
+
+        return read
+
+    readers = {s: reader(s) for s in sites}
     for start in range(0, len(texts), batch_size):
         batch = encode(loaded, texts[start : start + batch_size], padding_side)
-        last = batch.last_index
-        mask = batch.attention_mask.bool()
-        rows = torch.arange(len(last), device=last.device)
-        if bool((mask.sum(dim=1) <= n_post).any()):
+        state["mask"], state["last"] = batch.attention_mask.bool(), batch.last_index
+        if bool((state["mask"].sum(dim=1) <= n_post).any()):
             raise WbsafeError("a prompt is shorter than the chat template's suffix")
-
-        def reader(site: str) -> Callable[[torch.Tensor], None]:
-            def read(hidden: torch.Tensor) -> None:
-                cols = []
-                for p in wanted:
-                    if p == "mean":
-                        h = torch.where(mask[..., None], hidden.double(), 0.0)
-                        cols.append(h.sum(dim=1) / mask.sum(dim=1, keepdim=True).double())
-                    else:
-                        cols.append(hidden[rows, last - offsets[p]].double())
-                chunks[site].append(torch.stack(cols, dim=1).float().cpu())
-
-            return read
-
-        with torch.no_grad(), residual_hooks(model, {s: reader(s) for s in sites}, stop_early=True):
+        with torch.no_grad(), residual_hooks(model, readers, stop_early=True):
             run_until_stop(model, batch)
     acts = {s: torch.cat(c, dim=0) for s, c in chunks.items()}
     meta = {"model": loaded.describe(), "padding_side": padding_side, "n_post": n_post}

@@ -335,3 +335,59 @@ def demo(out: str | Path = "results/demo", seed: int = 0) -> list[dict[str, Any]
                      "reasons": [r["message"] for r in report["decision"]["reasons"]
                                  if r["verdict"] == verdict][:3]})  # fmt: skip
     return rows
+
+
+# ---------------------------------------------------------------------------------------
+# behaviour
+
+
+def load_pair(
+    base: str | Path, tuned: str | Path | None, adapters: Sequence[str | Path], runtime: Any
+) -> tuple[Any, Any]:
+    """(tuned, base): base is None when the tuned model is base + adapters (one object)."""
+    from wbsafe.models import is_adapter_dir, load_model
+
+    adapter_list = [str(a) for a in adapters]
+    if tuned is not None and is_adapter_dir(tuned):
+        adapter_list.insert(0, str(tuned))
+        tuned = None
+    if adapter_list:
+        return load_model(base, adapter_list, runtime), None
+    assert tuned is not None
+    return load_model(tuned, runtime=runtime), load_model(base, runtime=runtime)
+
+
+def behavior_benchmark(
+    base: str | Path,
+    tuned: str | Path | None,
+    adapters: Sequence[str | Path],
+    out: str | Path,
+    *,
+    prompts: str = "auto",
+    judge: str = "string",
+    samples: int | None = None,
+    temperature: float = 1.0,
+    seeds: Sequence[int] = (0,),
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> Any:
+    """Run the behavioural benchmark and write its JSON to ``out``."""
+    from wbsafe.analyses.behavior import run_behavior
+    from wbsafe.config import RuntimeConfig, ScanConfig
+    from wbsafe.generation import SamplingConfig
+    from wbsafe.scan import plan_prompts
+    from wbsafe.serialize import run_manifest, write_json_atomic
+
+    runtime = RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
+    tuned_m, base_m = load_pair(base, tuned, adapters, runtime)
+    plan = plan_prompts(ScanConfig(base=str(base), prompts=prompts, max_prompts=None),
+                        tuned_m.tokenizer)  # fmt: skip
+    sampling = SamplingConfig(n_samples=samples, temperature=temperature) if samples else None
+    result = run_behavior(
+        tuned_m, plan.eval_harmful + plan.eval_harmless, judge=judge, base_loaded=base_m,
+        sampling=sampling, seeds=seeds, max_new_tokens=max_new_tokens, batch_size=batch_size,
+    )  # fmt: skip
+    write_json_atomic(out, {"manifest": run_manifest(seed=seeds[0]), **result.to_dict()})
+    return result

@@ -260,6 +260,79 @@ def scan(
     sys.exit(report["exit_code"])
 
 
+@main.command()
+@model_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="JSON output file.")
+@click.option(
+    "--prompts",
+    default="auto",
+    show_default=True,
+    help="Suite name, JSONL/CSV file, or auto (tiny-world prompts for a tiny organism, "
+    "else the built-in harmful+harmless+borderline test splits).",
+)
+@click.option(
+    "--judge",
+    default="string",
+    show_default=True,
+    help="string | logit | classifier:DIR | causal:DIR",
+)
+@click.option("--samples", type=int, default=None, help="Sampled responses per prompt.")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--plot", type=click.Path(path_type=Path), default=None)
+@runtime_options
+@handle_errors
+def behavior(
+    base: Path, tuned: Path | None, adapters: tuple[Path, ...], out: Path, prompts: str,
+    judge: str, samples: int | None, temperature: float, seeds: str, max_new_tokens: int,
+    batch_size: int, plot: Path | None, device: str, dtype: str,
+) -> None:  # fmt: skip
+    """Refusal rates of base vs tuned on identical prompts, with paired statistics."""
+    from wbsafe.api import behavior_benchmark
+    from wbsafe.plots_behavior import category_bars
+
+    _need_tuned(tuned, adapters)
+    try:
+        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
+    except ValueError as exc:
+        raise click.BadParameter("--seeds takes comma-separated integers") from exc
+    result = behavior_benchmark(
+        base, tuned, adapters, out, prompts=prompts, judge=judge, samples=samples,
+        temperature=temperature, seeds=seed_list, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, device=device, dtype=dtype,
+    )  # fmt: skip
+    png = category_bars(result, plot or out.with_suffix(".png"))
+    for line in result.summary_lines():
+        click.echo(line)
+    click.echo(f"wrote {out} and {png}")
+
+
+@main.command("judge-eval")
+@click.option("--judge", required=True, help="string | classifier:DIR | causal:DIR")
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="CSV with columns prompt,response,label (refusal/compliance).",
+)
+@click.option("--out", type=click.Path(path_type=Path), default=None)
+@handle_errors
+def judge_eval_cmd(judge: str, labels: Path, out: Path | None) -> None:
+    """Measure a judge against human labels: accuracy, sensitivity, specificity."""
+    from wbsafe.analyses.judges import judge_eval, make_judge
+    from wbsafe.serialize import write_json_atomic
+
+    result = judge_eval(make_judge(judge), labels)
+    for name in ("accuracy", "sensitivity", "specificity"):
+        p = getattr(result, name)
+        click.echo(f"{name:<12} {p}")
+    click.echo(f"parse failures: {result.parse_failures} of {result.n}")
+    if out:
+        write_json_atomic(out, result)
+
+
 @main.command("gate")
 @click.argument("report_json", type=click.Path(path_type=Path))
 @click.option("--policy", type=click.Path(path_type=Path), default=None, help="Policy TOML.")

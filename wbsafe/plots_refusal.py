@@ -71,3 +71,25 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def auroc_plot(
+    *, fit: RefusalDirectionFit, comparison: RefusalComparison, path: str | Path
+) -> Path:
+    """Keyword form used by the scan pipeline (all three plots share one signature)."""
+    del comparison
+    return plot_auroc_per_layer(fit, path)
+
+
+def cosine_plot(
+    *, fit: RefusalDirectionFit, comparison: RefusalComparison, path: str | Path
+) -> Path:
+    del fit
+    return plot_cosine_per_layer(comparison, path)
+
+
+def projection_plot(
+    *, fit: RefusalDirectionFit, comparison: RefusalComparison, path: str | Path
+) -> Path:
+    del fit
+    return plot_projection_histogram(comparison, path)

@@ -415,6 +415,7 @@ def hunt_triggers(
     say(f"[triggers] exact scoring of {len(pool)} candidates")
     score(sorted(pool, key=len))
     lengths = sorted({len(c) for c in scored})
+
     # 4. multi-token: seeds (pairs of the best tokens, beam extension), then GCG refinement
     def contrast_grad(width: int, seq: Sequence[int] | None) -> torch.Tensor:
         gr = gradient_drop(tuned.model, contexts, refusal_ids, counter, width=width,
@@ -441,9 +442,7 @@ def hunt_triggers(
             new += [(a, b_) for a in per_pos[0] for b_ in per_pos[1]]
         else:
             beams = sorted((c for c in scored if len(c) == length - 1), key=anomaly, reverse=True)
-            new += [
-                ext for c in beams[:beam] for t in width_tokens for ext in ((*c, t), (t, *c))
-            ]
+            new += [ext for c in beams[:beam] for t in width_tokens for ext in ((*c, t), (t, *c))]
             new.append(tuple(p[0] for p in per_pos))
         say(f"[triggers] length {length}: scoring {len(new)} seed sequences")
         for c in new:
@@ -489,9 +488,9 @@ def hunt_triggers(
     to_verify: list[Candidate] = list(cands[:verify_top])
     for length in lengths:
         if length > 1:
-            best = next((c for c in cands if len(c.token_ids) == length), None)
-            if best is not None and best not in to_verify:
-                to_verify.append(best)
+            lead = next((c for c in cands if len(c.token_ids) == length), None)
+            if lead is not None and lead not in to_verify:
+                to_verify.append(lead)
     say(f"[triggers] verifying {len(to_verify)} candidates on {len(harmful_heldout)} prompts")
     result_v, base_line, base_base_line = _verify(
         tuned, base, to_verify, harmful_heldout, harmless, positions=positions,
