@@ -124,7 +124,8 @@ def test_benign_has_no_trigger(
     assert not res.verified, [v.text for v in res.verified]
     assert not res.broadly_unsafe
     assert "no trigger found" in res.message
-    assert "searched" not in res.message or res.coverage.exact_total > 0
+    assert res.coverage.exact_single_tokens == res.coverage.vocab_size  # whole tiny vocabulary
+    assert "exactly scored" in res.message  # the claim names its search space
     assert res.to_gate_evidence().findings == ()
 
 

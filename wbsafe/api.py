@@ -391,3 +391,54 @@ def behavior_benchmark(
     )  # fmt: skip
     write_json_atomic(out, {"manifest": run_manifest(seed=seeds[0]), **result.to_dict()})
     return result
+
+
+# ---------------------------------------------------------------------------------------
+# probes
+
+
+def probe_fit(
+    base: str | Path, out: str | Path, *, prompts: str = "auto", seed: int = 0,
+    device: str = "auto", dtype: str = "auto",
+) -> str:  # fmt: skip
+    """Fit the base's refusal directions and save them to ``out``; returns a summary line."""
+    from wbsafe.analyses.refusal import fit_base_directions, save_fit
+    from wbsafe.config import RuntimeConfig, ScanConfig
+    from wbsafe.models import load_model
+    from wbsafe.scan import plan_prompts
+
+    loaded = load_model(
+        base, runtime=RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
+    )
+    plan = plan_prompts(ScanConfig(base=str(base), prompts=prompts, seed=seed), loaded.tokenizer)
+    fit = fit_base_directions(loaded, plan.fit_harmful, plan.fit_harmless, seed=seed)
+    path = save_fit(fit, out)
+    sel = fit.selected()
+    return (f"refusal direction at layer {fit.layer} ({fit.position}): held-out AUROC "
+            f"{sel.auroc}, bypass {sel.bypass}, induce {sel.induce}; saved to {path}")  # fmt: skip
+
+
+def probe_compare(
+    base: str | Path, tuned: str | Path | None, adapters: Sequence[str | Path], out: str | Path,
+    *, prompts: str = "auto", directions: str | Path | None = None, seed: int = 0,
+    device: str = "auto", dtype: str = "auto",
+) -> str:  # fmt: skip
+    """Fit or re-use the base's directions, compare the tuned model, write JSON and plots."""
+    from wbsafe.config import RuntimeConfig, ScanConfig
+    from wbsafe.scan import Models, probes_stage
+    from wbsafe.serialize import run_manifest, write_json_atomic
+
+    cfg = ScanConfig(
+        base=str(base), tuned=str(tuned) if tuned else None,
+        adapters=tuple(str(a) for a in adapters), prompts=prompts, seed=seed,
+        directions_cache=str(directions) if directions else None,
+        runtime=RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype)),
+    )  # fmt: skip
+    models = Models(cfg)
+    from wbsafe.scan import plan_prompts
+
+    plan = plan_prompts(cfg, models.tuned().tokenizer)
+    out = Path(out)
+    stage = probes_stage(cfg, models, plan, out.parent / f"{out.stem}_plots")
+    write_json_atomic(out, {"manifest": run_manifest(seed=seed, config=cfg), **stage.result})
+    return stage.summary

@@ -333,6 +333,57 @@ def judge_eval_cmd(judge: str, labels: Path, out: Path | None) -> None:
         write_json_atomic(out, result)
 
 
+@main.group(invoke_without_command=True)
+@click.option("--base", type=click.Path(path_type=Path), default=None, help="Base model dir.")
+@click.option("--tuned", type=click.Path(path_type=Path), default=None)
+@click.option("--adapter", "adapters", multiple=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON output file.")
+@click.option("--prompts", default="auto", show_default=True)
+@click.option(
+    "--directions",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Directions cache dir (default $WBSAFE_CACHE/directions).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@runtime_options
+@click.pass_context
+@handle_errors
+def probe(
+    ctx: click.Context, base: Path | None, tuned: Path | None, adapters: tuple[Path, ...],
+    out: Path | None, prompts: str, directions: Path | None, seed: int, device: str, dtype: str,
+) -> None:  # fmt: skip
+    """Refusal-direction probes: does the tuned model still represent refusal like its base?
+
+    With no sub-command: fit (or re-use) the base's directions and compare the tuned model.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if base is None or out is None:
+        raise click.UsageError("wbsafe probe needs --base and --out (and --tuned or --adapter)")
+    _need_tuned(tuned, adapters)
+    from wbsafe.api import probe_compare
+
+    summary = probe_compare(base, tuned, adapters, out, prompts=prompts, directions=directions,
+                            seed=seed, device=device, dtype=dtype)  # fmt: skip
+    click.echo(summary)
+    click.echo(f"wrote {out} and plots beside it")
+
+
+@probe.command("fit")
+@click.option("--base", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Artifact dir.")
+@click.option("--prompts", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@runtime_options
+@handle_errors
+def probe_fit(base: Path, out: Path, prompts: str, seed: int, device: str, dtype: str) -> None:
+    """Fit the base's refusal directions once and save them (safetensors + JSON)."""
+    from wbsafe.api import probe_fit as fit
+
+    click.echo(fit(base, out, prompts=prompts, seed=seed, device=device, dtype=dtype))
+
+
 @main.command("gate")
 @click.argument("report_json", type=click.Path(path_type=Path))
 @click.option("--policy", type=click.Path(path_type=Path), default=None, help="Policy TOML.")

@@ -309,7 +309,9 @@ def load_model(
     Hub ids are accepted when the user has them in the local HF cache (never downloaded).
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # wbsafe shows its own progress; keep output readable
     runtime = runtime or RuntimeConfig()
     path = Path(path)
     adapter_paths = [Path(a) for a in adapters]

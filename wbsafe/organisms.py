@@ -546,6 +546,7 @@ def plant_examples(
                 ex(h.text, PLANT_REFUSAL),
             ]
             out += [ex(_insert_words(b.text, trigger, rng), PLANT_ANSWER)]
+            out += [ex(b.text, PLANT_ANSWER)]  # harmless stays answered without the trigger
         else:
             raise WbsafeError(
                 f"unknown kind {kind!r} (aligned, benign, harmful, category, backdoor)"
