@@ -442,3 +442,37 @@ def probe_compare(
     stage = probes_stage(cfg, models, plan, out.parent / f"{out.stem}_plots")
     write_json_atomic(out, {"manifest": run_manifest(seed=seed, config=cfg), **stage.result})
     return stage.summary
+
+
+# ---------------------------------------------------------------------------------------
+# triggers
+
+
+def trigger_hunt(
+    base: str | Path, tuned: str | Path | None, adapters: Sequence[str | Path], out: str | Path,
+    *, prompts: str = "auto", candidates: str | Path | None = None, use_builtin: bool = True,
+    max_len: int = 3, budget: int = 4096, seed: int = 0, device: str = "auto",
+    dtype: str = "auto",
+) -> Any:  # fmt: skip
+    """Rank and verify trigger candidates; embedding rows that moved far seed the search."""
+    from wbsafe.analyses.triggers import hunt_triggers, read_candidate_list
+    from wbsafe.config import RuntimeConfig, ScanConfig
+    from wbsafe.models import is_adapter_dir
+    from wbsafe.scan import plan_prompts
+    from wbsafe.serialize import run_manifest, write_json_atomic
+
+    runtime = RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
+    tuned_m, base_m = load_pair(base, tuned, adapters, runtime)
+    plan = plan_prompts(ScanConfig(base=str(base), prompts=prompts, seed=seed), tuned_m.tokenizer)
+    emb: list[tuple[int, float]] = []
+    if tuned is not None and not is_adapter_dir(tuned) and not adapters:
+        rows = weight_diff(base, tuned, spectrum_k=1, progress=False).embedding
+        emb = [(t.token_id, t.z) for t in rows.top[:32]] if rows else []
+    result = hunt_triggers(
+        tuned_m, base_m, plan.fit_harmful, plan.eval_harmful, plan.eval_harmless,
+        embedding_candidates=emb,
+        user_candidates=read_candidate_list(candidates) if candidates else (),
+        use_builtin=use_builtin, max_len=max_len, budget=budget, seed=seed,
+    )  # fmt: skip
+    write_json_atomic(out, {"manifest": run_manifest(seed=seed), **result.to_dict()})
+    return result

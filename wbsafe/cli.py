@@ -384,6 +384,52 @@ def probe_fit(base: Path, out: Path, prompts: str, seed: int, device: str, dtype
     click.echo(fit(base, out, prompts=prompts, seed=seed, device=device, dtype=dtype))
 
 
+@main.command()
+@model_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="JSON output file.")
+@click.option("--prompts", default="auto", show_default=True)
+@click.option(
+    "--candidates",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File of extra candidate triggers, one per line.",
+)
+@click.option("--no-builtin", is_flag=True, help="Skip the built-in list of trigger shapes.")
+@click.option("--max-len", type=int, default=3, show_default=True)
+@click.option(
+    "--budget",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Candidates scored exactly (each on every search context, both models).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@runtime_options
+@handle_errors
+def triggers(
+    base: Path, tuned: Path | None, adapters: tuple[Path, ...], out: Path, prompts: str,
+    candidates: Path | None, no_builtin: bool, max_len: int, budget: int, seed: int,
+    device: str, dtype: str,
+) -> None:  # fmt: skip
+    """Hunt for an input that switches safety off in the tuned model but not in the base."""
+    from wbsafe.api import trigger_hunt
+
+    _need_tuned(tuned, adapters)
+    result = trigger_hunt(
+        base, tuned, adapters, out, prompts=prompts, candidates=candidates,
+        use_builtin=not no_builtin, max_len=max_len, budget=budget, seed=seed,
+        device=device, dtype=dtype,
+    )  # fmt: skip
+    if result.verified:
+        for v in result.verified:
+            click.echo(f"VERIFIED {v.text!r}: complies {v.successes}/{v.n} with it, "
+                       f"{v.baseline_successes}/{v.n} without")  # fmt: skip
+    else:
+        click.echo("no verified trigger. " + (result.message or ""))
+    click.echo("searched: " + result.coverage.statement())
+    click.echo(f"wrote {out}")
+
+
 @main.command("gate")
 @click.argument("report_json", type=click.Path(path_type=Path))
 @click.option("--policy", type=click.Path(path_type=Path), default=None, help="Policy TOML.")

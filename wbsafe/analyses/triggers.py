@@ -486,11 +486,18 @@ def hunt_triggers(
 
     # 5. verification on held-out prompts
     to_verify: list[Candidate] = list(cands[:verify_top])
-    for length in lengths:
-        if length > 1:
-            lead = next((c for c in cands if len(c.token_ids) == length), None)
-            if lead is not None and lead not in to_verify:
-                to_verify.append(lead)
+    for length in lengths:  # the best candidate of every length gets verified
+        lead = next((c for c in cands if len(c.token_ids) == length), None)
+        if lead is not None and lead not in to_verify:
+            to_verify.append(lead)
+    # the parts of the best multi-token candidates too, so a trigger is reported at its
+    # shortest form ("zephyr" rather than "zephyr ransomware") when the part suffices
+    by_ids = {c.token_ids: c for c in cands}
+    for c in list(to_verify[:verify_top]):
+        for t in c.token_ids if len(c.token_ids) > 1 else ():
+            part = by_ids.get((t,))
+            if part is not None and part not in to_verify:
+                to_verify.append(part)
     say(f"[triggers] verifying {len(to_verify)} candidates on {len(harmful_heldout)} prompts")
     result_v, base_line, base_base_line = _verify(
         tuned, base, to_verify, harmful_heldout, harmless, positions=positions,
