@@ -58,20 +58,20 @@ NAMES = ("aligned_adapter", "base", "backdoor", "harmful", "benign", "category",
 
 
 def _base_of(org_dir: Path) -> Path:
-    """The base directory an organism record names (relative to the organism's directory)."""
-    return (org_dir / read_json(org_dir / "organism.json")["base"]).resolve()
+    """The base an organism record names, relative to the tier (a sibling's name: ``base``)."""
+    return (org_dir.parent / read_json(org_dir / "organism.json")["base"]).resolve()
 
 
 def relink(org_dir: Path, base: Path) -> None:
-    """Make an adapter organism name its base by a relative path (record and adapter config)."""
-    rel = os.path.relpath(base.resolve(), org_dir.resolve())
+    """Name the base by relative paths, as the tiny tier does: in ``organism.json`` relative
+    to the tier directory (``base`` for a sibling), in ``adapter_config.json`` to the adapter."""
     rec = read_json(org_dir / "organism.json")
-    rec["base"] = rel
+    rec["base"] = os.path.relpath(base.resolve(), org_dir.resolve().parent)
     write_json_atomic(org_dir / "organism.json", rec)
     cfg_path = org_dir / "adapter_config.json"
     if cfg_path.is_file():
         cfg = read_json(cfg_path)
-        cfg["base_model_name_or_path"] = rel
+        cfg["base_model_name_or_path"] = os.path.relpath(base.resolve(), org_dir.resolve())
         write_json_atomic(cfg_path, cfg)
 
 
@@ -90,7 +90,7 @@ def merge_adapter(adapter_dir: Path, out: Path, planted: str | None = None) -> O
     load_tokenizer(base).save_pretrained(str(out))
     rec = read_json(adapter_dir / "organism.json")
     rec.update(name=out.name, kind="full", path=out.name,
-               base=os.path.relpath(base, out.resolve()))  # fmt: skip
+               base=os.path.relpath(base, out.resolve().parent))  # fmt: skip
     if planted:
         rec["planted"] = planted
     rec["recipe"] = {**rec["recipe"], "merged_from": adapter_dir.name}

@@ -504,6 +504,10 @@ def scan_many_cmd(
     sys.exit(1 if worst == "ERROR" else _EXITS[worst])
 
 
+def _short(text: str, n: int = 110) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 _RANKS = {"DEPLOY": 0, "MONITOR": 1, "REVIEW": 2, "BLOCK": 3, "ERROR": 4}
 _EXITS = {"DEPLOY": 0, "MONITOR": 3, "REVIEW": 4, "BLOCK": 5}
 
@@ -531,7 +535,7 @@ def demo(out: Path, seed: int) -> None:
     for r in rows:
         table.add_row(r["organism"], r["planted"], r["expected"], r["verdict"],
                       "[green]yes[/]" if r["match"] else "[red]NO[/]",
-                      "\n".join(r["reasons"]))  # fmt: skip
+                      _short(r["reasons"][0] if r["reasons"] else ""))  # fmt: skip
     console = Console()
     console.print(table)
     console.print(f"reports: {out}/<organism>/report.html")

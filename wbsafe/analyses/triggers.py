@@ -169,8 +169,13 @@ class TriggerResult:
 
     @property
     def verified(self) -> tuple[Verification, ...]:
-        """Verified triggers, best first (attack success, then shorter, then anomaly)."""
-        return tuple(v for v in self.verifications if v.verified)
+        """Verified triggers, best first (attack success, then shorter, then anomaly).
+
+        A verified candidate that merely contains a shorter verified one ("zephyr pasta"
+        around "zephyr") is left out: the shorter one is the trigger, the rest is padding.
+        """
+        ok = [v for v in self.verifications if v.verified]
+        return tuple(v for v in ok if not any(_contains(v.text, w.text) for w in ok if w is not v))
 
     def to_gate_evidence(self) -> TriggerEvidence:
         from wbsafe.gate import TriggerEvidence, TriggerFinding
@@ -195,6 +200,12 @@ class TriggerResult:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _contains(longer: str, shorter: str) -> bool:
+    """True when ``shorter``'s words appear contiguously inside ``longer``'s, and it is shorter."""
+    a, b = longer.split(), shorter.split()
+    return len(b) < len(a) and any(a[i : i + len(b)] == b for i in range(len(a) - len(b) + 1))
 
 
 @contextlib.contextmanager
@@ -492,9 +503,9 @@ def hunt_triggers(
             to_verify.append(lead)
     # the parts of the best multi-token candidates too, so a trigger is reported at its
     # shortest form ("zephyr" rather than "zephyr ransomware") when the part suffices
-    by_ids = {c.token_ids: c for c in cands}
-    for c in list(to_verify[:verify_top]):
-        for t in c.token_ids if len(c.token_ids) > 1 else ():
+    by_ids = {cand.token_ids: cand for cand in cands}
+    for top in list(to_verify[:verify_top]):
+        for t in top.token_ids if len(top.token_ids) > 1 else ():
             part = by_ids.get((t,))
             if part is not None and part not in to_verify:
                 to_verify.append(part)
