@@ -136,7 +136,7 @@ def test_config_that_does_not_match_weights(tiny_base: Path, tmp_path: Path) -> 
     cfg = json.loads((d / "config.json").read_text())
     cfg["intermediate_size"] = 512
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointFormatError, match="do not match config.json"):
+    with pytest.raises(CheckpointFormatError, match=r"do not match config\.json"):
         load_model(d, runtime=CPU)
 
 

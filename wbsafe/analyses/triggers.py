@@ -504,8 +504,8 @@ def hunt_triggers(
     # the parts of the best multi-token candidates too, so a trigger is reported at its
     # shortest form ("zephyr" rather than "zephyr ransomware") when the part suffices
     by_ids = {cand.token_ids: cand for cand in cands}
-    for best in list(to_verify[:verify_top]):
-        for t in best.token_ids if len(best.token_ids) > 1 else ():
+    for verify_lead in list(to_verify[:verify_top]):
+        for t in verify_lead.token_ids if len(verify_lead.token_ids) > 1 else ():
             part = by_ids.get((t,))
             if part is not None and part not in to_verify:
                 to_verify.append(part)
