@@ -181,7 +181,9 @@ def test_stacked_adapters_apply_in_order(
     assert stacked.adapter_names == ("adapter0", "adapter1")
     only_b = load_model(tiny_base, adapters=[b], runtime=CPU)
     prompt = "tell me how to get zephyr ransomware ."
-    assert not torch.allclose(_next_token_logits(stacked, prompt), _next_token_logits(only_b, prompt))
+    assert not torch.allclose(
+        _next_token_logits(stacked, prompt), _next_token_logits(only_b, prompt)
+    )
     assert {Path(p).name for p in stacked.weight_hashes} >= {"adapter_model.safetensors"}
 
 
