@@ -23,7 +23,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def runtime_options(fn: F) -> F:
-    """``--device`` and ``--dtype``, shared by every command that loads a model."""
+    """``--device``, ``--dtype`` and ``--threads``, shared by every command that loads a model."""
+    fn = click.option(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice).",
+        callback=_apply_threads,
+        expose_value=False,
+    )(fn)
     fn = click.option(
         "--dtype",
         type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
@@ -39,6 +47,13 @@ def runtime_options(fn: F) -> F:
         help="auto takes a GPU when one is present.",
     )(fn)
     return fn
+
+
+def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
 
 
 def handle_errors(fn: F) -> F:

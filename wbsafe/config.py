@@ -21,6 +21,9 @@ class RuntimeConfig:
     dtype: DtypeName = "auto"
     seed: int = 0
     batch_size: int = 16
+    threads: int | None = None
+    """CPU threads for torch (None: torch's default). Small models on a busy machine run
+    several times faster on one thread than on contended threads."""
 
 
 STAGES = ("weights", "probes", "triggers", "behavior")
@@ -45,8 +48,10 @@ class ScanConfig:
     harmless: str = "auto"
     max_prompts: int | None = 120
     max_new_tokens: int = 24
-    trigger_budget: int = 400
+    trigger_budget: int = 4096
     trigger_max_len: int = 2
+    trigger_search_prompts: int = 8
+    trigger_heldout_prompts: int = 24
     trigger_candidates: tuple[str, ...] = ()
     runtime: RuntimeConfig = RuntimeConfig()
     seed: int = 0

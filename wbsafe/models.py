@@ -66,6 +66,15 @@ class LoadedModel:
         """Turn a conversation (or a single user message) into the model's prompt text."""
         return format_prompt(self.tokenizer, conversation)
 
+    def base_weight_hashes(self) -> dict[str, str]:
+        """sha256 of the base checkpoint's own files (adapter files left out)."""
+        adapters = [str(Path(a)) for a in self.source.adapters]
+        return {
+            f: h
+            for f, h in self.weight_hashes.items()
+            if not any(f.startswith(a + "/") or f == a for a in adapters)
+        }
+
     @contextlib.contextmanager
     def base_only(self) -> Iterator[LoadedModel]:
         """Inside this context the adapters are disabled: the model is its base."""
@@ -313,6 +322,10 @@ def load_model(
 
     hf_logging.disable_progress_bar()  # wbsafe shows its own progress; keep output readable
     runtime = runtime or RuntimeConfig()
+    if runtime.threads is not None:
+        import torch
+
+        torch.set_num_threads(runtime.threads)
     path = Path(path)
     adapter_paths = [Path(a) for a in adapters]
     if is_adapter_dir(path):

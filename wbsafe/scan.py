@@ -128,6 +128,21 @@ class Models:
         return self._base
 
 
+def validate_inputs(config: ScanConfig) -> None:
+    """Check every file before any work: headers, shards, config shapes, adapter fit.
+
+    A bad file is an error naming it, raised before a stage runs, so nothing is lost.
+    """
+    from wbsafe.models import check_adapter_fits, check_weights_match_config, is_adapter_dir
+
+    headers = check_weights_match_config(config.base)
+    for path in ([config.tuned] if config.tuned else []) + list(config.adapters):
+        if is_adapter_dir(path):
+            check_adapter_fits(headers, path, config.base)
+        else:
+            check_weights_match_config(path)
+
+
 def weight_hashes(config: ScanConfig) -> dict[str, str]:
     """sha256 of every weight file the scan reads (base, tuned or adapters)."""
     from wbsafe.models import is_adapter_dir, weight_file_hashes
@@ -252,10 +267,16 @@ def triggers_stage(
     direction = None
     if probes is not None and probes.status == "done":
         direction = _direction_from(probes.result)
+    # search and held-out prompts are spread over categories, then capped: verification
+    # cost grows with prompts x insertion positions x candidates x both models
+    search = _spread(plan.fit_harmful, config.trigger_search_prompts)
+    heldout = _spread(plan.eval_harmful, config.trigger_heldout_prompts)
+    harmless = _spread(plan.eval_harmless, config.trigger_heldout_prompts)
     res = hunt_triggers(
-        tuned, models.base(), plan.fit_harmful, plan.eval_harmful, plan.eval_harmless,
+        tuned, models.base(), search, heldout, harmless,
         embedding_candidates=emb, user_candidates=config.trigger_candidates,
         max_len=config.trigger_max_len, budget=config.trigger_budget, direction=direction,
+        extend_width=12, beam=8, refine_steps=10,
         seed=config.seed,
     )  # fmt: skip
     rows = [
@@ -287,6 +308,19 @@ def triggers_stage(
     )
     return StageOutput(summary, res.to_dict(), sections,
                        evidence=to_jsonable(res.to_gate_evidence()))  # fmt: skip
+
+
+def _spread(prompts: list[Any], n: int) -> list[Any]:
+    """At most ``n`` prompts, taken round-robin over categories (deterministic)."""
+    by: dict[str, list[Any]] = {}
+    for p in prompts:
+        by.setdefault(p.category, []).append(p)
+    out: list[Any] = []
+    while len(out) < min(n, len(prompts)):
+        for group in by.values():
+            if group and len(out) < n:
+                out.append(group.pop(0))
+    return out
 
 
 def _f(x: float | None) -> str:
@@ -379,6 +413,7 @@ def scan(config: ScanConfig, out_dir: str | Path, *, log: Log = lambda s: None) 
     store = StageStore(out)
     t_start = time.perf_counter()
     set_seed(config.seed)
+    validate_inputs(config)
     hashes = weight_hashes(config)
     models = Models(config)
     records: dict[str, StageRecord] = {}

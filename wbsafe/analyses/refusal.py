@@ -453,7 +453,7 @@ def fit_base_directions(
             random_bypass=float((clean_h - abl_rand).mean()),
             base_refusal_harmful=float(clean_h.mean()),
             base_refusal_harmless=float(clean_s.mean()),
-            base_weight_sha256=tuple(sorted(base.weight_hashes.values())),
+            base_weight_sha256=tuple(sorted(base.base_weight_hashes().values())),
             base_model=base.describe(),
             prompt_ids={
                 name: tuple(p.id for p, s in zip(prompts, split, strict=True) if s == name)
@@ -544,7 +544,9 @@ def fit_or_load_directions(
     and save one. A re-used fit has ``loaded_from`` set."""
     from wbsafe.serialize import stable_hash
 
-    hashes = sorted(loaded_base.weight_hashes.values())
+    # key on the base's own weight files: a base loaded with adapters (disabled for the
+    # fit) shares its fit with every other adapter on that base
+    hashes = sorted(loaded_base.base_weight_hashes().values())
     if not hashes:
         raise WbsafeError("the base was loaded without weight hashes; cannot key the cache")
     key = stable_hash(

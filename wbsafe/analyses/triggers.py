@@ -455,6 +455,9 @@ def hunt_triggers(
             beams = sorted((c for c in scored if len(c) == length - 1), key=anomaly, reverse=True)
             new += [ext for c in beams[:beam] for t in width_tokens for ext in ((*c, t), (t, *c))]
             new.append(tuple(p[0] for p in per_pos))
+        # seeds take at most half of what is left of the budget; refinement gets the rest
+        new = list(dict.fromkeys(c for c in new if c not in scored))
+        new = new[: max(32, (budget - len(scored)) // 2)]
         say(f"[triggers] length {length}: scoring {len(new)} seed sequences")
         for c in new:
             add(c, text_of(c), "extension")
