@@ -128,17 +128,22 @@ def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
         sections.append({"title": "Notes", "kind": "text", "text": "\n".join(notes)})
     top_cell = ranking[0] if ranking else None
     evidence = WeightEvidence(
-        top_module=f"layer {top_cell.layer} {top_cell.module}" if top_cell else None,
+        top_module=_cell_name(top_cell) if top_cell else None,
         top_relative_change=top_cell.rel_diff if top_cell else None,
         outlier_tokens=tuple(outliers),
     )
     summary = (
-        f"{len(result.rows)} tensors compared; most changed: layer {top_cell.layer} "
-        f"{top_cell.module} (relative {top_cell.rel_diff:.3g})"
+        f"{len(result.rows)} tensors compared; most changed: {_cell_name(top_cell)} "
+        f"(relative {top_cell.rel_diff:.3g})"
         if top_cell
         else f"{len(result.rows)} tensors compared; nothing changed"
     )
     return StageOutput(summary, result.to_json(), sections, evidence=_asdict(evidence))
+
+
+def _cell_name(cell: Any) -> str:
+    """``layer 3 down`` for a layer's module, the module alone outside the layers."""
+    return f"layer {cell.layer} {cell.module}" if cell.layer is not None else str(cell.module)
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
