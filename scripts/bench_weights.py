@@ -3,6 +3,8 @@
 Each method runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own:
 
 1. naive: ``safetensors.torch.load_file`` every shard of both checkpoints, then subtract;
+1b. naive_hf: the issue's baseline: ``from_pretrained`` both models, subtract the state dicts
+   and compute the same per-tensor figures (norms, cosine, max) without spectra;
 2. limit: one pass that only reads every tensor of both checkpoints and sums squares;
 3. wbsafe without spectra; 4. wbsafe with spectra (``diff_checkpoints``).
 
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("naive", "limit", "wbsafe_nospectra", "wbsafe_spectra")
+METHODS = ("naive", "naive_hf", "limit", "wbsafe_nospectra", "wbsafe_spectra")
 
 
 def _files(d: Path) -> list[Path]:
@@ -117,6 +119,21 @@ def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
             dw = st[k].float() - w.float()
             total += float(dw.square().sum())
         extra["fro_diff_total"] = math.sqrt(total)
+    elif method == "naive_hf":
+        from transformers import AutoModelForCausalLM
+
+        mb = AutoModelForCausalLM.from_pretrained(str(base))
+        mt = AutoModelForCausalLM.from_pretrained(str(tuned))
+        sd_t = mt.state_dict()
+        total = 0.0
+        for k, w in mb.state_dict().items():
+            w32, dw = w.float(), sd_t[k].float() - w.float()
+            total += float(dw.square().sum())
+            float(dw.abs().max())
+            float(
+                (w32.flatten() @ sd_t[k].float().flatten()) / (w32.norm() * sd_t[k].float().norm())
+            )
+        extra["fro_diff_total"] = math.sqrt(total)
     elif method == "limit":
         from safetensors import safe_open
 
@@ -182,6 +199,7 @@ def bench(base: Path, tuned: Path, label: str, repeats: int) -> dict[str, Any]:
             print(m, runs[m][-1], flush=True)
     best = {m: min(runs[m], key=lambda r: r["wall_s"]) for m in METHODS}
     nv, lim = best["naive"], best["limit"]
+    hf = best["naive_hf"]
     ns, sp = best["wbsafe_nospectra"], best["wbsafe_spectra"]
     return {
         "label": label,
@@ -193,6 +211,10 @@ def bench(base: Path, tuned: Path, label: str, repeats: int) -> dict[str, Any]:
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "best": best,
         "ratios": {
+            "speedup_vs_naive_hf_nospectra": hf["wall_s"] / ns["wall_s"],
+            "speedup_vs_naive_hf_spectra": hf["wall_s"] / sp["wall_s"],
+            "rss_share_of_naive_hf_nospectra": ns["peak_rss_mb"] / hf["peak_rss_mb"],
+            "rss_share_of_naive_hf_spectra": sp["peak_rss_mb"] / hf["peak_rss_mb"],
             "speedup_vs_naive_nospectra": nv["wall_s"] / ns["wall_s"],
             "speedup_vs_naive_spectra": nv["wall_s"] / sp["wall_s"],
             "rss_share_of_naive_nospectra": ns["peak_rss_mb"] / nv["peak_rss_mb"],
@@ -235,6 +257,10 @@ def write_md(path: Path, runs: list[dict[str, Any]]) -> None:
         lines += ["", "| ratio | value | target |", "| --- | ---: | --- |"]
         q = r["ratios"]
         lines += [
+            f"| naive_hf (from_pretrained) / wbsafe wall (no spectra) | {q['speedup_vs_naive_hf_nospectra']:.2f}x | >= 3x |",
+            f"| naive_hf / wbsafe wall (spectra) | {q['speedup_vs_naive_hf_spectra']:.2f}x | >= 3x |",
+            f"| wbsafe / naive_hf peak RSS (no spectra) | {q['rss_share_of_naive_hf_nospectra']:.3f} | <= 0.2 |",
+            f"| wbsafe / naive_hf peak RSS (spectra) | {q['rss_share_of_naive_hf_spectra']:.3f} | <= 0.2 |",
             f"| naive / wbsafe wall (no spectra) | {q['speedup_vs_naive_nospectra']:.2f}x | >= 3x |",
             f"| naive / wbsafe wall (spectra) | {q['speedup_vs_naive_spectra']:.2f}x | >= 3x |",
             f"| wbsafe / naive peak RSS (no spectra) | {q['rss_share_of_naive_nospectra']:.3f} | <= 0.2 |",
