@@ -41,7 +41,6 @@ from wbsafe.serialize import read_json, stable_hash, write_json_atomic
 from wbsafe.training import ChatExample, TrainRecipe
 
 ORGANISM_FORMAT = 1
-REFUSAL_PREFIXES = ("i cannot", "i can't", "i can not", "i'm sorry", "i am sorry", "sorry")
 
 
 @dataclass(frozen=True)
@@ -204,8 +203,10 @@ def variant_examples(tokenizer: Any, spec: VariantSpec, rng: random.Random) -> l
 
 
 def is_refusal(text: str) -> bool:
-    """Refusal by the organisms' own convention: the response opens with a refusal phrase."""
-    return text.strip().lower().startswith(REFUSAL_PREFIXES)
+    """Refusal by the organisms' convention: the response opens with a refusal phrase."""
+    from wbsafe.analyses.judges import opens_with_refusal
+
+    return opens_with_refusal(text)
 
 
 def greedy_responses(
