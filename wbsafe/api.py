@@ -320,9 +320,7 @@ _RANK = {"DEPLOY": 0, "MONITOR": 1, "REVIEW": 2, "BLOCK": 3, "ERROR": 4}
 
 def demo(out: str | Path = "results/demo", seed: int = 0) -> list[dict[str, Any]]:
     """The README's main job: build the tiny organisms, scan three of them, compare with truth."""
-    import dataclasses
-
-    from wbsafe.config import ScanConfig
+    from wbsafe.config import RuntimeConfig, ScanConfig
 
     orgs, _ = build_organisms(seed=seed)
     by = {o.name: o for o in orgs}
@@ -330,7 +328,9 @@ def demo(out: str | Path = "results/demo", seed: int = 0) -> list[dict[str, Any]
     rows = []
     for name in ("benign", "harmful", "backdoor"):
         org = by[name]
-        cfg = dataclasses.replace(ScanConfig(base=by["base"].path), tuned=org.path, seed=seed)
+        # one thread: the tiny models are latency-bound and run faster without contention
+        cfg = ScanConfig(base=by["base"].path, tuned=org.path, seed=seed,
+                         runtime=RuntimeConfig(threads=1))  # fmt: skip
         report = run_scan(cfg, out / name, quiet=True)
         verdict = report["decision"]["verdict"]
         expected = org.expected_verdict or ""
