@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 PLAIN_FORMAT = "User: {content}\nAssistant:"
 """Prompt format used when a tokenizer has no chat template (multi-turn: one line per turn)."""
 
-_PREFIXES = ("base_model.model.", "model.", "transformer.")
+PREFIXES = ("base_model.model.", "model.", "transformer.", "gpt_neox.")
+"""Name prefixes that differ between exports of the same model; stripped for matching."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def strip_prefix(name: str) -> str:
     changed = True
     while changed:
         changed = False
-        for p in _PREFIXES:
+        for p in PREFIXES:
             if name.startswith(p):
                 name, changed = name[len(p) :], True
     return name

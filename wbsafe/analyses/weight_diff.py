@@ -34,6 +34,7 @@ from wbsafe.analyses.lora_math import (
 )
 from wbsafe.checkpoints import TensorInfo, load_tensor, read_headers, weight_files
 from wbsafe.errors import AdapterMismatchError, CheckpointFormatError, WbsafeError
+from wbsafe.models import strip_prefix
 from wbsafe.serialize import SCHEMA_VERSION, to_jsonable
 
 if TYPE_CHECKING:
@@ -43,8 +44,6 @@ TokenStrings = Callable[[list[int]], list[str]]
 
 # --------------------------------------------------------------------------- name table
 
-PREFIXES = ("base_model.model.", "model.", "transformer.", "gpt_neox.")
-"""Name prefixes that differ between exports of the same model; stripped for matching."""
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -77,13 +76,7 @@ _COMPILED = tuple((re.compile(p), m) for p, m in MODULE_PATTERNS)
 
 def canonical_name(name: str) -> str:
     """Strip the export prefixes (``base_model.model.``, ``model.``, ``transformer.``)."""
-    changed = True
-    while changed:
-        changed = False
-        for p in PREFIXES:
-            if name.startswith(p):
-                name, changed = name[len(p) :], True
-    return name
+    return strip_prefix(name)
 
 
 def parse_name(name: str) -> tuple[int | None, str]:
