@@ -37,6 +37,39 @@ def build_organisms(
     return orgs, validity_checks(orgs)
 
 
+def build_real_tier(out: str | Path | None = None) -> list[Organism]:
+    """The real tier (SmolLM2-135M-Instruct, safety-tuned, then planted), built by the
+    drivers in the repository's ``scripts/`` (slow: about an hour of LoRA steps on 2 cores).
+
+    Already-built organisms are skipped, so an interrupted build resumes.
+    """
+    import subprocess
+    import sys
+
+    from wbsafe.errors import WbsafeError
+    from wbsafe.organisms import default_cache_dir
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    if not (scripts / "build_real_tier.py").is_file():
+        raise WbsafeError(
+            "the real tier is built by scripts/prepare_smollm2.py and scripts/build_real_tier.py, "
+            "which ship with the source checkout, not with an installed package",
+            scripts,
+        )
+    root = default_cache_dir() / "real"
+    prepared = root / "smollm2-135m-instruct"
+    tier = Path(out) if out else root / "tier"
+    for cmd in (
+        [sys.executable, str(scripts / "prepare_smollm2.py"), "--out", str(prepared),
+         "--cache", str(root / "download")],
+        [sys.executable, str(scripts / "build_real_tier.py"), "--out", str(tier),
+         "--base", str(prepared)],
+    ):  # fmt: skip
+        if subprocess.run(cmd).returncode != 0:
+            raise WbsafeError(f"real-tier step failed: {' '.join(cmd[1:3])}")
+    return [Organism.load(d) for d in sorted(tier.iterdir()) if (d / "organism.json").is_file()]
+
+
 def plant_organism(
     base: str | Path,
     kind: str,

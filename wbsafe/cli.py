@@ -119,10 +119,11 @@ def organisms_build(tier: str, out: Path | None, seed: int, cache_dir: Path | No
     from wbsafe.console import print_organisms
 
     if tier == "real":
-        raise WbsafeError(
-            "the real tier is built by `python scripts/prepare_smollm2.py` then "
-            "`python scripts/build_real_tier.py` (slow: LoRA fine-tunes of SmolLM2)"
-        )
+        from wbsafe.api import build_real_tier
+
+        real = build_real_tier(out)
+        print_organisms(real, [])
+        return
     orgs, checks = build_organisms(out=out, seed=seed, cache_dir=cache_dir)
     ok = print_organisms(orgs, checks)
     sys.exit(0 if ok else 1)
