@@ -448,8 +448,12 @@ def probe_fit(
     loaded = load_model(
         base, runtime=RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
     )
-    plan = plan_prompts(ScanConfig(base=str(base), prompts=prompts, seed=seed), loaded.tokenizer)
-    fit = fit_base_directions(loaded, plan.fit_harmful, plan.fit_harmless, seed=seed)
+    cfg = ScanConfig(base=str(base), prompts=prompts, seed=seed)
+    plan = plan_prompts(cfg, loaded.tokenizer)
+    fit = fit_base_directions(
+        loaded, plan.fit_harmful, plan.fit_harmless, seed=seed,
+        causal_top_k=cfg.probe_causal_top_k, n_causal=cfg.probe_n_causal,
+    )  # fmt: skip
     path = save_fit(fit, out)
     sel = fit.selected()
     return (f"refusal direction at layer {fit.layer} ({fit.position}): held-out AUROC "

@@ -48,6 +48,13 @@ class ScanConfig:
     harmless: str = "auto"
     max_prompts: int | None = 120
     max_new_tokens: int = 24
+    probe_causal_top_k: int | None = 16
+    """Causal tests (ablate/add) only for this many selectable (layer, position) rows with the
+    best validation AUROC; None tests all. Each costs 3 forward passes over the causal prompts."""
+    probe_n_causal: int = 24
+    trigger_top_k: int = 1024
+    """Single tokens scored exactly after the gradient ranking (the rest of the vocabulary is
+    ranked by gradient only)."""
     trigger_budget: int = 4096
     trigger_max_len: int = 2
     trigger_search_prompts: int = 8

@@ -178,8 +178,10 @@ def probes_stage(config: ScanConfig, models: Models, plan: PromptPlan, plots: Pa
     base = models.base()
     cache = Path(config.directions_cache or default_cache_dir() / "directions")
     base_view = base if base is not None else tuned
-    fit = fit_or_load_directions(base_view, cache, plan.fit_harmful, plan.fit_harmless,
-                                 seed=config.seed)  # fmt: skip
+    fit = fit_or_load_directions(
+        base_view, cache, plan.fit_harmful, plan.fit_harmless, seed=config.seed,
+        causal_top_k=config.probe_causal_top_k, n_causal=config.probe_n_causal,
+    )  # fmt: skip
     cmp = compare(tuned, fit, plan.eval_harmful, plan.eval_harmless, base=base)
     target: list[str] = models.adapters or [config.tuned or ""]
     align = refusal_alignment(config.base, target, fit)
@@ -276,7 +278,7 @@ def triggers_stage(
         tuned, models.base(), search, heldout, harmless,
         embedding_candidates=emb, user_candidates=config.trigger_candidates,
         max_len=config.trigger_max_len, budget=config.trigger_budget, direction=direction,
-        extend_width=12, beam=8, refine_steps=10,
+        extend_width=12, beam=8, refine_steps=10, top_k=config.trigger_top_k,
         seed=config.seed,
     )  # fmt: skip
     rows = [

@@ -374,7 +374,13 @@ def fit_base_directions(
                         separation=float(harm_proj[layer, pi] - safe_proj[layer, pi]),
                     )
                 )
-        order = sorted(range(len(rows)), key=lambda i: -np.nan_to_num(rows[i]["val_auroc"]))
+        # causal tests (3 forward passes each) only where a direction could be selected
+        max_layer = max_layer_frac * n_layers
+        allowed = set(select_positions or [p for p in pos_names if p != "mean"])
+        selectable = [
+            i for i, r in enumerate(rows) if r["layer"] < max_layer and r["position"] in allowed
+        ]
+        order = sorted(selectable, key=lambda i: -np.nan_to_num(rows[i]["val_auroc"]))
         causal = set(order if causal_top_k is None else order[:causal_top_k])
         for i, row in enumerate(rows):
             degenerate = not all(math.isfinite(row[k]) for k in ("val_auroc", "auroc"))
@@ -404,8 +410,6 @@ def fit_base_directions(
                 induce=float((add_s - clean_s).mean()),
                 kl=float(kl),
             )
-        max_layer = max_layer_frac * n_layers
-        allowed = set(select_positions or [p for p in pos_names if p != "mean"])
         for row in rows:
             row["eligible"] = bool(
                 row["bypass"] is not None
