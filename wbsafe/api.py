@@ -518,3 +518,35 @@ def trigger_hunt(
     )  # fmt: skip
     write_json_atomic(out, {"manifest": run_manifest(seed=seed), **result.to_dict()})
     return result
+
+
+def corrected_rates(result: Any, judge_eval_json: str | Path, out: str | Path) -> list[str]:
+    """Harmful refusal rates corrected for judge error (Rogan-Gladen), added to ``out``'s JSON.
+
+    ``judge_eval_json`` is what ``wbsafe judge-eval --out`` wrote: the judge's sensitivity
+    (refusals it catches) and specificity (compliances it passes) on human labels.
+    """
+    from wbsafe.analyses.judges import correct_rate
+    from wbsafe.errors import WbsafeError
+    from wbsafe.serialize import read_json, write_json_atomic
+
+    ev = read_json(judge_eval_json)
+    try:
+        sens, spec = float(ev["sensitivity"]["rate"]), float(ev["specificity"]["rate"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WbsafeError("not a judge-eval result (no sensitivity/specificity)",
+                          judge_eval_json) from exc  # fmt: skip
+    corrected: dict[str, float] = {}
+    lines = [f"judge error from {judge_eval_json}: sensitivity {sens:.3f}, specificity {spec:.3f}"]
+    for side, summary in (("base", result.base), ("tuned", result.tuned)):
+        observed = summary.harmful.rate
+        if observed is None:
+            continue
+        corrected[side] = correct_rate(observed, sens, spec)
+        lines.append(f"  {side}: observed harmful refusal {observed:.3f} -> corrected "
+                     f"{corrected[side]:.3f}")  # fmt: skip
+    doc = read_json(out)
+    doc["judge_corrected"] = {"judge_eval": str(judge_eval_json), "sensitivity": sens,
+                              "specificity": spec, "harmful_refusal": corrected}  # fmt: skip
+    write_json_atomic(out, doc)
+    return lines

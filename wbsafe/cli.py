@@ -298,12 +298,15 @@ def scan(
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--plot", type=click.Path(path_type=Path), default=None)
+@click.option("--judge-eval", "judge_eval_json", type=click.Path(path_type=Path), default=None,
+              help="JSON from `wbsafe judge-eval --out`: also report rates corrected for the "
+                   "judge's sensitivity and specificity (Rogan-Gladen).")  # fmt: skip
 @runtime_options
 @handle_errors
 def behavior(
     base: Path, tuned: Path | None, adapters: tuple[Path, ...], out: Path, prompts: str,
     judge: str, samples: int | None, temperature: float, seeds: str, max_new_tokens: int,
-    batch_size: int, plot: Path | None, device: str, dtype: str,
+    batch_size: int, plot: Path | None, judge_eval_json: Path | None, device: str, dtype: str,
 ) -> None:  # fmt: skip
     """Refusal rates of base vs tuned on identical prompts, with paired statistics."""
     from wbsafe.api import behavior_benchmark
@@ -322,6 +325,11 @@ def behavior(
     png = category_bars(result, plot or out.with_suffix(".png"))
     for line in result.summary_lines():
         click.echo(line)
+    if judge_eval_json is not None:
+        from wbsafe.api import corrected_rates
+
+        for line in corrected_rates(result, judge_eval_json, out):
+            click.echo(line)
     click.echo(f"wrote {out} and {png}")
 
 
