@@ -175,7 +175,9 @@ def gradient_drop(
             embeds[r, off : off + width] = slot_rows[r]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.enable_grad():
-            out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos)
+            out = model(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=pos, logits_to_keep=1
+            )
             score = refusal_log_odds(out.logits[:, -1], refusal_ids).sum()
             (grad,) = torch.autograd.grad(score, slot_rows)
         g_sum += grad.float().sum(0)
@@ -253,7 +255,9 @@ def score_cached(
                             for k, v in prefix.kv
                         ]
                     )
-                    logits = model(input_ids=x, position_ids=pos, past_key_values=cache).logits
+                    logits = model(  # only the last position is scored
+                        input_ids=x, position_ids=pos, past_key_values=cache, logits_to_keep=1
+                    ).logits
                     out[rows, j] = refusal_log_odds(logits[:, -1], refusal_ids).cpu()
                     phase.forward_calls += 1
                     phase.sequences += len(rows)
@@ -304,6 +308,7 @@ def score_full(
                 attention_mask=mask,
                 position_ids=pos,
                 output_hidden_states=hidden_layer is not None,
+                logits_to_keep=1,
             )
             sc = refusal_log_odds(res.logits[:, -1], refusal_ids).cpu()
             if hidden_layer is not None:
