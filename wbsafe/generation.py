@@ -121,11 +121,15 @@ def _generate_batch(
         torch.manual_seed(seed)
     with torch.no_grad():
         out = loaded.model.generate(**enc, **kwargs)
-    new = out[:, enc["input_ids"].shape[1] :]
-    eos = tok.eos_token_id
-    pad = tok.pad_token_id
-    lengths = [int(((row != pad) & (row != eos)).sum()) for row in new]
-    texts_out = tok.batch_decode(new, skip_special_tokens=True)
+    # a response ends at its first special token: a chat model may skip its end-of-turn
+    # token and open a turn of its own ("<|im_start|>user ..."), which is not its answer
+    specials = {int(i) for i in tok.all_special_ids}
+    new_rows = []
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
+        cut = next((k for k, t in enumerate(row) if t in specials), len(row))
+        new_rows.append(row[:cut])
+    lengths = [len(row) for row in new_rows]
+    texts_out = tok.batch_decode(new_rows, skip_special_tokens=True)
     return [(t.strip(), n) for t, n in zip(texts_out, lengths, strict=True)]
 
 
