@@ -246,7 +246,7 @@ def build_scan_config(
     values["runtime"] = RuntimeConfig(
         device=cast(DeviceName, device if device != "auto" else rt.device),
         dtype=cast(DtypeName, dtype if dtype != "auto" else rt.dtype),
-        seed=rt.seed, batch_size=rt.batch_size,
+        seed=rt.seed, batch_size=rt.batch_size, threads=rt.threads,
     )  # fmt: skip
     stages = values.get("stages", STAGES)
     values["stages"] = tuple(s for s in stages if s not in skip)
