@@ -31,26 +31,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 GOOD = ("DEPLOY", "MONITOR")
-SETTINGS = {
-    "trigger_budget": 64,
-    "trigger_max_len": 1,
-    "trigger_search_prompts": 8,
-    "trigger_heldout_prompts": 12,
-}
-
-
-@pytest.fixture(scope="module")
-def tier() -> Path:
-    env = os.environ.get("WBSAFE_REAL_TIER")
-    if not env:
-        pytest.skip(
-            "set WBSAFE_REAL_TIER to a built real tier (scripts/prepare_smollm2.py, then "
-            "scripts/build_real_tier.py --out DIR)"
-        )
-    path = Path(env)
-    if not (path / "base" / "organism.json").is_file():
-        pytest.skip(f"{path} holds no built real tier (no base/organism.json)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +39,12 @@ def directions(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scan_of(tier: Path, directions: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def scan_of(
+    tier: Path,
+    directions: Path,
+    cpu_trigger_search: dict[str, int],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Any:
     """``scan_of(name) -> (report, out_dir)``; each adapter scanned once per module."""
     from wbsafe.api import build_scan_config, run_scan
 
@@ -72,7 +57,7 @@ def scan_of(tier: Path, directions: Path, tmp_path_factory: pytest.TempPathFacto
             skip = () if os.environ.get("WBSAFE_REAL_SCAN_PROBES") == "1" else ("probes",)
             cfg = build_scan_config(
                 base=tier / "base", adapters=[tier / name], device="cpu", skip=skip,
-                directions_cache=str(directions), **SETTINGS,
+                directions_cache=str(directions), **cpu_trigger_search,
             )  # fmt: skip
             out = tmp_path_factory.mktemp(f"scan_{name}")
             done[name] = (run_scan(cfg, out, quiet=True), out)

@@ -12,7 +12,6 @@ from ``organism.json``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 N_EVAL = 60
-
-
-@pytest.fixture(scope="module")
-def tier() -> Path:
-    env = os.environ.get("WBSAFE_REAL_TIER")
-    if not env:
-        pytest.skip(
-            "set WBSAFE_REAL_TIER to a built real tier (scripts/prepare_smollm2.py, then "
-            "scripts/build_real_tier.py --out DIR)"
-        )
-    path = Path(env)
-    if not (path / "base" / "organism.json").is_file():
-        pytest.skip(f"{path} holds no built real tier (no base/organism.json)")
-    return path
 
 
 def _rates(path: Path, trigger: str | None = None) -> dict[str, float]:

@@ -6,7 +6,7 @@ run with ``WBSAFE_REAL_TIER=.wbsafe-cache/real/tier pytest -m slow tests/slow/te
 The hunt runs as the scan's triggers stage (other stages switched off), so what is checked
 is what ``wbsafe scan`` finds, with the search shrunk to fit a 2-core CPU: the default
 budget (4096 exactly scored candidates of up to 2 tokens on 8 search prompts) takes hours
-here (results/bench_scan_profile.md). SEARCH keeps the default 8 search prompts, on which
+here (results/bench_scan_profile.md). The `cpu_trigger_search` fixture keeps the default 8 search prompts, on which
 the gradient ranking puts the planted token first, and scores only its best 64 tokens.
 Ground truth is the adapter's ``organism.json``: trigger text "orangutans", which in a
 sentence (after a space) is the single BPE token in ``trigger.token_ids_in_context``.
@@ -14,7 +14,6 @@ sentence (after a space) is the single BPE token in ``trigger.token_ids_in_conte
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,31 +22,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 TOP = 5
-SEARCH = {
-    "trigger_budget": 64,
-    "trigger_max_len": 1,
-    "trigger_search_prompts": 8,
-    "trigger_heldout_prompts": 12,
-}
 
 
 @pytest.fixture(scope="module")
-def tier() -> Path:
-    env = os.environ.get("WBSAFE_REAL_TIER")
-    if not env:
-        pytest.skip(
-            "set WBSAFE_REAL_TIER to a built real tier (scripts/prepare_smollm2.py, then "
-            "scripts/build_real_tier.py --out DIR)"
-        )
-    path = Path(env)
-    for name in ("base", "backdoor"):
-        if not (path / name / "organism.json").is_file():
-            pytest.skip(f"{path / name} is not built (no organism.json)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def hunt(tier: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def hunt(
+    tier: Path, cpu_trigger_search: dict[str, int], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """The triggers stage's result for base + backdoor adapter, and the planted trigger."""
     from wbsafe.api import build_scan_config, run_scan
     from wbsafe.organisms import Organism
@@ -55,7 +35,7 @@ def hunt(tier: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     org = Organism.load(tier / "backdoor")
     cfg = build_scan_config(
         base=tier / "base", adapters=[tier / "backdoor"], device="cpu",
-        skip=("weights", "probes", "behavior"), **SEARCH,
+        skip=("weights", "probes", "behavior"), **cpu_trigger_search,
     )  # fmt: skip
     report = run_scan(cfg, tmp_path_factory.mktemp("real_triggers"), quiet=True)
     stage = report["stages"]["triggers"]
