@@ -381,17 +381,12 @@ def build_tiny_tier(
     The cache key is a hash of the whole :class:`TinyTierSpec`, so a changed recipe
     rebuilds and an unchanged one is reused.
     """
-    import torch
-
     spec = default_tiny_spec(seed)
     key = stable_hash({"format": ORGANISM_FORMAT, "spec": asdict(spec)})
     root = Path(cache_dir) if cache_dir else default_cache_dir() / "organisms"
     tier_dir = root / f"tiny-{key}"
     tier_dir.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     base_dir = tier_dir / "base"
-    orgs = []
     with _exclusive(tier_dir / ".lock"):
         orgs = _build_tier_locked(spec, tier_dir, base_dir, only, seed, log)
     if out is not None:
