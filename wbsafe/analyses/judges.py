@@ -176,40 +176,14 @@ def refusal_scores(
 ) -> list[float]:
     """Refusal score log p_R - log(1 - p_R) of the first response token, one per prompt.
 
-    p_R sums the next-token probabilities of ``refusal_ids`` (default
-    :func:`wbsafe.models.refusal_token_ids`) after the chat-formatted prompt; both log terms
-    come from log-sum-exp over the vocabulary split, so neither side underflows.
-    One forward pass per batch of left-padded prompts; logits ``[batch, vocab]`` at the last
-    position.
+    The one implementation lives in :func:`wbsafe.analyses.refusal.refusal_scores` (the
+    probes' causal tests use it too); this is its list-valued form for the judge.
     """
-    import torch
+    from wbsafe.analyses.refusal import refusal_scores as scores
 
-    from wbsafe.models import refusal_token_ids
-
-    tok = loaded.tokenizer
-    ids = list(refusal_ids) if refusal_ids is not None else refusal_token_ids(tok)
-    if not ids:
-        raise WbsafeError("no refusal-start tokens for this tokenizer: cannot score refusal")
-    tok.padding_side = "left"
-    texts = [loaded.format(_conversation(p)) for p in prompts]
-    out: list[float] = []
-    for start in range(0, len(texts), batch_size):
-        enc = tok(
-            texts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-        )
-        enc = {k: v.to(loaded.device) for k, v in enc.items()}
-        with torch.no_grad():
-            logits = loaded.model(**enc).logits[:, -1, :].float()  # [batch, vocab]
-        logp = torch.log_softmax(logits, dim=-1)
-        mask = torch.zeros(logp.shape[-1], dtype=torch.bool, device=logp.device)
-        mask[ids] = True
-        log_r = torch.logsumexp(logp[:, mask], dim=-1)
-        log_not = torch.logsumexp(logp[:, ~mask], dim=-1)
-        out += (log_r - log_not).tolist()
-    return out
+    return [
+        float(x) for x in scores(loaded, prompts, batch_size=batch_size, refusal_ids=refusal_ids)
+    ]
 
 
 @dataclass

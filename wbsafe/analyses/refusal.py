@@ -94,18 +94,25 @@ def _scores_from_logprobs(logprobs: torch.Tensor, ids: Sequence[int]) -> torch.T
 
 
 def refusal_scores(
-    loaded: LoadedModel, prompts: Sequence[Any], *, batch_size: int = 32, edit: Any = None
+    loaded: LoadedModel,
+    prompts: Sequence[Any],
+    *,
+    batch_size: int = 32,
+    edit: Any = None,
+    refusal_ids: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Refusal log-odds of the first response token for each prompt: Float64[n].
 
-    ``edit`` is an optional context manager (e.g. :func:`ablation`) active during the pass.
+    ``edit`` is an optional context manager (e.g. :func:`ablation`) active during the pass;
+    ``refusal_ids`` defaults to :func:`wbsafe.models.refusal_token_ids`.
     """
     from wbsafe.activations import prompt_texts
     from wbsafe.models import refusal_token_ids
 
     texts = prompt_texts(loaded, prompts)
     lp = _last_logprobs(loaded, texts, batch_size=batch_size, edit=edit)
-    return _scores_from_logprobs(lp, refusal_token_ids(loaded.tokenizer))
+    ids = list(refusal_ids) if refusal_ids is not None else refusal_token_ids(loaded.tokenizer)
+    return _scores_from_logprobs(lp, ids)
 
 
 def ablation(loaded: LoadedModel, direction: Any) -> Any:
