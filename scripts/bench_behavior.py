@@ -19,8 +19,10 @@ from wbsafe import stats
 from wbsafe.analyses.behavior import interval_width_curve
 from wbsafe.analyses.judges import StringMatchJudge
 from wbsafe.config import RuntimeConfig
+from wbsafe.datasets import load_suite, split_prompts
 from wbsafe.generation import generate
 from wbsafe.models import load_model
+from wbsafe.organisms import is_tiny_world
 from wbsafe.serialize import run_manifest, write_json_atomic
 from wbsafe.tinyworld import prompt_set
 
@@ -46,8 +48,14 @@ def main() -> None:
 
     model_dir = args.model or _default_model()
     loaded = load_model(model_dir, runtime=RuntimeConfig(device=args.device))
-    prompts = prompt_set(n_per_category=max(1, args.n_prompts // 12))[: args.n_prompts]
+    # the model's own kind of prompts: tiny-world ones for a tiny organism, else the
+    # built-in suites' held-out split (English prompts are mostly <unk> to the tiny tokenizer)
+    if is_tiny_world(loaded.tokenizer):
+        prompts = prompt_set(n_per_category=max(1, args.n_prompts // 12))
+    else:
+        prompts = [p for s in ("harmful", "harmless") for p in split_prompts(load_suite(s), "test")]
     random.Random(0).shuffle(prompts)
+    prompts = prompts[: args.n_prompts]
     kw = {"max_new_tokens": args.max_new_tokens, "progress": False}
 
     generate(loaded, prompts[:4], batch_size=4, **kw)  # warm-up
