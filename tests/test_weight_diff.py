@@ -358,3 +358,69 @@ def test_bad_inputs(base: tuple[Path, dict], tmp_path: Path) -> None:
         diff_checkpoints(bdir, tdir, progress=False)
     with pytest.raises(WbsafeError, match="nothing to diff"):
         diff(bdir)
+
+
+def test_chunked_reads_equal_whole_tensor(
+    base: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One row per chunk gives the figures of whole-tensor processing (fp32, bf16 with a
+    resized vocabulary, bf16 base vs fp32 tune), and no read is larger than one row."""
+    from wbsafe import checkpoints
+
+    bdir, sd = base
+    tuned = perturb(sd, 1e-3)
+    g = torch.Generator().manual_seed(21)
+    e = tuned["model.embed_tokens.weight"] * 0.95
+    for i in (5, 77, 150):
+        e[i] = e[i] + 0.4 * e[i].norm() * unit(D, 200 + i)
+    tuned["model.embed_tokens.weight"] = e
+    tuned["lm_head.weight"][33] += 0.5 * torch.randn(D, generator=g)
+    name = "model.layers.2.mlp.down_proj.weight"
+    tuned[name] = tuned[name] + 0.3 * torch.outer(unit(D, 12), unit(FF, 13))
+    bf_base = {k: v.to(torch.bfloat16) for k, v in sd.items()}
+    bf_tuned = {k: v.to(torch.bfloat16) for k, v in tuned.items()}
+    for k in ("model.embed_tokens.weight", "lm_head.weight"):
+        bf_tuned[k] = torch.cat([bf_tuned[k], torch.randn(3, D, generator=g).to(torch.bfloat16)])
+    pairs = [
+        (bdir, write_ckpt(tmp_path / "f32", tuned)),
+        (write_ckpt(tmp_path / "bfb", bf_base), write_ckpt(tmp_path / "bft", bf_tuned)),
+        (write_ckpt(tmp_path / "bfb2", bf_base), write_ckpt(tmp_path / "f32b", tuned)),
+    ]
+    largest: list[int] = []
+    real_read = checkpoints.TensorReader.read
+
+    def spy(self: checkpoints.TensorReader, start: int = 0, stop: int | None = None,
+            *args: object, **kw: object) -> torch.Tensor:  # fmt: skip
+        largest.append((self.numel if stop is None else stop) - start)
+        return real_read(self, start, stop, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(checkpoints.TensorReader, "read", spy)
+    for b, t in pairs:
+        largest.clear()
+        whole = diff_checkpoints(b, t, progress=False, chunk_elements=10**9)
+        assert max(largest) >= V * D
+        largest.clear()
+        tiny = diff_checkpoints(b, t, progress=False, chunk_elements=1)
+        assert max(largest) <= FF  # one row of the widest matrix (or one 1-D tensor)
+        assert [r.name for r in tiny.rows] == [r.name for r in whole.rows]
+        for x, y in zip(tiny.rows, whole.rows, strict=True):
+            for f in FIELDS:
+                fx, fy = getattr(x, f), getattr(y, f)
+                assert (fx is None) == (fy is None), f
+                assert fy is None or fx == pytest.approx(fy, rel=1e-5, abs=1e-9), f
+            assert x.top_singular_values == pytest.approx(y.top_singular_values, rel=1e-4)
+        assert tiny.row(name).stable_rank is not None and tiny.row(name).stable_rank < 1.5
+        for rep_t, rep_w in ((tiny.embedding, whole.embedding),
+                             (tiny.unembedding, whole.unembedding)):  # fmt: skip
+            assert rep_t is not None and rep_w is not None
+            assert [r.token_id for r in rep_t.top[:5]] == [r.token_id for r in rep_w.top[:5]]
+            assert rep_t.global_scale == pytest.approx(rep_w.global_scale, rel=1e-6)
+            for r1, r2 in zip(rep_t.top, rep_w.top, strict=True):
+                assert r1.residual_rel == pytest.approx(r2.residual_rel, rel=1e-5, abs=1e-9)
+                assert r1.z == pytest.approx(r2.z, rel=1e-4, abs=1e-6)
+            assert rep_t.added_rows == rep_w.added_rows
+            assert rep_t.added_row_norms == pytest.approx(rep_w.added_row_norms, rel=1e-6)
+        assert whole.embedding is not None and {5, 77, 150} <= {
+            r.token_id for r in whole.embedding.top[:3]
+        }
+    assert tiny.row(name).changed_share is not None and tiny.row(name).changed_share > 0.5

@@ -1,10 +1,11 @@
 """Weight diff between a base checkpoint and a fine-tune (full checkpoint or PEFT LoRA adapters).
 
-Streams tensor by tensor from safetensors files (never unpickles, never builds a model):
-for each tensor, ``||dW||_F``, ``||dW||_F / ||W||_F``, cos(W_base, W_tuned), max |dW|, the
-share of changed entries and, for 2-D tensors, the spectrum of dW (top-k singular values,
-stable rank ``||dW||_F² / σ1²``, energy in the top 1 and top 8). LoRA updates are measured
-from their factors (see :mod:`wbsafe.analyses.lora_math`), never from B·A.
+Streams from safetensors files in chunks of whole rows, read with plain file reads (never
+unpickles, never builds a model, never memory-maps a checkpoint): for each tensor,
+``||dW||_F``, ``||dW||_F / ||W||_F``, cos(W_base, W_tuned), max |dW|, the share of changed
+entries and, for 2-D tensors, the spectrum of dW (top-k singular values, stable rank
+``||dW||_F² / σ1²``, energy in the top 1 and top 8). LoRA updates are measured from their
+factors (see :mod:`wbsafe.analyses.lora_math`), never from B·A.
 
 Embedding and unembedding rows get a per-token report: the global shrink is removed by the
 least-squares scalar ``s = <E_tuned, E_base> / ||E_base||²`` and each row scored by
@@ -32,7 +33,13 @@ from wbsafe.analyses.lora_math import (
     row_dot,
     sq_norm,
 )
-from wbsafe.checkpoints import TensorInfo, load_tensor, read_headers, weight_files
+from wbsafe.checkpoints import (
+    TensorInfo,
+    TensorReader,
+    read_headers,
+    read_tensor,
+    weight_files,
+)
 from wbsafe.errors import AdapterMismatchError, CheckpointFormatError, WbsafeError
 from wbsafe.models import strip_prefix
 from wbsafe.serialize import SCHEMA_VERSION, to_jsonable
@@ -438,7 +445,36 @@ def _spec_fields(spec: Spectrum | None) -> dict[str, Any]:
     )
 
 
-_BLOCK = 1 << 18  # elements per block: 1 MB of float32, stays in cache across the passes
+_BLOCK = 1 << 18  # elements per chunk: 1 MB of float32, stays in cache across the passes
+
+Source = Callable[[int, int], "torch.Tensor"]
+"""Elements ``[start, stop)`` of a flattened tensor, in its stored dtype."""
+
+
+def tensor_source(t: torch.Tensor) -> Source:
+    """A :data:`Source` over an in-memory tensor (its flattened view, sliced)."""
+    flat = t.reshape(-1)
+
+    def read(start: int, stop: int) -> torch.Tensor:
+        return flat[start:stop]
+
+    return read
+
+
+def _scratch_source(reader: TensorReader) -> Source:
+    """A :data:`Source` reading into ``reader``'s reused buffer (valid until the next call)."""
+
+    def read(start: int, stop: int) -> torch.Tensor:
+        return reader.read(start, stop, scratch=True)
+
+    return read
+
+
+def _row_step(shape: tuple[int, ...], chunk: int) -> tuple[int, int, int]:
+    """(entries per row, rows, rows per chunk) of ``shape`` viewed as ``[-1, shape[-1]]``."""
+    rowlen = shape[-1] if len(shape) >= 1 and shape[-1] > 0 else 1
+    n_rows = math.prod(shape) // rowlen
+    return rowlen, n_rows, max(1, chunk // rowlen)
 
 
 @dataclass
@@ -453,36 +489,47 @@ class _DenseStats:
 
 
 def dense_stats(
-    w_raw: torch.Tensor, t_raw: torch.Tensor, *, rel_tol: float, want_rows: bool, keep_dw: bool
+    read_w: Source,
+    read_t: Source,
+    shape: tuple[int, ...],
+    *,
+    rel_tol: float,
+    want_rows: bool,
+    keep_dw: bool,
+    chunk: int = _BLOCK,
 ) -> _DenseStats:
-    """One blocked pass over base ``w_raw`` and tuned ``t_raw`` (same shape, any dtype).
+    """One chunked pass over base and tuned values of a tensor of ``shape`` (any dtype).
 
-    Each block of about 2^18 entries (whole rows of the last dim) is up-cast to float32,
-    differenced, and reduced while in cache; block sums add up in float64. An entry counts
-    as changed when ``|dW| > rel_tol · |W|`` (``rel_tol`` 0: any non-zero dW). The loop runs
-    on one thread: the work is memory-bound, and many small multi-threaded ops were 10x
+    ``read_w``/``read_t`` give stored entries by flat range (a result is used before the
+    next call, so it may live in a reused buffer); each chunk of about ``chunk``
+    entries (whole rows of the last dim, at least one row) is read, up-cast to float32,
+    differenced, and reduced while in cache; chunk sums add up in float64. Only one chunk of
+    each side is resident at a time (plus dW when ``keep_dw``, for the spectrum). An entry
+    counts as changed when ``|dW| > rel_tol · |W|`` (``rel_tol`` 0: any non-zero dW). The loop
+    runs on one thread: the work is memory-bound, and many small multi-threaded ops were 10x
     slower than one thread when other processes shared the cores (measured here).
     """
     import torch
 
-    shape = tuple(w_raw.shape)
-    rowlen = shape[-1] if len(shape) >= 1 and shape[-1] > 0 else 1
-    w2d = w_raw.reshape(-1, rowlen)
-    t2d = t_raw.reshape(-1, rowlen)
-    step = max(1, _BLOCK // rowlen)
-    dw_full = torch.empty(w2d.shape, dtype=torch.float32) if keep_dw else None
+    rowlen, n_rows, step = _row_step(shape, chunk)
+    dw_full = torch.empty((n_rows, rowlen), dtype=torch.float32) if keep_dw else None
     w2 = dw2 = wd = 0.0
     changed, hi = 0, 0.0
-    rows: list[list[torch.Tensor]] = [[], [], []]
+    # all buffers up front: nothing that outlives an iteration is allocated inside the loop
+    rows = [torch.empty(n_rows if want_rows else 0, dtype=torch.float64) for _ in range(3)]
+    wbuf = torch.empty(min(step, n_rows) * rowlen, dtype=torch.float32)
+    dbuf = torch.empty_like(wbuf)
     with one_thread():
-        for i in range(0, w2d.shape[0], step):
-            w = w2d[i : i + step].to(torch.float32)
-            d = t2d[i : i + step].to(torch.float32)
-            d.sub_(w)
+        for i in range(0, n_rows, step):
+            j = min(n_rows, i + step)
+            w = wbuf[: (j - i) * rowlen].view(j - i, rowlen)
+            d = dbuf[: (j - i) * rowlen].view(j - i, rowlen)
+            w.copy_(read_w(i * rowlen, j * rowlen).view(j - i, rowlen))
+            torch.sub(read_t(i * rowlen, j * rowlen).view(j - i, rowlen), w, out=d)
             if want_rows:
                 parts = (row_dot(w, w), row_dot(d, d), row_dot(w, d))
-                for lst, p in zip(rows, parts, strict=True):
-                    lst.append(p)
+                for out, p in zip(rows, parts, strict=True):
+                    out[i:j] = p
                 w2 += float(parts[0].sum())
                 dw2 += float(parts[1].sum())
                 wd += float(parts[2].sum())
@@ -499,37 +546,64 @@ def dense_stats(
                 lo, up = torch.aminmax(d)
                 hi = max(hi, -float(lo), float(up))
             if dw_full is not None:
-                dw_full[i : i + step] = d
-    row_parts = None
-    if want_rows:
-        row_parts = (torch.cat(rows[0]), torch.cat(rows[1]), torch.cat(rows[2]))
+                dw_full[i:j] = d
+    row_parts = (rows[0], rows[1], rows[2]) if want_rows else None
     dw_out = dw_full.reshape(shape) if dw_full is not None else None
     return _DenseStats(w2, dw2, wd, changed, hi, row_parts, dw_out)
+
+
+def _count_nonfinite_chunked(read: Source, shape: tuple[int, ...], chunk: int) -> int:
+    import torch
+
+    rowlen, n_rows, step = _row_step(shape, chunk)
+    n = 0
+    for i in range(0, n_rows, step):
+        j = min(n_rows, i + step)
+        n += int((~torch.isfinite(read(i * rowlen, j * rowlen))).sum())
+    return n
+
+
+def _row_norms(read: Source, rowlen: int, start: int, stop: int, chunk: int) -> torch.Tensor:
+    """float64 ``[stop - start]``: the norms of rows ``start..stop`` (each ``rowlen`` long)."""
+    import torch
+
+    step = max(1, chunk // max(rowlen, 1))
+    out = [torch.zeros(0, dtype=torch.float64)]
+    for i in range(start, stop, step):
+        j = min(stop, i + step)
+        rows = read(i * rowlen, j * rowlen).to(torch.float32).view(j - i, rowlen)
+        out.append(rows.norm(dim=1).double())
+    return torch.cat(out)
 
 
 def _dense_row(
     bi: TensorInfo,
     ti: TensorInfo,
-    w_raw: torch.Tensor,
-    t_raw: torch.Tensor,
+    read_w: Source,
+    read_t: Source,
+    shape: tuple[int, ...],
     *,
     spectrum_k: int,
     spectra: bool,
     acc: _Acc,
     want_rows: bool = False,
+    chunk: int = _BLOCK,
 ) -> tuple[TensorDiff, _DenseStats | None]:
-    """Figures for one tensor from its stored base and tuned values (same shape)."""
+    """Figures for one tensor of ``shape`` from its stored base and tuned values."""
     layer, module = parse_name(ti.name)
     if bi.dtype == ti.dtype:
         eps, note = 0.0, "exact: entries with dW != 0"
     else:
         eps = max(_dtype_eps(bi.dtype), _dtype_eps(ti.dtype))
         note = f"|dW| > {eps:.3g}·|W| (dtypes differ: rounding is not a change)"
-    keep = spectra and w_raw.ndim == 2 and min(w_raw.shape) > 1
-    st = dense_stats(w_raw, t_raw, rel_tol=eps, want_rows=want_rows, keep_dw=keep)
+    keep = spectra and len(shape) == 2 and min(shape) > 1
+    st = dense_stats(
+        read_w, read_t, shape, rel_tol=eps, want_rows=want_rows, keep_dw=keep, chunk=chunk
+    )
     w2, dw2, wd = st.w2, st.dw2, st.wd
     if not all(math.isfinite(v) for v in (w2, dw2, wd, st.max_abs)):
-        nf_b, nf_t = _count_nonfinite(w_raw), _count_nonfinite(t_raw)
+        nf_b = _count_nonfinite_chunked(read_w, shape, chunk)
+        nf_t = _count_nonfinite_chunked(read_t, shape, chunk)
         if nf_b or nf_t:
             acc.nonfinite.append(ti.name)
             row = TensorDiff(
@@ -558,7 +632,7 @@ def _dense_row(
         rel_diff=fd / fb if fb > 0 else None,
         cosine=cosine_from_parts(w2, wd, dw2),
         max_abs_diff=st.max_abs,
-        changed_share=st.changed / max(w_raw.numel(), 1),
+        changed_share=st.changed / max(math.prod(shape), 1),
         changed_share_note=note,
         **_spec_fields(spec),
         nonfinite_base=0,
@@ -567,9 +641,11 @@ def _dense_row(
     return row, st
 
 
-def _same_tensor(a: TensorInfo, b: TensorInfo, row_norms: dict[str, torch.Tensor]) -> bool:
+def _same_tensor(
+    a: TensorInfo, b: TensorInfo, row_norms: dict[str, torch.Tensor], chunk: int = _BLOCK
+) -> bool:
     """Whether the tuned embed and lm_head hold the same values. Their row norms screen
-    first; only when those agree are both tensors loaded and compared."""
+    first; only when those agree are both tensors read, chunk by chunk, and compared."""
     import torch
 
     if a.shape != b.shape:
@@ -577,7 +653,13 @@ def _same_tensor(a: TensorInfo, b: TensorInfo, row_norms: dict[str, torch.Tensor
     na, nb = row_norms.get("embed"), row_norms.get("lm_head")
     if na is not None and nb is not None and not torch.allclose(na, nb, rtol=1e-5, atol=0):
         return False
-    return bool(torch.equal(load_tensor(a), load_tensor(b)))
+    rowlen, n_rows, step = _row_step(tuple(a.shape), chunk)
+    with TensorReader(a) as ra, TensorReader(b) as rb:
+        for i in range(0, n_rows, step):
+            lo, hi = i * rowlen, min(n_rows, i + step) * rowlen
+            if not torch.equal(ra.read(lo, hi, scratch=True), rb.read(lo, hi, scratch=True)):
+                return False
+    return True
 
 
 def _is_vocab_matrix(name: str) -> str | None:
@@ -595,14 +677,16 @@ def diff_checkpoints(
     top_tokens: int = 50,
     token_strings: TokenStrings | None = None,
     tokenizer_dir: str | Path | None = None,
+    chunk_elements: int = _BLOCK,
 ) -> WeightDiffResult:
-    """Diff a full fine-tuned checkpoint against its base, streaming one tensor at a time.
+    """Diff a full fine-tuned checkpoint against its base, streaming chunk by chunk.
 
-    Memory: one base and one tuned tensor in float32 (plus their stored copies).
+    Tensors are read with plain file reads (no memory map) in chunks of about
+    ``chunk_elements`` entries (whole rows, at least one), so memory is a few chunks plus
+    float64 per-row figures of the vocabulary matrices (``[vocab]`` × 3), not the largest
+    tensor; with spectra, dW of the current 2-D tensor is also kept in float32 for its SVD.
     Raises WbsafeError when the two are different architectures.
     """
-    import torch
-
     base_dir, tuned_dir = Path(base_dir), Path(tuned_dir)
     _check_architecture(base_dir, tuned_dir)
     bh = read_headers(weight_files(base_dir, "model"))
@@ -642,21 +726,21 @@ def diff_checkpoints(
                 acc.shape_changed.append(ShapeChange(t, tuple(bi.shape), tuple(ti.shape)))
                 prog.advance(task)
                 continue
-            w_raw = load_tensor(bi)
-            t_raw = load_tensor(ti)
-            added = None
-            if t_raw.shape != w_raw.shape:
-                added = t_raw[w_raw.shape[0] :].to(torch.float32).norm(dim=1).double()
-                t_raw = t_raw[: w_raw.shape[0]]
-                acc.notes.append(
-                    f"{t}: vocabulary resized {bi.shape[0]} -> {ti.shape[0]}; "
-                    "diff over the shared rows, added rows reported apart"
-                )
-            want_rows = bool(vocab_kind) and w_raw.ndim == 2
-            row, st = _dense_row(
-                bi, ti, w_raw, t_raw, spectrum_k=spectrum_k, spectra=spectra, acc=acc,
-                want_rows=want_rows,
-            )  # fmt: skip
+            shape = tuple(bi.shape)
+            with TensorReader(bi) as rw, TensorReader(ti) as rt:
+                added = None
+                if ti.shape != bi.shape:
+                    added = _row_norms(rt.read, shape[1], shape[0], ti.shape[0], chunk_elements)
+                    acc.notes.append(
+                        f"{t}: vocabulary resized {bi.shape[0]} -> {ti.shape[0]}; "
+                        "diff over the shared rows, added rows reported apart"
+                    )
+                want_rows = bool(vocab_kind) and len(shape) == 2
+                row, st = _dense_row(
+                    bi, ti, _scratch_source(rw), _scratch_source(rt), shape,
+                    spectrum_k=spectrum_k, spectra=spectra, acc=acc, want_rows=want_rows,
+                    chunk=chunk_elements,
+                )  # fmt: skip
             acc.rows.append(row)
             if vocab_kind and st is not None and st.rows is not None:
                 parts = st.rows
@@ -668,10 +752,10 @@ def diff_checkpoints(
                     acc.embedding = rep
                 else:
                     acc.unembedding = rep
-            del w_raw, t_raw, st
+            del st
             prog.advance(task)
     if not tied and embed_pair is not None and head_pair is not None:
-        tied = _same_tensor(th[embed_pair[1]], th[head_pair[1]], tuned_norms)
+        tied = _same_tensor(th[embed_pair[1]], th[head_pair[1]], tuned_norms, chunk_elements)
     if tied:
         acc.notes.append("tied embeddings: lm_head absent or equal to embed_tokens")
         acc.unembedding = None
@@ -762,10 +846,10 @@ def _read_adapter(
                     f"{target} {list(base[target].shape)}",
                     fname,
                 )
-            full[target] = load_tensor(info, torch.float32)
+            full[target] = read_tensor(info, torch.float32)
             continue
         kind = m.group("lin") or m.group("emb")
-        halves.setdefault(m.group("mod"), {})[kind] = load_tensor(info, torch.float32)
+        halves.setdefault(m.group("mod"), {})[kind] = read_tensor(info, torch.float32)
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     r_default, alpha_default = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
     rank_pat, alpha_pat = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
@@ -819,6 +903,7 @@ def diff_adapters(
     top_tokens: int = 50,
     token_strings: TokenStrings | None = None,
     tokenizer_dir: str | Path | None = None,
+    chunk_elements: int = _BLOCK,
 ) -> WeightDiffResult:
     """Diff one or several stacked PEFT LoRA adapters on ``base_dir``, from their factors.
 
@@ -860,23 +945,25 @@ def diff_adapters(
             info = bh[name]
             vocab_kind = _is_vocab_matrix(name)
             if name in full:
-                w_raw = load_tensor(info)
                 t_full = full[name]
                 if name in factors:
                     f = factors[name]
                     t_full = t_full + torch.cat(f.b, dim=1) @ torch.cat(f.a, dim=0)
                     acc.notes.append(f"{name}: full tensor and LoRA both present; diffed densely")
-                want_rows = bool(vocab_kind) and w_raw.ndim == 2
-                row, st = _dense_row(
-                    info, info, w_raw, t_full, spectrum_k=spectrum_k, spectra=spectra, acc=acc,
-                    want_rows=want_rows,
-                )  # fmt: skip
+                shape = tuple(info.shape)
+                want_rows = bool(vocab_kind) and len(shape) == 2
+                with TensorReader(info) as rw:
+                    row, st = _dense_row(
+                        info, info, _scratch_source(rw), tensor_source(t_full), shape,
+                        spectrum_k=spectrum_k, spectra=spectra, acc=acc, want_rows=want_rows,
+                        chunk=chunk_elements,
+                    )  # fmt: skip
                 acc.rows.append(row)
                 if vocab_kind and st is not None and st.rows is not None:
                     _set_row_report(acc, vocab_kind, name, st.rows, top_tokens, tok_fn)
-                del w_raw, st
+                del st
             else:
-                w = load_tensor(info, torch.float32)
+                w = read_tensor(info, torch.float32)
                 f = factors[name]
                 b, a = torch.cat(f.b, dim=1), torch.cat(f.a, dim=0)
                 row = _factor_row(name, info, w, b, a, spectrum_k, spectra, acc)
