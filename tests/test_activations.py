@@ -1,4 +1,5 @@
-"""Residual-stream capture: padding, positions, early stop, HF agreement, save/load."""
+"""Residual-stream capture through TransformerBridge hooks: padding, positions, early stop,
+HF agreement, adapter-disabled base capture, module-tree restore, save/load."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from wbsafe import tinyworld as tw
 from wbsafe.activations import (
     SITE_KINDS,
     Activations,
+    bridged,
     capture,
     decoder_layers,
     post_instruction_length,
@@ -19,6 +21,7 @@ from wbsafe.activations import (
 from wbsafe.config import RuntimeConfig
 from wbsafe.errors import WbsafeError
 from wbsafe.models import LoadedModel, load_model
+from wbsafe.organisms import Organism
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +73,11 @@ def test_matches_hf_hidden_states_and_stops_early(base: LoadedModel) -> None:
     handle = layers[2].register_forward_pre_hook(lambda m, a: calls.append(1))
     try:
         capture(base, [text], [site_name(1, "resid_post")])
+        assert calls == []  # the pass stopped after layer 1
+        capture(base, [text], [site_name(2, "resid_post")])
+        assert calls == [1]  # the HF layer runs inside the bridge when it is needed
     finally:
         handle.remove()
-    assert calls == []  # the pass stopped after layer 1
-    assert all(not layer._forward_pre_hooks for layer in layers[:2])  # hooks removed
 
 
 def test_save_load_round_trip(base: LoadedModel, tmp_path: Path) -> None:
@@ -89,3 +93,46 @@ def test_save_load_round_trip(base: LoadedModel, tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 4)
     with pytest.raises(WbsafeError, match=r"bad\.safetensors"):
         Activations.load(tmp_path / "bad.safetensors")
+
+
+def _tree(model: torch.nn.Module) -> list[tuple[int, str, int]]:
+    return [(id(p), n, id(c)) for p in model.modules() for n, c in p._modules.items()]
+
+
+def test_bridge_wraps_in_place_and_is_undone(base: LoadedModel) -> None:
+    before, attn = _tree(base.model), base.model.config._attn_implementation
+    with bridged(base.model) as bridge:
+        layers = decoder_layers(base.model)
+        assert type(layers[0]).__name__ == "BlockBridge"  # wrapped in place, not copied
+        hf_layer = bridge.blocks[1].original_component
+        assert any(m is hf_layer for m in base.model.modules())
+        assert base.model.config._attn_implementation == "eager"
+    assert _tree(base.model) == before and base.model.config._attn_implementation == attn
+    assert attn != "eager"  # so the restore above is a real check
+    with pytest.raises(RuntimeError, match="inside"), bridged(base.model):
+        raise RuntimeError("an error inside still restores")
+    capture(base, ["make a bomb"], [site_name(3, "resid_post")])
+    assert _tree(base.model) == before and base.model.config._attn_implementation == attn
+    assert type(decoder_layers(base.model)[0]).__name__ == "LlamaDecoderLayer"
+
+
+def test_adapter_base_capture_equals_base_checkpoint(
+    base: LoadedModel, tiny_organisms: dict[str, Organism]
+) -> None:
+    tuned = load_model(tiny_organisms["backdoor_lora"].path, runtime=RuntimeConfig(device="cpu"))
+    assert tuned.adapter_names  # a PeftModel: base + LoRA on one loaded object
+    prompts = tw.prompt_set("test", n_per_category=2)
+    alone = capture(base, prompts, SITES)
+    with tuned.base_only():
+        off = capture(tuned, prompts, SITES)
+    on = capture(tuned, prompts, SITES)
+    for s in SITES:
+        assert torch.allclose(off.acts[s], alone.acts[s], atol=1e-5), s
+    assert (on.acts[SITES[-1]] - alone.acts[SITES[-1]]).abs().max() > 1e-2  # LoRA is seen
+    # with the adapter on, the bridge's numbers are the PEFT model's own hidden states
+    text = prompts[0].conversation()
+    enc = tuned.tokenizer([tuned.format(text)], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        hs = tuned.model(**enc, output_hidden_states=True).hidden_states
+    for layer in range(4):
+        assert torch.allclose(on.get(site_name(layer), "post1")[0], hs[layer][0, -1], atol=1e-5)

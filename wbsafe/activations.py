@@ -8,17 +8,20 @@ layer ``l``) and ``blocks.{l}.hook_resid_post`` (its output). Positions are name
   ``<|end|>`` and ``<|assistant|>``), found by formatting a sentinel conversation;
 - ``mean``: the mean over every (non-pad) prompt token, accumulated in float64.
 
-Why plain torch hooks and not TransformerBridge: the hooks here sit on the Hugging Face
-decoder layers under TransformerLens site names, because (1) an adapter model is a
-``PeftModel`` whose adapters are switched off with ``LoadedModel.base_only()``; the bridge
-wraps a bare architecture it recognises and would not see that switch; (2) the bridge
-forces eager attention, slower than SDPA for the same numbers; (3) we need position ids
-taken from the attention mask (left padding) and an early stop after the deepest layer
-asked for, both simplest on the HF modules. The benchmark (``scripts/bench_activations.py``)
-compares against the bridge's ``run_with_cache``, and a test checks that our sites equal
-the bridge's.
+Capture goes through TransformerLens ``TransformerBridge`` hooks: :func:`bridged` builds
+a bridge around the model wbsafe already loaded (``build_bridge_from_module``; nothing is
+read from disk or the hub, no weights are copied or converted). The bridge wraps the
+Hugging Face modules in place, so for a PEFT model (bridged through its inner
+transformers model) the injected LoRA layers stay in the forward pass and
+``LoadedModel.base_only()`` (``disable_adapter()``) switches them off for the bridge too:
+base activations come from the same loaded model. Because the wrapping is in place, the
+module tree (and the attention implementation, eager inside the bridge) is restored when
+the context ends, so generation and :func:`residual_edit` run on the plain HF modules.
+:func:`capture` calls ``run_with_hooks`` with a names filter, passes position ids taken
+from the attention mask (either padding side) and ends the pass with an exception raised
+from the hook of the deepest site asked for.
 
-Hooks are added in a context manager and always removed in ``finally``.
+Hooks are removed, and the module tree restored, in ``finally``.
 """
 
 from __future__ import annotations
@@ -164,11 +167,7 @@ def prompt_texts(loaded: LoadedModel, prompts: Sequence[Any]) -> list[str]:
 
 
 class _StopForward(Exception):
-    """Raised by the hook of the deepest requested layer to end the forward pass early."""
-
-
-def _hidden_in(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return args[0] if args else kwargs["hidden_states"]
+    """Raised by the hook of the deepest requested site to end the forward pass early."""
 
 
 def _hidden_out(output: Any) -> Any:
@@ -179,61 +178,46 @@ def _replace_out(output: Any, new: Any) -> Any:
     return (new, *output[1:]) if isinstance(output, tuple) else new
 
 
+def _module_tree(model: Any) -> list[tuple[Any, str, Any]]:
+    """Every ``(parent, child name, child)`` edge of a module tree."""
+    return [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent._modules.items()
+    ]
+
+
 @contextlib.contextmanager
-def residual_hooks(
-    model: Any,
-    readers: dict[str, Callable[[torch.Tensor], None]],
-    *,
-    stop_early: bool = False,
-) -> Iterator[None]:
-    """Call ``readers[site](hidden)`` with Float[batch, pos, d_model] at each named site.
+def bridged(model: Any) -> Iterator[Any]:
+    """A ``TransformerBridge`` around ``model`` (plain or PEFT-wrapped) while inside.
 
-    With ``stop_early`` the forward pass is cut after the deepest site (the caller runs it
-    through :func:`run_until_stop`). Hooks are removed in ``finally``.
+    The bridge wraps the loaded HF modules in place (adapters included); on exit every
+    submodule and the attention implementation are put back as they were.
     """
-    layers = decoder_layers(model)
-    parsed = {name: parse_site(name) for name in readers}
-    for name, (layer, _) in parsed.items():
-        if layer >= len(layers):
-            raise WbsafeError(f"site {name} asks for layer {layer}; the model has {len(layers)}")
-    deepest = max(parsed.values(), key=lambda lk: (lk[0], lk[1] == "resid_post"), default=None)
-    handles: list[Any] = []
+    import copy
+
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+    inner = _unwrap(model)
+    tree = _module_tree(inner)
+    attn = getattr(inner.config, "_attn_implementation", None)
     try:
-        for name, (layer, kind) in parsed.items():
-            fn = readers[name]
-            stop = stop_early and (layer, kind) == deepest
-            if kind == "resid_pre":
-
-                def pre_hook(
-                    mod: Any, args: Any, kwargs: Any, fn: Any = fn, stop: bool = stop
-                ) -> None:
-                    fn(_hidden_in(args, kwargs))
-                    if stop:
-                        raise _StopForward
-
-                handles.append(layers[layer].register_forward_pre_hook(pre_hook, with_kwargs=True))
-            else:
-
-                def post_hook(
-                    mod: Any, args: Any, output: Any, fn: Any = fn, stop: bool = stop
-                ) -> None:
-                    fn(_hidden_out(output))
-                    if stop:
-                        raise _StopForward
-
-                handles.append(layers[layer].register_forward_hook(post_hook))
-        yield
+        try:
+            bridge = build_bridge_from_module(
+                inner, type(inner).__name__, hf_config=copy.deepcopy(inner.config)
+            )
+        except (ValueError, AttributeError) as exc:
+            raise WbsafeError(
+                f"TransformerLens cannot bridge {type(inner).__name__}: {exc}"
+            ) from exc
+        if attn is not None and attn != "eager":
+            inner.set_attn_implementation("eager")  # the bridge's convention for its hooks
+        yield bridge
     finally:
-        for h in handles:
-            h.remove()
-
-
-def run_until_stop(model: Any, batch: Batch) -> Any:
-    """Run a forward pass; a :class:`_StopForward` from a hook ends it (returns None then)."""
-    try:
-        return model(**batch.kwargs(), use_cache=False)
-    except _StopForward:
-        return None
+        for parent, name, child in tree:
+            parent._modules[name] = child
+        if attn is not None and getattr(inner.config, "_attn_implementation", None) != attn:
+            inner.set_attn_implementation(attn)
 
 
 @contextlib.contextmanager
@@ -355,9 +339,11 @@ def capture(
     """Residual-stream activations of ``prompts`` at ``sites`` and ``positions``.
 
     ``prompts`` are ``Prompt`` objects, conversations or plain user messages (formatted
-    with the model's chat template). ``positions`` defaults to every named position. The
-    forward pass stops after the deepest site. Returns float32 tensors on the CPU
-    (the prompt mean is accumulated in float64 first).
+    with the model's chat template). ``positions`` defaults to every named position. Runs
+    through TransformerBridge hooks (:func:`bridged`; with ``loaded.base_only()`` it
+    captures the base of an adapter model); the forward pass stops after the deepest
+    site. Returns float32 tensors on the CPU (the prompt mean is accumulated in float64
+    first).
     """
     import torch
 
@@ -370,7 +356,9 @@ def capture(
     if not sites:
         raise WbsafeError("no activation sites asked for")
     for s in sites:
-        parse_site(s)
+        layer, _ = parse_site(s)
+        if layer >= loaded.n_layers:
+            raise WbsafeError(f"site {s} asks for layer {layer}; the model has {loaded.n_layers}")
     texts = prompt_texts(loaded, prompts)
     ids = tuple(getattr(p, "id", f"prompt-{i}") for i, p in enumerate(prompts))
     # offset from the last real token for each token position
@@ -395,14 +383,40 @@ def capture(
 
         return read
 
+    parsed = {s: parse_site(s) for s in sites}
+    deepest = max(sites, key=lambda s: (parsed[s][0], parsed[s][1] == "resid_post"))
     readers = {s: reader(s) for s in sites}
-    for start in range(0, len(texts), batch_size):
-        batch = encode(loaded, texts[start : start + batch_size], padding_side)
-        state["mask"], state["last"] = batch.attention_mask.bool(), batch.last_index
-        if bool((state["mask"].sum(dim=1) <= n_post).any()):
-            raise WbsafeError("a prompt is shorter than the chat template's suffix")
-        with torch.no_grad(), residual_hooks(model, readers, stop_early=True):
-            run_until_stop(model, batch)
+    with torch.no_grad(), bridged(model) as bridge:
+        missing = [s for s in sites if s not in bridge.hook_dict]
+        if missing:
+            raise WbsafeError(f"the bridge for this model has no hook point {missing[0]}")
+        by_hook = {bridge.hook_dict[s].name: s for s in sites}
+        deepest_hook = bridge.hook_dict[deepest].name
+
+        def on_site(tensor: torch.Tensor, *, hook: Any) -> None:
+            readers[by_hook[hook.name]](tensor)  # Float[batch, pos, d_model]
+            if hook.name == deepest_hook:
+                raise _StopForward
+
+        wanted_names = set(sites)
+        for start in range(0, len(texts), batch_size):
+            batch = encode(loaded, texts[start : start + batch_size], padding_side)
+            state["mask"], state["last"] = batch.attention_mask.bool(), batch.last_index
+            if bool((state["mask"].sum(dim=1) <= n_post).any()):
+                raise WbsafeError("a prompt is shorter than the chat template's suffix")
+            try:
+                bridge.run_with_hooks(
+                    batch.input_ids,
+                    fwd_hooks=[(wanted_names.__contains__, on_site)],
+                    return_type=None,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    use_cache=False,
+                )
+            except _StopForward:
+                pass
+            else:
+                raise WbsafeError(f"the forward pass never reached site {deepest}")
     acts = {s: torch.cat(c, dim=0) for s, c in chunks.items()}
     meta = {"model": loaded.describe(), "padding_side": padding_side, "n_post": n_post}
     return Activations(acts, wanted, ids, meta)
