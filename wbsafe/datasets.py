@@ -88,12 +88,19 @@ def _unit_hash(key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def split_for(id: str, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> str:
-    """The split ("train", "val" or "test") of a prompt id, from a hash of the id alone."""
+def split_for(
+    id: str, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), salt: str = ""
+) -> str:
+    """The split ("train", "val" or "test") of a prompt id, from a hash of the id alone.
+
+    A non-empty ``salt`` gives a split independent of the unsalted one: re-splitting a
+    suite's train+val prompts without it would reuse the same hash and leave one inner split
+    almost empty.
+    """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise WbsafeError(f"split fractions must be three non-negative numbers, got {fractions!r}")
     total = float(sum(fractions))
-    u = _unit_hash(id)
+    u = _unit_hash(f"{salt}:{id}" if salt else id)
     train, val = fractions[0] / total, fractions[1] / total
     if u < train:
         return "train"

@@ -296,11 +296,55 @@ class RefusalAlignment:
 def _splits(prompts: Sequence[Any], fractions: tuple[float, float, float]) -> list[str]:
     from wbsafe.datasets import split_for
 
-    return [split_for(p.id, fractions) for p in prompts]
+    return [split_for(p.id, fractions, salt="refusal-fit") for p in prompts]
 
 
 def _projections(x: Any, unit: Any) -> Any:
     return np.asarray(x, dtype=np.float64) @ unit
+
+
+def _dprime(a: Any, b: Any) -> float:
+    """(mean a - mean b) / pooled std; 0 when undefined."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return 0.0
+    sd = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
+    d = (a.mean() - b.mean()) / sd if sd > 0 else 0.0
+    return float(d) if math.isfinite(d) else 0.0
+
+
+def _causal_rows(
+    rows: Sequence[dict[str, Any]], selectable: Sequence[int], dprime: Sequence[float],
+    top_k: int | None,
+) -> set[int]:  # fmt: skip
+    """Which selectable rows get the (costly) causal tests.
+
+    Validation AUROC saturates over a range of layers, so a plain top-k by AUROC would test
+    only the first layers of that range. Instead: the best position of each layer (AUROC,
+    then d'); of the layers within 0.02 of the best AUROC, ``top_k`` spread evenly over
+    depth; remaining slots filled by AUROC, then d'.
+    """
+    if top_k is None:
+        return set(selectable)
+    key = {i: (np.nan_to_num(rows[i]["val_auroc"]), dprime[i]) for i in selectable}
+    best: dict[int, int] = {}
+    for i in selectable:
+        layer = rows[i]["layer"]
+        if layer not in best or key[i] > key[best[layer]]:
+            best[layer] = i
+    if not best:
+        return set()
+    top = max(key[i][0] for i in best.values())
+    near = [best[layer] for layer in sorted(best) if key[best[layer]][0] >= top - 0.02]
+    if len(near) > top_k:
+        near = [near[round(j * (len(near) - 1) / max(1, top_k - 1))] for j in range(top_k)]
+    chosen = list(dict.fromkeys(near))[:top_k]
+    for i in sorted(selectable, key=lambda i: key[i], reverse=True):
+        if len(chosen) >= top_k:
+            break
+        if i not in chosen:
+            chosen.append(i)
+    return set(chosen)
 
 
 def fit_base_directions(
@@ -313,6 +357,7 @@ def fit_base_directions(
     max_layer_frac: float = 0.8,
     kl_max: float = 0.1,
     min_bypass: float = 1.0,
+    min_auroc: float = 0.8,
     select_positions: Sequence[str] | None = None,
     n_random: int = 100,
     n_causal: int = 48,
@@ -328,7 +373,8 @@ def fit_base_directions(
     disabled for the whole fit.
 
     Selection (Arditi et al.): among token positions (``select_positions``, default all but
-    ``mean``) at layers < ``max_layer_frac`` L whose addition induces refusal, the largest
+    ``mean``) at layers < ``max_layer_frac`` L whose direction separates the validation
+    prompts (AUROC >= ``min_auroc``) and whose addition induces refusal, the largest
     bypass with KL <= ``kl_max``; when that bypass is below ``min_bypass`` (log-odds) the
     KL limit is dropped (small models are brittle) and ``selection`` says so. A direction
     that is zero (e.g. a fixed template token at the embedding) is never a candidate.
@@ -372,6 +418,7 @@ def fit_base_directions(
         clean_s = _scores_from_logprobs(lp_s, ids)
 
         rows: list[dict[str, Any]] = []
+        val_dprime: list[float] = []  # val separation / pooled std, the AUROC tie-break
         for layer in range(n_layers):
             for pi, pos in enumerate(pos_names):
                 p = proj[layer, :, pi]
@@ -388,14 +435,14 @@ def fit_base_directions(
                         separation=float(harm_proj[layer, pi] - safe_proj[layer, pi]),
                     )
                 )
+                val_dprime.append(_dprime(p[va & (y == 1)], p[va & (y == 0)]))
         # causal tests (3 forward passes each) only where a direction could be selected
         max_layer = max_layer_frac * n_layers
         allowed = set(select_positions or [p for p in pos_names if p != "mean"])
         selectable = [
             i for i, r in enumerate(rows) if r["layer"] < max_layer and r["position"] in allowed
         ]
-        order = sorted(selectable, key=lambda i: -np.nan_to_num(rows[i]["val_auroc"]))
-        causal = set(order if causal_top_k is None else order[:causal_top_k])
+        causal = _causal_rows(rows, selectable, val_dprime, causal_top_k)
         for i, row in enumerate(rows):
             degenerate = not all(math.isfinite(row[k]) for k in ("val_auroc", "auroc"))
             row.update(bypass=None, induce=None, kl=None)
@@ -427,6 +474,7 @@ def fit_base_directions(
         for row in rows:
             row["eligible"] = bool(
                 row["bypass"] is not None
+                and (row["val_auroc"] or 0.0) >= min_auroc
                 and row["layer"] < max_layer
                 and row["position"] in allowed
                 and row["induce"] > 0
@@ -436,7 +484,7 @@ def fit_base_directions(
         pool = [c for c in cands if c.eligible and (c.kl or 0.0) <= kl_max]
         selection = (
             f"causal: max bypass over positions {sorted(allowed)}, layer < {max_layer_frac} L, "
-            f"induce > 0, KL <= {kl_max}"
+            f"val AUROC >= {min_auroc}, induce > 0, KL <= {kl_max}"
         )
         if not pool or max(c.bypass or 0.0 for c in pool) < min_bypass:
             pool = [c for c in cands if c.eligible]
@@ -551,6 +599,11 @@ def load_fit(directory: str | Path) -> RefusalDirectionFit:
     return fit
 
 
+FIT_VERSION = 2
+"""Bumped when the fit's algorithm changes, so cached fits of an older one are not re-used
+(2: salted inner split, causal rows spread over depth, a validation AUROC floor)."""
+
+
 def fit_or_load_directions(
     loaded_base: LoadedModel,
     cache_dir: str | Path,
@@ -569,6 +622,7 @@ def fit_or_load_directions(
         raise WbsafeError("the base was loaded without weight hashes; cannot key the cache")
     key = stable_hash(
         {
+            "fit_version": FIT_VERSION,
             "hashes": hashes,
             "harmful": [p.id for p in harmful],
             "harmless": [p.id for p in harmless],
