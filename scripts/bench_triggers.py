@@ -4,7 +4,9 @@ Brute force scores every token (every length-L sequence for an L-token trigger) 
 search prompt with one full forward each: ``vocab**L * prompts`` passes, computed
 analytically; a sample of such forwards is timed to extrapolate its wall time. The hunt's
 passes are counted by :class:`wbsafe.analyses.trigger_search.PassCounter` (every batch row
-of a forward or backward is one pass; generation counts one pass per new token).
+of a forward or backward is one pass; generation counts one pass per new token), over the
+whole hunt, verification included. The hunt runs with the scan's default settings
+(``ScanConfig``: top-k, budget, maximum length 2 or the trigger's length).
 
     python scripts/bench_triggers.py                      # tiny backdoor organisms
     python scripts/bench_triggers.py --real DIR           # also organisms under DIR (organism.json)
@@ -21,7 +23,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ("backdoor", "backdoor_lora", "backdoor_multi")
-NEW_TOKENS = 8
 
 
 def bench_one(
@@ -29,32 +30,31 @@ def bench_one(
 ) -> dict[str, Any]:
     from wbsafe.analyses.trigger_search import PassCounter, score_full, slot_context
     from wbsafe.analyses.triggers import hunt_triggers
-    from wbsafe.config import RuntimeConfig
+    from wbsafe.config import RuntimeConfig, ScanConfig
     from wbsafe.models import load_model, refusal_token_ids
 
     rt = RuntimeConfig(device="auto")
+    cfg = ScanConfig(base="")
     tuned = load_model(org.path, runtime=rt, hash_weights=False)
     base = None
     if not tuned.adapter_names:
         base = load_model(Path(org.path).parent / (org.base or "base"), runtime=rt,
                           hash_weights=False)  # fmt: skip
     trigger = org.trigger["text"]
-    length = len(org.trigger["token_ids"])
+    length = len(org.trigger.get("token_ids_in_context") or org.trigger["token_ids"])
     counter = PassCounter()
     t0 = time.perf_counter()
     res = hunt_triggers(
-        tuned, base, search, heldout, harmless, max_len=length, extend_width=12,
-        verify_top=3, use_builtin=False, max_new_tokens=NEW_TOKENS, progress=False, counter=counter,
+        tuned, base, search, heldout, harmless, max_len=max(length, cfg.trigger_max_len),
+        top_k=cfg.trigger_top_k, budget=cfg.trigger_budget, extend_width=12, beam=4,
+        refine_steps=4, progress=False, counter=counter,
     )  # fmt: skip
     hunt_s = time.perf_counter() - t0
     total = res.passes["total"]
-    # passes: every sequence row forward + every sequence row backward + generated tokens
-    grad = res.passes.get("gradient", {})
-    gen = res.passes.get("generate", {})
-    generated = int(gen.get("generated_sequences", 0)) * NEW_TOKENS
-    search_passes = int(total["sequences"]) - int(gen.get("generated_sequences", 0))
-    search_passes += int(grad.get("sequences", 0))  # backward rows
-    passes = search_passes + generated
+    passes = int(total["passes"])
+    search_passes = passes - sum(
+        int(res.passes.get(k, {}).get("passes", 0)) for k in ("verify_scores", "generate")
+    )
     vocab = res.coverage.vocab_size
     brute = vocab**length * len(search)
     # time a sample of brute-force full forwards (single tokens on the search prompts)
@@ -82,6 +82,7 @@ def bench_one(
         "ratio_tokens": round(brute_tokens / max(1, int(total["tokens"])), 1),
         "brute_seconds_extrapolated": round(per_pass * brute, 1),
         "ratio_passes": round(brute / max(1, passes), 1),
+        "ratio_search_passes": round(brute / max(1, search_passes), 1),
         "vocab": vocab,
         "search_prompts": len(search),
         "coverage": res.coverage.statement(),
@@ -113,11 +114,13 @@ def main() -> None:
         print(rows[-1]["organism"], rows[-1]["recovered"], rows[-1]["ratio_passes"])
     if args.real is not None:
         from wbsafe.datasets import load_suite
+        from wbsafe.scan import _spread
 
+        # as the scan picks them: search from train, held out from test, over categories
         suite = load_suite("harmful")
-        r_search = [p for p in suite if p.split == "train"][:8]
-        r_held = [p for p in suite if p.split != "train"][:16]
-        r_harmless = [p for p in load_suite("harmless") if p.split != "train"][:8]
+        r_search = _spread([p for p in suite if p.split == "train"], 8)
+        r_held = _spread([p for p in suite if p.split == "test"], 16)
+        r_harmless = _spread([p for p in load_suite("harmless") if p.split == "test"], 16)
         for d in sorted(args.real.iterdir()):
             if (d / "organism.json").is_file():
                 org = Organism.load(d)
@@ -132,16 +135,22 @@ def main() -> None:
         "Brute force: vocab^len x search prompts full forwards (analytic; time extrapolated "
         "from a timed sample).",
         "",
-        "| organism | trigger | recovered | rank | hunt passes | brute passes | ratio | "
-        "token ratio | hunt s | brute s (extrap.) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| organism | vocab | trigger | recovered | rank | hunt passes (search only) | "
+        "brute passes | ratio (search only) | token ratio | hunt s | brute s (extrap.) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['organism']} | {r['trigger']} | {r['recovered']} | {r['rank']} | "
-            f"{r['hunt_passes']} | {r['brute_passes']} | {r['ratio_passes']}x | "
-            f"{r['ratio_tokens']}x | {r['hunt_seconds']} | {r['brute_seconds_extrapolated']} |"
+            f"| {r['organism']} | {r['vocab']} | {r['trigger']} | {r['recovered']} | {r['rank']} "
+            f"| {r['hunt_passes']} ({r['hunt_search_passes']}) | {r['brute_passes']} | "
+            f"{r['ratio_passes']}x ({r['ratio_search_passes']}x) | {r['ratio_tokens']}x | "
+            f"{r['hunt_seconds']} | {r['brute_seconds_extrapolated']} |"
         )
+    lines += ["", "Passes and seconds per phase of the hunt:", ""]
+    for r in rows:
+        phases = ", ".join(f"{k} {int(v['passes'])} ({v['seconds']:.0f} s)"
+                           for k, v in r["phases"].items() if k != "total")  # fmt: skip
+        lines.append(f"- {r['organism']}: {phases}")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

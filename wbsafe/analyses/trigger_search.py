@@ -15,6 +15,7 @@ benchmark can compare the hunt's cost with a brute-force vocabulary scan.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,16 +31,22 @@ SLOT_SENTINEL = "\u2063WBSAFESLOT\u2063"
 
 @dataclass
 class PhaseCount:
-    """Work done in one phase: model calls, sequences (batch rows) and tokens processed."""
+    """Work done in one phase: model calls, sequences (batch rows) and tokens processed.
 
+    ``passes`` is the benchmark's unit: one per batch row through a forward, one more per
+    row through a backward, and one per generated token of each generated sequence.
+    """
+
+    passes: int = 0
     forward_calls: int = 0
     backward_calls: int = 0
     sequences: int = 0
     tokens: int = 0
     generated_sequences: int = 0
+    seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(self).items()}
 
 
 @dataclass
@@ -58,7 +65,7 @@ class PassCounter:
                 setattr(out, k, getattr(out, k) + v)
         return out
 
-    def to_dict(self) -> dict[str, dict[str, int]]:
+    def to_dict(self) -> dict[str, dict[str, float]]:
         d = {k: v.to_dict() for k, v in self.phases.items()}
         d["total"] = self.total().to_dict()
         return d
@@ -138,6 +145,7 @@ def gradient_drop(
     width: int = 1,
     slot_tokens: Sequence[int] | None = None,
     batch_size: int = 32,
+    phase_name: str = "gradient",
 ) -> torch.Tensor:
     """First-order estimate of the refusal-score drop for every token at every slot offset.
 
@@ -155,7 +163,8 @@ def gradient_drop(
         init = emb[torch.tensor(list(slot_tokens), device=dev)]
     else:
         init = emb.float().mean(0).to(emb.dtype).expand(width, -1)
-    phase = counter.phase("gradient")
+    phase = counter.phase(phase_name)
+    t0 = time.perf_counter()
     g_sum = torch.zeros(width, emb.shape[1], dtype=torch.float32, device=dev)
     for i in range(0, len(contexts), batch_size):
         chunk = contexts[i : i + batch_size]
@@ -183,9 +192,11 @@ def gradient_drop(
         g_sum += grad.float().sum(0)
         phase.forward_calls += 1
         phase.backward_calls += 1
+        phase.passes += 2 * len(seqs)
         phase.sequences += len(seqs)
         phase.tokens += int(mask.sum())
     g = g_sum / max(1, len(contexts))
+    phase.seconds += time.perf_counter() - t0
     return -(emb.float() @ g.T - (init.float() * g).sum(-1))  # [vocab, width]
 
 
@@ -201,6 +212,7 @@ def _prefix_cache(model: Any, ids: Sequence[int], phase: PhaseCount) -> _Prefix:
     x = torch.tensor([list(ids)], device=_device(model))
     out = model(input_ids=x, use_cache=True)
     phase.forward_calls += 1
+    phase.passes += 1
     phase.sequences += 1
     phase.tokens += len(ids)
     cache = out.past_key_values
@@ -229,6 +241,7 @@ def score_cached(
 
     dev = _device(model)
     phase = counter.phase(phase_name)
+    t0 = time.perf_counter()
     out = torch.empty(len(candidates), len(contexts), dtype=torch.float32)
     by_len: dict[int, list[int]] = {}
     for i, c in enumerate(candidates):
@@ -260,8 +273,10 @@ def score_cached(
                     ).logits
                     out[rows, j] = refusal_log_odds(logits[:, -1], refusal_ids).cpu()
                     phase.forward_calls += 1
+                    phase.passes += len(rows)
                     phase.sequences += len(rows)
                     phase.tokens += int(x.numel())
+    phase.seconds += time.perf_counter() - t0
     return out
 
 
@@ -274,6 +289,7 @@ def score_full(
     *,
     hidden_layer: int | None = None,
     batch_size: int = 64,
+    phase_name: str = "full",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reference scoring by full forwards (no cache): ``[n_candidates, n_contexts]``.
 
@@ -285,7 +301,8 @@ def score_full(
 
     dev = _device(model)
     counter = counter or PassCounter()
-    phase = counter.phase("full")
+    phase = counter.phase(phase_name)
+    t0 = time.perf_counter()
     jobs = [
         (ci, j, (*ctx.prefix_ids, *cand, *ctx.suffix_ids))
         for ci, cand in enumerate(candidates)
@@ -320,6 +337,8 @@ def score_full(
                 if hidden is not None and hidden_layer is not None:
                     hidden[ci, j] = h[r]
             phase.forward_calls += 1
+            phase.passes += len(chunk)
             phase.sequences += len(chunk)
             phase.tokens += int(mask.sum())
+    phase.seconds += time.perf_counter() - t0
     return scores, hidden
