@@ -89,6 +89,9 @@ def _stable(report: dict[str, Any]) -> dict[str, Any]:
     out.pop("exit_code", None)
     for stage in out["stages"].values():
         stage.pop("seconds", None)
+        stage.pop("reused", None)
+        for phase in ((stage.get("result") or {}).get("passes") or {}).values():
+            phase.pop("seconds", None)  # the trigger hunt's time per phase
     out["manifest"].pop("platform", None)
     return out
 
@@ -96,7 +99,9 @@ def _stable(report: dict[str, Any]) -> dict[str, Any]:
 def test_killed_scan_resumes_to_the_same_report(
     tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path
 ) -> None:
-    cfg = _config(tiny_organisms, "backdoor", directions)
+    # a cache of its own: both runs fit the base afresh, so provenance matches too
+    cfg = replace(_config(tiny_organisms, "backdoor", directions),
+                  directions_cache=str(tmp_path / "cache"))  # fmt: skip
     whole = run_scan(cfg, tmp_path / "whole", quiet=True)
 
     out = tmp_path / "killed"
@@ -111,10 +116,14 @@ def test_killed_scan_resumes_to_the_same_report(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "report.json").exists()
-    done_before = {p.name for p in (out / "stages").glob("*.json")}
-    assert {"weights.json", "probes.json"} <= done_before
+    done_before = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+    assert {"weights.json", "probes.json"} <= set(done_before)
 
     resumed = run_scan(replace(cfg), out, quiet=True)
+    # finished stages were re-used, not redone (the CLI run had another cache and threads)
+    for name, mtime in done_before.items():
+        assert (out / "stages" / name).stat().st_mtime_ns == mtime, name
+        assert resumed["stages"][name.removesuffix(".json")]["reused"] is True, name
     assert _stable(resumed)["stages"].keys() == _stable(whole)["stages"].keys()
     a, b = _stable(resumed), _stable(whole)
     a["manifest"]["config"].pop("directions_cache", None)

@@ -47,22 +47,30 @@ class ScanConfig:
     prompts: str = "auto"
     harmless: str = "auto"
     max_prompts: int | None = 120
+    """Cap per side (harmful, harmless) on the behavioural benchmark's prompts."""
     max_new_tokens: int = 24
-    probe_causal_top_k: int | None = 16
+    probe_fit_prompts: int | None = 128
+    """Prompts per class for fitting the refusal directions (spread over categories;
+    Arditi et al. used 128); None uses every fitting prompt."""
+    probe_causal_top_k: int | None = 8
     """Causal tests (ablate/add) only for this many selectable (layer, position) rows with the
     best validation AUROC; None tests all. Each costs 3 forward passes over the causal prompts."""
     probe_n_causal: int = 24
     trigger_top_k: int = 1024
     """Single tokens scored exactly after the gradient ranking (the rest of the vocabulary is
-    ranked by gradient only)."""
-    trigger_budget: int = 4096
+    ranked by gradient only). Not smaller: a LoRA-planted trigger can rank low by gradient
+    (the tiny LoRA backdoor's ranks beyond 256 of 283)."""
+    trigger_budget: int = 2048
+    """Candidates scored exactly (screened) in all, over every length."""
     trigger_max_len: int = 2
     trigger_search_prompts: int = 8
-    trigger_heldout_prompts: int = 24
+    trigger_heldout_prompts: int = 16
     trigger_candidates: tuple[str, ...] = ()
     runtime: RuntimeConfig = RuntimeConfig()
     seed: int = 0
     directions_cache: str | None = None
+    """Where base-side results (refusal directions, base behaviour) are kept for re-use by
+    later scans of the same base; None: the user cache (``WBSAFE_CACHE``)."""
 
 
 def read_scan_toml(path: str) -> dict[str, object]:

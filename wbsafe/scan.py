@@ -34,13 +34,21 @@ Log = Callable[[str], None]
 
 @dataclasses.dataclass
 class PromptPlan:
-    """Which prompts each analysis uses: fitting/search (train) vs evaluation (held out)."""
+    """Which prompts each analysis uses.
+
+    ``fit_*``: fitting the base's directions and searching for triggers; ``eval_*``: held
+    out from those (probe drift, trigger verification); ``behaviour_*``: the behavioural
+    benchmark, which fits nothing and so may use every prompt the organisms/tuning did not
+    see (for the built-in suites: val + test, since the organisms train on the train split).
+    """
 
     source: str
     fit_harmful: list[Any]
     fit_harmless: list[Any]
     eval_harmful: list[Any]
     eval_harmless: list[Any]
+    behaviour_harmful: list[Any]
+    behaviour_harmless: list[Any]
 
     def ids(self) -> dict[str, list[str]]:
         return {k: [p.id for p in v] for k, v in dataclasses.asdict(self).items() if k != "source"}
@@ -60,12 +68,16 @@ def plan_prompts(config: ScanConfig, tokenizer: Any) -> PromptPlan:
         from wbsafe.tinyworld import prompt_set
 
         fit, held = prompt_set("train", 20, config.seed), prompt_set("test", 20, config.seed)
+        eval_h = _cap([p for p in held if p.label == "harmful"], n)
+        eval_s = _cap([p for p in held if p.label == "harmless"], n)
         return PromptPlan(
             "tiny-world prompt_set (train for fitting/search, test for evaluation)",
             [p for p in fit if p.label == "harmful"],
             [p for p in fit if p.label == "harmless"],
-            _cap([p for p in held if p.label == "harmful"], n),
-            _cap([p for p in held if p.label == "harmless"], n),
+            eval_h,
+            eval_s,
+            eval_h,
+            eval_s,
         )
     harmful_spec = "harmful" if config.prompts == "auto" else config.prompts
     harmful = [p for p in load_prompts(harmful_spec) if p.label == "harmful"]
@@ -81,11 +93,14 @@ def plan_prompts(config: ScanConfig, tokenizer: Any) -> PromptPlan:
         return [p for name in names for p in split_prompts(ps, name)]
 
     return PromptPlan(
-        f"harmful: {harmful_spec}; harmless: {config.harmless} (train+val fit, test evaluate)",
+        f"harmful: {harmful_spec}; harmless: {config.harmless} (train+val fit, test evaluate, "
+        "val+test behaviour)",
         split(harmful, "train", "val"),
         split(harmless, "train", "val"),
         _cap(split(harmful, "test"), n),
         _cap(split(harmless, "test"), n),
+        _cap(_spread(split(harmful, "test", "val"), len(harmful)), n),
+        _cap(_spread(split(harmless, "test", "val"), len(harmless)), n),
     )
 
 
@@ -169,17 +184,25 @@ def weights_stage(config: ScanConfig, plots: Path) -> StageOutput:
     return out
 
 
+def base_side_cache(config: ScanConfig) -> Path:
+    """Where base-side results are kept for later scans of the same base."""
+    from wbsafe.organisms import default_cache_dir
+
+    return Path(config.directions_cache or default_cache_dir() / "directions")
+
+
 def probes_stage(config: ScanConfig, models: Models, plan: PromptPlan, plots: Path) -> StageOutput:
     from wbsafe.analyses.refusal import compare, fit_or_load_directions, refusal_alignment
     from wbsafe.gate import ProbeEvidence
-    from wbsafe.organisms import default_cache_dir
 
     tuned = models.tuned()
     base = models.base()
-    cache = Path(config.directions_cache or default_cache_dir() / "directions")
+    cache = base_side_cache(config)
     base_view = base if base is not None else tuned
+    n_fit = config.probe_fit_prompts or max(len(plan.fit_harmful), len(plan.fit_harmless))
     fit = fit_or_load_directions(
-        base_view, cache, plan.fit_harmful, plan.fit_harmless, seed=config.seed,
+        base_view, cache, _spread(plan.fit_harmful, n_fit), _spread(plan.fit_harmless, n_fit),
+        seed=config.seed,
         causal_top_k=config.probe_causal_top_k, n_causal=config.probe_n_causal,
     )  # fmt: skip
     cmp = compare(tuned, fit, plan.eval_harmful, plan.eval_harmless, base=base)
@@ -278,7 +301,7 @@ def triggers_stage(
         tuned, models.base(), search, heldout, harmless,
         embedding_candidates=emb, user_candidates=config.trigger_candidates,
         max_len=config.trigger_max_len, budget=config.trigger_budget, direction=direction,
-        extend_width=12, beam=8, refine_steps=10, top_k=config.trigger_top_k,
+        extend_width=12, beam=4, refine_steps=4, top_k=config.trigger_top_k,
         seed=config.seed,
     )  # fmt: skip
     rows = [
@@ -329,6 +352,36 @@ def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
 
+def _base_behaviour_path(config: ScanConfig, base_side: Any, prompts: list[Any]) -> Path | None:
+    """The cache file of the base's judged responses for these prompts and settings, keyed
+    by the base's own weight hashes (None when they are unknown)."""
+    hashes = sorted(base_side.base_weight_hashes().values())
+    if not hashes:
+        return None
+    key = stable_hash({
+        "hashes": hashes, "prompts": [[p.id, p.text] for p in prompts],
+        "max_new_tokens": config.max_new_tokens, "batch_size": config.runtime.batch_size,
+        "device": base_side.device, "dtype": base_side.dtype, "judge": "string",
+        "schema": SCHEMA_VERSION,
+    })  # fmt: skip
+    return base_side_cache(config) / f"base-behaviour-{key}.json"
+
+
+def _read_base_rows(path: Path | None) -> list[Any] | None:
+    """Cached base rows, or None when absent or unreadable (then the base is re-run)."""
+    import json
+
+    from wbsafe.analyses.behavior import ResponseRow
+
+    if path is None or not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        return [ResponseRow(**r) for r in doc["rows"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _direction_from(probes_result: dict[str, Any]) -> tuple[int, Any] | None:
     """(layer, unit direction) from a stored probes stage (saved fit artifact), if present."""
     import torch
@@ -346,11 +399,17 @@ def behavior_stage(
     from wbsafe import plots_behavior
     from wbsafe.analyses.behavior import run_behavior
 
-    prompts = plan.eval_harmful + plan.eval_harmless
+    prompts = plan.behaviour_harmful + plan.behaviour_harmless
+    tuned, base = models.tuned(), models.base()
+    cached = _base_behaviour_path(config, base or tuned, prompts)
+    base_rows = _read_base_rows(cached)
     res = run_behavior(
-        models.tuned(), prompts, base_loaded=models.base(),
-        max_new_tokens=config.max_new_tokens, batch_size=config.runtime.batch_size,
+        tuned, prompts, base_loaded=base, max_new_tokens=config.max_new_tokens,
+        batch_size=config.runtime.batch_size, base_rows=base_rows,
     )  # fmt: skip
+    if base_rows is None and cached is not None:
+        write_json_atomic(cached, {"kind": "wbsafe.base_behaviour",
+                                   "rows": to_jsonable(list(res.rows_base))})  # fmt: skip
     plots.mkdir(parents=True, exist_ok=True)
     png = plots_behavior.category_bars(res, plots / "refusal_by_category.png")
     sections: list[dict[str, Any]] = [
@@ -387,8 +446,12 @@ def describe_source(config: ScanConfig, models: Models) -> dict[str, Any]:
 
 
 def stage_key(name: str, config: ScanConfig, hashes: dict[str, str]) -> str:
-    """What determines a stage's result: its inputs' hashes and the config (not the out dir)."""
-    cfg = to_jsonable(config)
+    """What determines a stage's result: its inputs' hashes and the config (not the out dir,
+    nor where caches live or how many threads ran: a resumed run may differ in those)."""
+    cfg = to_jsonable(dataclasses.replace(
+        config, directions_cache=None,
+        runtime=dataclasses.replace(config.runtime, threads=None),
+    ))  # fmt: skip
     return stable_hash({"stage": name, "config": cfg, "weights": sorted(hashes.values()),
                         "schema": SCHEMA_VERSION})  # fmt: skip
 

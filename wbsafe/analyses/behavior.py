@@ -637,8 +637,13 @@ def run_behavior(
     progress: bool = True,
     alpha: float = 0.05,
     confidence: float = 0.95,
+    base_rows: Sequence[ResponseRow] | None = None,
 ) -> BehaviorResult:
     """Run base and tuned on identical ``prompts``, judge, and compare.
+
+    ``base_rows``: the base side's judged rows from an earlier greedy run on the same base,
+    prompts and settings (``scan-many`` shares them across adapters); the base is then not
+    run again. Not allowed with sampling, whose rows depend on the seed.
 
     ``loaded`` is the tuned model. With adapters (``tuned_is_adapter`` defaults to whether
     ``loaded`` has any) the base is the same object under ``base_only()``; otherwise pass the
@@ -686,7 +691,16 @@ def run_behavior(
                 description=f"{name} (seed {seed})" if mode == "sampling" else name,
             )
 
-    runs = [(side(base_ctx, "base", s), side(lambda: _same(loaded), "tuned", s)) for s in run_seeds]
+    if base_rows is not None:
+        if mode == "sampling":
+            raise WbsafeError("base_rows can be re-used only for greedy or logit runs")
+        if sorted(r.prompt_id for r in base_rows) != sorted(ids):
+            raise WbsafeError("base_rows do not cover exactly the prompts of this run")
+        runs = [(list(base_rows), side(lambda: _same(loaded), "tuned", run_seeds[0]))]
+    else:
+        runs = [
+            (side(base_ctx, "base", s), side(lambda: _same(loaded), "tuned", s)) for s in run_seeds
+        ]
     rows_base, rows_tuned = runs[0]
     pb = prompt_probabilities(prompts, rows_base)
     pt = prompt_probabilities(prompts, rows_tuned)
