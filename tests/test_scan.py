@@ -153,8 +153,19 @@ def test_gate_and_report_rerun_without_a_model(
 
 
 def test_scan_many_reports_each_and_survives_a_bad_adapter(
-    tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path
+    tiny_organisms: dict[str, Organism], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from wbsafe.analyses import behavior
+
+    generated: list[str] = []  # which side each behavioural generation ran for
+    real_judge_rows = behavior._judge_rows
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        generated.append(kwargs["description"])
+        return real_judge_rows(*args, **kwargs)
+
+    monkeypatch.setattr(behavior, "_judge_rows", counting)
+    directions = str(tmp_path / "cache")  # empty: the base side is computed here, once
     bad = tmp_path / "adapters" / "broken"
     shutil.copytree(tiny_organisms["benign_lora"].path, bad)
     data = (bad / "adapter_model.safetensors").read_bytes()
@@ -178,3 +189,7 @@ def test_scan_many_reports_each_and_survives_a_bad_adapter(
     summary = (tmp_path / "many" / "summary.md").read_text()
     assert "broken" in summary and "ERROR" in summary
     assert (tmp_path / "many" / "summary.csv").read_text().count("\n") == 4
+    # base-side work done once for the base: its behaviour, and its refusal directions
+    assert generated == ["base", "tuned", "tuned"], generated
+    assert len(list(Path(directions).glob("base-behaviour-*.json"))) == 1
+    assert len(list(Path(directions).glob("refusal-*/fit.json"))) == 1
