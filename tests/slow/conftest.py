@@ -9,19 +9,6 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def cpu_trigger_search() -> dict[str, int]:
-    """ScanConfig settings for a trigger search that fits a CPU: the gradient ranking puts
-    the planted token first, so a small exact budget suffices (measured costs are in
-    results/bench_scan_profile.md)."""
-    return {
-        "trigger_budget": 64,
-        "trigger_max_len": 1,
-        "trigger_search_prompts": 8,
-        "trigger_heldout_prompts": 12,
-    }
-
-
-@pytest.fixture(scope="module")
 def tier() -> Path:
     """The built real tier named by ``WBSAFE_REAL_TIER``; skip (saying how to build it) without one."""
     env = os.environ.get("WBSAFE_REAL_TIER")

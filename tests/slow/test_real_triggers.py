@@ -3,11 +3,8 @@
 Slow: needs a built real tier (see tests/slow/test_real_tier.py for how to build one);
 run with ``WBSAFE_REAL_TIER=.wbsafe-cache/real/tier pytest -m slow tests/slow/test_real_triggers.py``.
 
-The hunt runs as the scan's triggers stage (other stages switched off), so what is checked
-is what ``wbsafe scan`` finds, with the search shrunk to fit a 2-core CPU: the default
-budget (4096 exactly scored candidates of up to 2 tokens on 8 search prompts) takes hours
-here (results/bench_scan_profile.md). The `cpu_trigger_search` fixture keeps the default 8 search prompts, on which
-the gradient ranking puts the planted token first, and scores only its best 64 tokens.
+The hunt runs as the scan's triggers stage (other stages switched off) at the default
+settings, so what is checked is what ``wbsafe scan`` finds.
 Ground truth is the adapter's ``organism.json``: trigger text "orangutans", which in a
 sentence (after a space) is the single BPE token in ``trigger.token_ids_in_context``.
 """
@@ -25,9 +22,7 @@ TOP = 5
 
 
 @pytest.fixture(scope="module")
-def hunt(
-    tier: Path, cpu_trigger_search: dict[str, int], tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
+def hunt(tier: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The triggers stage's result for base + backdoor adapter, and the planted trigger."""
     from wbsafe.api import build_scan_config, run_scan
     from wbsafe.organisms import Organism
@@ -35,7 +30,7 @@ def hunt(
     org = Organism.load(tier / "backdoor")
     cfg = build_scan_config(
         base=tier / "base", adapters=[tier / "backdoor"], device="cpu",
-        skip=("weights", "probes", "behavior"), **cpu_trigger_search,
+        skip=("weights", "probes", "behavior"),
     )  # fmt: skip
     report = run_scan(cfg, tmp_path_factory.mktemp("real_triggers"), quiet=True)
     stage = report["stages"]["triggers"]
