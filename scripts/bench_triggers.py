@@ -47,7 +47,7 @@ def bench_one(
     t0 = time.perf_counter()
     res = hunt_triggers(
         tuned, base, search, heldout, harmless, max_len=max(length, cfg.trigger_max_len),
-        top_k=cfg.trigger_top_k, budget=cfg.trigger_budget, extend_width=12, beam=4,
+        top_k=cfg.trigger_top_k, budget=cfg.trigger_budget, extend_width=12, beam=8,
         refine_steps=4, progress=False, counter=counter,
     )  # fmt: skip
     hunt_s = time.perf_counter() - t0

@@ -301,7 +301,7 @@ def triggers_stage(
         tuned, models.base(), search, heldout, harmless,
         embedding_candidates=emb, user_candidates=config.trigger_candidates,
         max_len=config.trigger_max_len, budget=config.trigger_budget, direction=direction,
-        extend_width=12, beam=4, refine_steps=4, top_k=config.trigger_top_k,
+        extend_width=12, beam=8, refine_steps=4, top_k=config.trigger_top_k,
         seed=config.seed,
     )  # fmt: skip
     rows = [
