@@ -599,9 +599,9 @@ def load_fit(directory: str | Path) -> RefusalDirectionFit:
     return fit
 
 
-FIT_VERSION = 2
+FIT_VERSION = 3
 """Bumped when the fit's algorithm changes, so cached fits of an older one are not re-used
-(2: salted inner split, causal rows spread over depth, a validation AUROC floor)."""
+(3: salted inner split, causal rows spread over depth, a validation AUROC floor)."""
 
 
 def fit_or_load_directions(
