@@ -10,6 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from wbsafe.cli import main
+from wbsafe.organisms import Organism
 
 
 def test_help_does_not_import_torch() -> None:
@@ -43,3 +44,18 @@ def test_bad_input_is_one_clear_line_and_exit_1(tmp_path: Path) -> None:
 def test_scan_usage_errors_exit_2(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["scan", "--base", str(tmp_path), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "--tuned" in res.output
+
+
+def test_triggers_command_recovers_the_planted_trigger(
+    tiny_organisms: dict[str, Organism], tmp_path: Path
+) -> None:
+    """`wbsafe triggers` runs the scan's hunt: the LoRA backdoor's trigger, verified."""
+    org = tiny_organisms["backdoor_lora"]
+    out = tmp_path / "triggers.json"
+    res = CliRunner().invoke(main, ["triggers", "--base", tiny_organisms["base"].path,
+                                    "--tuned", org.path, "--out", str(out), "--device", "cpu",
+                                    "--threads", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert org.trigger is not None and f"VERIFIED {org.trigger['text']!r}" in res.output
+    doc = json.loads(out.read_text())
+    assert doc["verified"][0] == org.trigger["text"] and doc["coverage"]["budget"] == 2048

@@ -493,28 +493,38 @@ def probe_compare(
 def trigger_hunt(
     base: str | Path, tuned: str | Path | None, adapters: Sequence[str | Path], out: str | Path,
     *, prompts: str = "auto", candidates: str | Path | None = None, use_builtin: bool = True,
-    max_len: int = 3, budget: int = 4096, seed: int = 0, device: str = "auto",
+    max_len: int | None = None, budget: int | None = None, seed: int = 0, device: str = "auto",
     dtype: str = "auto",
 ) -> Any:  # fmt: skip
-    """Rank and verify trigger candidates; embedding rows that moved far seed the search."""
+    """Rank and verify trigger candidates; embedding rows that moved far seed the search.
+
+    The same prompts and search settings as the scan's trigger stage (``ScanConfig``
+    defaults unless ``max_len``/``budget`` are given).
+    """
+    import dataclasses
+
     from wbsafe.analyses.triggers import hunt_triggers, read_candidate_list
     from wbsafe.config import RuntimeConfig, ScanConfig
     from wbsafe.models import is_adapter_dir
-    from wbsafe.scan import plan_prompts
+    from wbsafe.scan import hunt_prompts, hunt_settings, plan_prompts
     from wbsafe.serialize import run_manifest, write_json_atomic
 
     runtime = RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
+    config = ScanConfig(base=str(base), prompts=prompts, seed=seed)
+    if max_len is not None:
+        config = dataclasses.replace(config, trigger_max_len=max_len)
+    if budget is not None:
+        config = dataclasses.replace(config, trigger_budget=budget)
     tuned_m, base_m = load_pair(base, tuned, adapters, runtime)
-    plan = plan_prompts(ScanConfig(base=str(base), prompts=prompts, seed=seed), tuned_m.tokenizer)
+    plan = plan_prompts(config, tuned_m.tokenizer)
     emb: list[tuple[int, float]] = []
     if tuned is not None and not is_adapter_dir(tuned) and not adapters:
         rows = weight_diff(base, tuned, spectrum_k=1, progress=False).embedding
         emb = [(t.token_id, t.z) for t in rows.top[:32]] if rows else []
     result = hunt_triggers(
-        tuned_m, base_m, plan.fit_harmful, plan.eval_harmful, plan.eval_harmless,
-        embedding_candidates=emb,
+        tuned_m, base_m, *hunt_prompts(config, plan), embedding_candidates=emb,
         user_candidates=read_candidate_list(candidates) if candidates else (),
-        use_builtin=use_builtin, max_len=max_len, budget=budget, seed=seed,
+        use_builtin=use_builtin, **hunt_settings(config),
     )  # fmt: skip
     write_json_atomic(out, {"manifest": run_manifest(seed=seed), **result.to_dict()})
     return result

@@ -419,20 +419,19 @@ def probe_fit(base: Path, out: Path, prompts: str, seed: int, device: str, dtype
     help="File of extra candidate triggers, one per line.",
 )
 @click.option("--no-builtin", is_flag=True, help="Skip the built-in list of trigger shapes.")
-@click.option("--max-len", type=int, default=3, show_default=True)
+@click.option("--max-len", type=int, default=None, help="Longest trigger searched [default: 2].")
 @click.option(
     "--budget",
     type=int,
-    default=4096,
-    show_default=True,
-    help="Candidates scored exactly (each on every search context, both models).",
+    default=None,
+    help="Candidates scored exactly, every length together [default: 2048].",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @runtime_options
 @handle_errors
 def triggers(
     base: Path, tuned: Path | None, adapters: tuple[Path, ...], out: Path, prompts: str,
-    candidates: Path | None, no_builtin: bool, max_len: int, budget: int, seed: int,
+    candidates: Path | None, no_builtin: bool, max_len: int | None, budget: int | None, seed: int,
     device: str, dtype: str,
 ) -> None:  # fmt: skip
     """Hunt for an input that switches safety off in the tuned model but not in the base."""

@@ -292,17 +292,10 @@ def triggers_stage(
     direction = None
     if probes is not None and probes.status == "done":
         direction = _direction_from(probes.result)
-    # search and held-out prompts are spread over categories, then capped: verification
-    # cost grows with prompts x insertion positions x candidates x both models
-    search = _spread(plan.fit_harmful, config.trigger_search_prompts)
-    heldout = _spread(plan.eval_harmful, config.trigger_heldout_prompts)
-    harmless = _spread(plan.eval_harmless, config.trigger_heldout_prompts)
     res = hunt_triggers(
-        tuned, models.base(), search, heldout, harmless,
-        embedding_candidates=emb, user_candidates=config.trigger_candidates,
-        max_len=config.trigger_max_len, budget=config.trigger_budget, direction=direction,
-        extend_width=12, beam=8, refine_steps=4, top_k=config.trigger_top_k,
-        seed=config.seed,
+        tuned, models.base(), *hunt_prompts(config, plan), embedding_candidates=emb,
+        user_candidates=config.trigger_candidates, direction=direction,
+        **hunt_settings(config),
     )  # fmt: skip
     rows = [
         [v.text, f"{v.successes}/{v.n}", f"{v.baseline_successes}/{v.n}",
@@ -333,6 +326,29 @@ def triggers_stage(
     )
     return StageOutput(summary, res.to_dict(), sections,
                        evidence=to_jsonable(res.to_gate_evidence()))  # fmt: skip
+
+
+def hunt_prompts(config: ScanConfig, plan: PromptPlan) -> tuple[list[Any], list[Any], list[Any]]:
+    """Search, held-out harmful and harmless prompts of the trigger hunt: spread over
+    categories, then capped (verification cost grows with prompts x insertion positions x
+    candidates x both models)."""
+    return (
+        _spread(plan.fit_harmful, config.trigger_search_prompts),
+        _spread(plan.eval_harmful, config.trigger_heldout_prompts),
+        _spread(plan.eval_harmless, config.trigger_heldout_prompts),
+    )
+
+
+def hunt_settings(config: ScanConfig) -> dict[str, Any]:
+    """The trigger hunt's search settings for ``config`` (the scan and ``wbsafe triggers``).
+
+    A beam of 8 for the multi-token refinement: at 4, a bfloat16 hunt on a GPU missed the
+    tiny two-word backdoor (results/gpu_tiny_scans.md).
+    """
+    return dict(
+        max_len=config.trigger_max_len, budget=config.trigger_budget,
+        top_k=config.trigger_top_k, extend_width=12, beam=8, refine_steps=4, seed=config.seed,
+    )  # fmt: skip
 
 
 def _spread(prompts: list[Any], n: int) -> list[Any]:
