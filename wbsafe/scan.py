@@ -454,6 +454,10 @@ def describe_source(config: ScanConfig, models: Models) -> dict[str, Any]:
     runtime = to_jsonable(config.runtime)
     tuned = models._tuned.describe() if models._tuned is not None else None
     base = models._base.describe() if models._base is not None else None
+    if base is None and tuned is not None and models.adapters:
+        # the base is the tuned model with its adapters switched off: same device and dtype
+        base = {**tuned, "adapters": [], "adapters_disabled": True,
+                "weight_sha256": models._tuned.base_weight_hashes()}  # fmt: skip
     return {
         "base": base or {"path": config.base, "adapters": [], "runtime": runtime},
         "tuned": tuned or {"path": config.tuned or config.base, "adapters": models.adapters,
