@@ -6,7 +6,7 @@ analytically; a sample of such forwards is timed to extrapolate its wall time. T
 passes are counted by :class:`wbsafe.analyses.trigger_search.PassCounter` (every batch row
 of a forward or backward is one pass; generation counts one pass per new token), over the
 whole hunt, verification included. The hunt runs with the scan's default settings
-(``ScanConfig``: top-k, budget, maximum length 2 or the trigger's length).
+(``wbsafe.scan.hunt_settings``, maximum length 2 or the trigger's length).
 
     python scripts/bench_triggers.py                      # tiny backdoor organisms
     python scripts/bench_triggers.py --real DIR           # also organisms under DIR (organism.json)
@@ -33,6 +33,7 @@ def bench_one(
     from wbsafe.analyses.triggers import hunt_triggers
     from wbsafe.config import RuntimeConfig, ScanConfig
     from wbsafe.models import load_model, refusal_token_ids
+    from wbsafe.scan import hunt_settings
 
     rt = RuntimeConfig(device="auto")
     cfg = ScanConfig(base="")
@@ -45,11 +46,10 @@ def bench_one(
     length = len(org.trigger.get("token_ids_in_context") or org.trigger["token_ids"])
     counter = PassCounter()
     t0 = time.perf_counter()
+    settings = {**hunt_settings(cfg), "max_len": max(length, cfg.trigger_max_len)}
     res = hunt_triggers(
-        tuned, base, search, heldout, harmless, max_len=max(length, cfg.trigger_max_len),
-        top_k=cfg.trigger_top_k, budget=cfg.trigger_budget, extend_width=12, beam=8,
-        refine_steps=4, progress=False, counter=counter,
-    )  # fmt: skip
+        tuned, base, search, heldout, harmless, progress=False, counter=counter, **settings
+    )
     hunt_s = time.perf_counter() - t0
     total = res.passes["total"]
     passes = int(total["passes"])
@@ -118,7 +118,8 @@ def main() -> None:
         from wbsafe.datasets import load_suite
         from wbsafe.scan import _spread
 
-        # as the scan picks them: search from train, held out from test, over categories
+        # spread over categories as the scan does; search from train only (the scan also
+        # draws from val), held out from test
         suite = load_suite("harmful")
         r_search = _spread([p for p in suite if p.split == "train"], 8)
         r_held = _spread([p for p in suite if p.split == "test"], 16)

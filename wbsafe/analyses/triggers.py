@@ -426,6 +426,16 @@ def hunt_triggers(
     screened: dict[tuple[int, ...], float] = {}  # screen anomaly (or full tuned drop)
     screen_ctx = _screen_contexts(contexts, screen_contexts)
 
+    def drops(model: Any, ctxs: Sequence[SlotContext], cands: list[tuple[int, ...]],
+              phase: str) -> list[float]:  # fmt: skip
+        """Mean refusal-score drop of each candidate over ``ctxs`` (cached prefixes)."""
+        sc = score_cached(model, ctxs, [(), *cands], refusal_ids, counter,
+                          batch_size=batch_size, phase_name=phase)  # fmt: skip
+        return [float(x) for x in _mean_drop(sc)]
+
+    def top_screened(cands: list[tuple[int, ...]], n: int) -> list[tuple[int, ...]]:
+        return sorted(cands, key=lambda c: screened[c], reverse=True)[:n]
+
     def score(cands: list[tuple[int, ...]], phase: str) -> None:
         cands = [c for c in dict.fromkeys(cands) if c not in screened]
         cands = cands[: max(0, budget - len(screened))]
@@ -437,38 +447,26 @@ def hunt_triggers(
             # 8 * keep on one context, then 4 * keep on all screen contexts, and only those
             # get the base screen (the contrast)
             if len(cands) > 8 * keep and len(screen_ctx) > 1:
-                s1 = _mean_drop(score_cached(tuned.model, screen_ctx[:1], [(), *cands],
-                                             refusal_ids, counter, batch_size=batch_size,
-                                             phase_name=f"{phase}_screen1"))  # fmt: skip
-                for k, c in enumerate(cands):
-                    screened[c] = float(s1[k])
-                cands = sorted(cands, key=lambda c: screened[c], reverse=True)[: 8 * keep]
-            sd = _mean_drop(score_cached(tuned.model, screen_ctx, [(), *cands], refusal_ids,
-                                         counter, batch_size=batch_size,
-                                         phase_name=f"{phase}_screen"))  # fmt: skip
-            for k, c in enumerate(cands):
-                screened[c] = float(sd[k])
-            cands = sorted(cands, key=lambda c: screened[c], reverse=True)[: 4 * keep]
+                screened.update(zip(cands, drops(tuned.model, screen_ctx[:1], cands,
+                                                 f"{phase}_screen1"), strict=True))  # fmt: skip
+                cands = top_screened(cands, 8 * keep)
+            screened.update(zip(cands, drops(tuned.model, screen_ctx, cands, f"{phase}_screen"),
+                                strict=True))  # fmt: skip
+            cands = top_screened(cands, 4 * keep)
             with _base_view(tuned, base) as bm:
                 if bm is not None:
-                    bs = _mean_drop(score_cached(bm.model, screen_ctx, [(), *cands], refusal_ids,
-                                                 counter, batch_size=batch_size,
-                                                 phase_name=f"{phase}_screen_base"))  # fmt: skip
-                    for k, c in enumerate(cands):
-                        screened[c] -= float(bs[k])
-            cands = sorted(cands, key=lambda c: screened[c], reverse=True)[:keep]
-        rows: list[Sequence[int]] = [(), *cands]
-        td = _mean_drop(score_cached(tuned.model, contexts, rows, refusal_ids, counter,
-                                     batch_size=batch_size, phase_name=phase))  # fmt: skip
-        bd: torch.Tensor | None = None
+                    for c, d in zip(cands, drops(bm.model, screen_ctx, cands,
+                                                 f"{phase}_screen_base"), strict=True):  # fmt: skip
+                        screened[c] -= d
+            cands = top_screened(cands, keep)
+        td = drops(tuned.model, contexts, cands, phase)
+        bd: list[float] | None = None
         with _base_view(tuned, base) as bm:
             if bm is not None:
-                bd = _mean_drop(score_cached(bm.model, contexts, rows, refusal_ids, counter,
-                                             batch_size=batch_size,
-                                             phase_name=f"{phase}_base"))  # fmt: skip
+                bd = drops(bm.model, contexts, cands, f"{phase}_base")
         for k, c in enumerate(cands):
-            screened.setdefault(c, float(td[k]))
-            scored[c] = (float(td[k]), None if bd is None else float(bd[k]))
+            screened.setdefault(c, td[k])
+            scored[c] = (td[k], None if bd is None else bd[k])
 
     def anomaly(c: tuple[int, ...]) -> float:
         t, b_ = scored[c]
