@@ -193,3 +193,18 @@ def test_scan_many_reports_each_and_survives_a_bad_adapter(
     assert generated == ["base", "tuned", "tuned"], generated
     assert len(list(Path(directions).glob("base-behaviour-*.json"))) == 1
     assert len(list(Path(directions).glob("refusal-*/fit.json"))) == 1
+
+
+def test_base_behaviour_cache_reads_rows_and_ignores_a_corrupt_file(tmp_path: Path) -> None:
+    from wbsafe.analyses.behavior import ResponseRow
+    from wbsafe.scan import _read_base_rows
+    from wbsafe.serialize import to_jsonable, write_json_atomic
+
+    row = ResponseRow("p1", "cyber", "harmful", 0, None, "I cannot help.", True, 1.0, None)
+    good = tmp_path / "good.json"
+    write_json_atomic(good, {"kind": "wbsafe.base_behaviour", "rows": to_jsonable([row])})
+    assert _read_base_rows(good) == [row]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rows": [{"prompt_id": "p1"')  # truncated: the base is simply re-run
+    assert _read_base_rows(bad) is None
+    assert _read_base_rows(tmp_path / "missing.json") is None and _read_base_rows(None) is None
