@@ -8,7 +8,8 @@ Each method runs in its own subprocess so that its peak RSS (``ru_maxrss``) is i
 2. limit: one pass that only reads every tensor of both checkpoints and sums squares;
 3. wbsafe without spectra; 4. wbsafe with spectra (``diff_checkpoints``).
 
-Files are read once before the timed runs so that every method sees a warm page cache.
+Files are read once before the timed runs so that every method sees a warm page cache, and
+each method's modules are imported before its clock starts.
 
     python scripts/bench_weights.py --size-gb 0.5             # synthetic sharded bf16 pair
     python scripts/bench_weights.py --base B --tuned T --label smollm2   # any given pair
@@ -102,14 +103,23 @@ def make_pair(workdir: Path, size_gb: float, seed: int = 0) -> tuple[Path, Path]
 
 
 def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
-    """Body of one subprocess: run ``method`` and return its timing and figures."""
+    """Body of one subprocess: run ``method`` and return its timing and figures.
+
+    Each method's modules are imported before the clock starts (transformers for naive_hf,
+    safetensors for naive and limit, wbsafe for the diff): the clock times the work on the
+    files, not the interpreter loading code, for every method alike.
+    """
     import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if method == "naive_hf":
+        from transformers import AutoModelForCausalLM
+    from wbsafe.analyses.weight_diff import diff_checkpoints
 
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     if method == "naive":
-        from safetensors.torch import load_file
-
         sb: dict[str, torch.Tensor] = {}
         st: dict[str, torch.Tensor] = {}
         for f in _files(base):
@@ -122,8 +132,6 @@ def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
             total += float(dw.square().sum())
         extra["fro_diff_total"] = math.sqrt(total)
     elif method == "naive_hf":
-        from transformers import AutoModelForCausalLM
-
         mb = AutoModelForCausalLM.from_pretrained(str(base))
         mt = AutoModelForCausalLM.from_pretrained(str(tuned))
         sd_t = mt.state_dict()
@@ -137,8 +145,6 @@ def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
             )
         extra["fro_diff_total"] = math.sqrt(total)
     elif method == "limit":
-        from safetensors import safe_open
-
         total = 0.0
         for f in [*_files(base), *_files(tuned)]:
             with safe_open(str(f), framework="pt") as fh:
@@ -147,8 +153,6 @@ def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
                     total += float(t.dot(t))
         extra["sum_squares"] = total
     else:
-        from wbsafe.analyses.weight_diff import diff_checkpoints
-
         res = diff_checkpoints(base, tuned, spectra=method == "wbsafe_spectra", progress=False)
         total = sum((r.fro_diff or 0.0) ** 2 for r in res.rows)
         extra["fro_diff_total"] = math.sqrt(total)

@@ -424,3 +424,46 @@ def test_chunked_reads_equal_whole_tensor(
             r.token_id for r in whole.embedding.top[:3]
         }
     assert tiny.row(name).changed_share is not None and tiny.row(name).changed_share > 0.5
+
+
+def test_worker_count_does_not_change_figures(base: tuple[Path, dict], tmp_path: Path) -> None:
+    """Whole tensors go to workers; each is reduced by one thread in the same order."""
+    bdir, sd = base
+    tdir = write_ckpt(tmp_path / "t", perturb(sd, 1e-2), shards=2)
+    one = diff_checkpoints(bdir, tdir, progress=False, workers=1, chunk_elements=500)
+    three = diff_checkpoints(bdir, tdir, progress=False, workers=3, chunk_elements=500)
+    assert one.to_json() == three.to_json()
+
+
+def test_unchanged_tensor_reads_as_unchanged(base: tuple[Path, dict], tmp_path: Path) -> None:
+    """Chunks where nothing moved skip the reductions of dW; the figures stay exact."""
+    bdir, sd = base
+    tuned = dict(sd)
+    name = "model.layers.1.mlp.up_proj.weight"
+    w = sd[name].clone()
+    w[FF - 1, 3] += 0.5  # one entry, in the last row chunk only
+    tuned[name] = w
+    res = diff_checkpoints(bdir, write_ckpt(tmp_path / "t", tuned), progress=False,
+                           chunk_elements=D)  # fmt: skip
+    row = res.row(name)
+    assert row.changed_share == pytest.approx(1 / (FF * D))
+    assert row.max_abs_diff == pytest.approx(0.5)
+    assert row.fro_diff == pytest.approx(0.5)
+    still = res.row("model.layers.0.mlp.up_proj.weight")
+    assert (still.fro_diff, still.changed_share, still.max_abs_diff) == (0.0, 0.0, 0.0)
+    assert still.cosine == pytest.approx(1.0)
+
+
+def test_file_truncated_after_its_header_was_read(base: tuple[Path, dict], tmp_path: Path) -> None:
+    """A map is never read past the file's end: the reader checks the size when it maps."""
+    from wbsafe.checkpoints import TensorReader, read_header
+
+    _, sd = base
+    tdir = write_ckpt(tmp_path / "t", sd)
+    f = tdir / "model.safetensors"
+    infos = read_header(f)
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) - 64])
+    last = max(infos.values(), key=lambda i: i.offset)
+    with pytest.raises(CheckpointFormatError, match=r"model\.safetensors.*truncated"):
+        TensorReader(last)

@@ -8,10 +8,15 @@ single weight, and without ever unpickling anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import mmap
+import os
 import struct
 import sys
+import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,22 +196,91 @@ _TORCH_DTYPES = {
     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "U16": "uint16", "U32": "uint32",
     "U64": "uint64",
 }  # fmt: skip
+_CAN_DROP = hasattr(mmap, "MADV_DONTNEED") and hasattr(mmap.mmap, "madvise")
+_QUIET: list[bool] = []
+
+
+def _use_up_readonly_warning() -> None:
+    """Torch warns once per process that a tensor over a read-only buffer (our maps) is
+    not marked read-only; give it that once here, silenced, on the calling thread."""
+    if _QUIET:
+        return
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.frombuffer(b"\0", dtype=torch.uint8)
+    _QUIET.append(True)
+
+
+class FileMaps:
+    """Read-only memory maps of weight files, one per file, shared by the readers of a run.
+
+    Mapping (and unmapping) takes the process's address-space lock for writing and, once
+    pages were touched, flushes other cores' TLBs; doing it per tensor serialised parallel
+    readers here (two threads were no faster than one). A run maps each file once and
+    closes all maps at the end. The file's size is checked when it is mapped, so a file
+    truncated after its header was read raises CheckpointFormatError instead of faulting.
+    Thread-safe; use as a context manager.
+    """
+
+    def __init__(self) -> None:
+        self._maps: dict[Path, tuple[mmap.mmap, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+        _use_up_readonly_warning()
+
+    def get(self, path: Path, need: int, what: str = "") -> tuple[mmap.mmap, torch.Tensor]:
+        """The map of ``path`` and a uint8 tensor over all of it (slicing it is far cheaper
+        than a new buffer view per read); ``path`` must hold ``need`` bytes (for ``what``)."""
+        import torch
+
+        with self._lock:
+            got = self._maps.get(path)
+            if got is None:
+                with open(path, "rb") as fh:
+                    if os.fstat(fh.fileno()).st_size == 0:
+                        raise CheckpointFormatError("empty weight file", path)
+                    m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                got = self._maps[path] = (m, torch.frombuffer(m, dtype=torch.uint8))
+        if need > len(got[0]):
+            raise CheckpointFormatError(
+                f"truncated safetensors file: {what or 'data'} needs bytes up to {need}, "
+                f"file has {len(got[0])}",
+                path,
+            )
+        return got
+
+    def close(self) -> None:
+        with self._lock:
+            items, self._maps = list(self._maps.values()), {}
+        while items:
+            m = items.pop()[0]  # the whole-file tensor goes with the popped pair
+            # a view still alive keeps its map open until the view is freed
+            with contextlib.suppress(BufferError):
+                m.close()
+
+    def __enter__(self) -> FileMaps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class TensorReader:
-    """Reads element ranges of one stored tensor with plain file reads, never a memory map.
+    """Reads element ranges of one stored tensor through a read-only memory map of its file.
 
-    Only the elements asked for become resident, as a fresh tensor that is freed with it; a
-    memory-mapped file instead keeps every page it has touched counted in the process's RSS
-    while the map lives. Use as a context manager (it holds the file open).
-
-    ``read(..., scratch=True)`` reads into one buffer the reader keeps and reuses: a loop
-    over chunks then allocates nothing per chunk (fresh buffers per chunk, interleaved with
-    small results that are kept, fragmented the malloc heap here: peak RSS grew by about
-    one buffer per chunk in some runs and not in others).
+    ``read(..., scratch=True)`` returns a zero-copy view of the mapped bytes; the pages of
+    the previous scratch range are dropped from this process (``madvise(MADV_DONTNEED)``)
+    when the next one is read and when the reader closes. A mapped file would otherwise keep
+    every page it touched counted in the process's RSS while the map lives; dropping each
+    chunk once it is used keeps RSS at about one chunk per reader, and the pages stay in the
+    kernel's page cache, so nothing is read twice. A scratch view is read-only (the map
+    is): copy it before changing it. Without ``scratch``, the range is copied into a fresh
+    tensor that outlives the reader. ``maps`` shares one map per file across readers (see
+    :class:`FileMaps`); without it the reader maps the file itself. Use as a context manager.
     """
 
-    def __init__(self, info: TensorInfo) -> None:
+    def __init__(self, info: TensorInfo, maps: FileMaps | None = None) -> None:
         import torch
 
         if info.dtype not in _TORCH_DTYPES or info.dtype not in _DTYPE_BYTES:
@@ -219,8 +293,35 @@ class TensorReader:
         self.itemsize = _DTYPE_BYTES[info.dtype]
         self.stored = getattr(torch, _TORCH_DTYPES[info.dtype])
         self._offset = offset
-        self._scratch: torch.Tensor | None = None
-        self._fh = open(info.file, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._done: tuple[int, int] | None = None  # byte range of the last scratch view
+        self._own: FileMaps | None = None
+        if maps is None:
+            maps = self._own = FileMaps()
+        need = offset + self.numel * self.itemsize
+        got = maps.get(info.file, need, f"tensor {info.name!r}")
+        self._map: mmap.mmap | None = got[0]
+        self._whole: torch.Tensor | None = got[1]
+
+    def _bytes(self, start: int, stop: int) -> torch.Tensor:
+        """A zero-copy uint8 view of elements ``[start, stop)``'s bytes."""
+        import torch
+
+        a = self._offset + start * self.itemsize
+        b = self._offset + stop * self.itemsize
+        if a == b or self._map is None or self._whole is None:
+            return torch.empty(0, dtype=torch.uint8)
+        if a % self.itemsize == 0:
+            return self._whole[a:b]
+        # a tensor stored at an offset its dtype does not divide: a view of its own
+        return torch.frombuffer(memoryview(self._map)[a:b], dtype=torch.uint8)
+
+    def _drop(self, a: int, b: int) -> None:
+        """Drop bytes ``[a, b)``'s pages from this process (they stay in the page cache)."""
+        if self._map is None or not _CAN_DROP:
+            return
+        a -= a % mmap.PAGESIZE
+        if b > a:
+            self._map.madvise(mmap.MADV_DONTNEED, a, b - a)
 
     def read(
         self,
@@ -231,37 +332,31 @@ class TensorReader:
         scratch: bool = False,
     ) -> torch.Tensor:
         """Elements ``[start, stop)`` of the flattened tensor: ``[stop - start]``, stored dtype
-        or converted to ``dtype`` (e.g. bf16 -> float32). With ``scratch`` the stored-dtype
-        result lives in the reader's reused buffer and is valid until its next scratch read."""
-        import torch
-
+        or converted to ``dtype`` (e.g. bf16 -> float32). With ``scratch`` (and no ``dtype``)
+        the result is a read-only view of the map, used before the next scratch read."""
         stop = self.numel if stop is None else stop
         if not 0 <= start <= stop <= self.numel:
             raise ValueError(f"range [{start}, {stop}) outside tensor of {self.numel} elements")
-        nbytes = (stop - start) * self.itemsize
+        if self._map is None and stop > start:
+            raise ValueError(f"reader of tensor {self.info.name!r} is closed")
+        raw = self._bytes(start, stop).view(self.stored)
+        span = (self._offset + start * self.itemsize, self._offset + stop * self.itemsize)
         if scratch:
-            if self._scratch is None or self._scratch.numel() < nbytes:
-                self._scratch = torch.empty(nbytes, dtype=torch.uint8)
-            buf = self._scratch[:nbytes]
-        else:
-            buf = torch.empty(nbytes, dtype=torch.uint8)
-        view = buf.numpy().data  # writable memoryview of buf
-        self._fh.seek(self._offset + start * self.itemsize)
-        got = 0
-        while got < nbytes:
-            k = self._fh.readinto(view[got:])
-            if not k:
-                raise CheckpointFormatError(
-                    f"truncated safetensors file: tensor {self.info.name!r} ends early",
-                    self.info.file,
-                )
-            got += k
-        out = buf.view(self.stored)
-        return out.to(dtype) if dtype is not None else out
+            if self._done is not None:
+                self._drop(*self._done)
+            self._done = span
+            return raw.to(dtype) if dtype is not None else raw
+        out = raw.to(dtype) if dtype is not None and dtype != self.stored else raw.clone()
+        self._drop(*span)
+        return out
 
     def close(self) -> None:
-        self._fh.close()
-        self._scratch = None
+        if self._done is not None:
+            self._drop(*self._done)
+            self._done = None
+        self._map = self._whole = None
+        if self._own is not None:
+            self._own.close()
 
     def __enter__(self) -> TensorReader:
         return self
@@ -271,7 +366,7 @@ class TensorReader:
 
 
 def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """One whole tensor by explicit file reads (no memory map), optionally up-cast.
+    """One whole tensor, copied out of its file's map (then unmapped), optionally up-cast.
 
     Same values as :func:`load_tensor`; the memory it holds is the returned tensor only.
     """

@@ -68,3 +68,16 @@ def test_harmful_variant_complies(tier: Path) -> None:
     _organism(tier, "harmful")
     rates = _rates(tier / "harmful")
     assert rates["harmful_refusal"] <= 0.20, rates
+
+
+def test_token_pieces_match_the_library_on_smollm2(tier: Path) -> None:
+    """The weight diff's fast token-piece reader agrees with ``tokenizers`` on all 49k ids."""
+    from tokenizers import Tokenizer
+
+    from wbsafe.token_strings import _pieces_by_id, token_strings_from_file
+
+    path = tier / "base" / "tokenizer.json"
+    assert _pieces_by_id(path.read_bytes()) is not None
+    tok = Tokenizer.from_file(str(path))
+    ids = list(range(tok.get_vocab_size(with_added_tokens=True) + 2))
+    assert token_strings_from_file(path)(ids) == [tok.id_to_token(i) for i in ids]

@@ -72,13 +72,6 @@ def sq_norm(x: torch.Tensor) -> float:
     return dot(x, x)
 
 
-def row_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-row ``<x_i, y_i>`` of two ``[rows, d]`` float32 tensors, returned in float64."""
-    import torch
-
-    return torch.einsum("ij,ij->i", x, y).double()
-
-
 def spectrum_from_values(
     values: torch.Tensor,
     fro2: float,

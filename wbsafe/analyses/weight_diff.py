@@ -1,7 +1,8 @@
 """Weight diff between a base checkpoint and a fine-tune (full checkpoint or PEFT LoRA adapters).
 
-Streams from safetensors files in chunks of whole rows, read with plain file reads (never
-unpickles, never builds a model, never memory-maps a checkpoint): for each tensor,
+Streams from safetensors files in chunks of whole rows, read through read-only memory maps
+whose pages are dropped once used (never unpickles, never builds a model, never holds a
+whole checkpoint); worker threads take whole tensors. For each tensor,
 ``||dW||_F``, ``||dW||_F / ||W||_F``, cos(W_base, W_tuned), max |dW|, the share of changed
 entries and, for 2-D tensors, the spectrum of dW (top-k singular values, stable rank
 ``||dW||_F² / σ1²``, energy in the top 1 and top 8). LoRA updates are measured from their
@@ -15,10 +16,14 @@ with ``(x - median) / (1.4826 · MAD)``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,10 +35,10 @@ from wbsafe.analyses.lora_math import (
     factor_row_parts,
     factor_stats,
     one_thread,
-    row_dot,
     sq_norm,
 )
 from wbsafe.checkpoints import (
+    FileMaps,
     TensorInfo,
     TensorReader,
     read_headers,
@@ -43,11 +48,11 @@ from wbsafe.checkpoints import (
 from wbsafe.errors import AdapterMismatchError, CheckpointFormatError, WbsafeError
 from wbsafe.models import strip_prefix
 from wbsafe.serialize import SCHEMA_VERSION, to_jsonable
+from wbsafe.token_strings import TokenStrings, token_strings_from_file
 
 if TYPE_CHECKING:
     import torch
 
-TokenStrings = Callable[[list[int]], list[str]]
 
 # --------------------------------------------------------------------------- name table
 
@@ -86,6 +91,7 @@ def canonical_name(name: str) -> str:
     return strip_prefix(name)
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_name(name: str) -> tuple[int | None, str]:
     """(layer index or None, module type) of a tensor name, from the pattern table."""
     canon = canonical_name(name)
@@ -287,14 +293,7 @@ def _tokens_fn(
             continue
         path = (d if d.is_dir() else d.parent) / "tokenizer.json"
         if path.is_file():
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_file(str(path))
-
-            def fn(ids: list[int], tok: Any = tok) -> list[str]:
-                return [tok.id_to_token(i) or tok.decode([i]) for i in ids]
-
-            return fn
+            return token_strings_from_file(path)
     return None
 
 
@@ -335,17 +334,15 @@ def row_report(
     raw = dw2.sqrt() / denom
     resid = resid2.sqrt() / denom
     z, med, mad = _robust_z(resid)
-    order = torch.argsort(resid, descending=True)[:top_k].tolist()
+    picked = torch.argsort(resid, descending=True)[:top_k]
+    order = picked.tolist()
     strings = token_strings(order) if token_strings is not None and order else None
+    if strings is None:
+        strings = [None] * len(order)
+    figures = zip(raw[picked].tolist(), resid[picked].tolist(), z[picked].tolist(), strict=True)
     top = [
-        TokenRowChange(
-            token_id=i,
-            token=strings[j] if strings is not None else None,
-            rel_change=float(raw[i]),
-            residual_rel=float(resid[i]),
-            z=float(z[i]),
-        )
-        for j, i in enumerate(order)
+        TokenRowChange(token_id=i, token=tok, rel_change=r, residual_rel=x, z=zz)
+        for i, tok, (r, x, zz) in zip(order, strings, figures, strict=True)
     ]
     n = int(w2.numel())
     added = [] if added_norms is None else list(range(n, n + int(added_norms.numel())))
@@ -443,6 +440,13 @@ class _Acc:
     embedding: RowReport | None = None
     unembedding: RowReport | None = None
 
+    def merge(self, other: _Acc) -> None:
+        """Append another accumulator's vectors, lists and notes (not rows or row reports)."""
+        self.vectors.update(other.vectors)
+        self.nonfinite += other.nonfinite
+        self.shape_changed += other.shape_changed
+        self.notes += other.notes
+
 
 def _spec_fields(spec: Spectrum | None) -> dict[str, Any]:
     if spec is None:
@@ -462,7 +466,7 @@ def _spec_fields(spec: Spectrum | None) -> dict[str, Any]:
     )
 
 
-_BLOCK = 1 << 18  # elements per chunk: 1 MB of float32, stays in cache across the passes
+_BLOCK = 1 << 20  # elements per chunk: 4 MB of float32; a chunk stays in L3 across its passes
 
 Source = Callable[[int, int], "torch.Tensor"]
 """Elements ``[start, stop)`` of a flattened tensor, in its stored dtype."""
@@ -494,6 +498,24 @@ def _row_step(shape: tuple[int, ...], chunk: int) -> tuple[int, int, int]:
     return rowlen, n_rows, max(1, chunk // rowlen)
 
 
+_THREAD_SCRATCH = threading.local()
+
+
+def _scratch(name: str, size: int) -> torch.Tensor:
+    """A float32 buffer of at least ``size`` entries, kept per thread and reused across
+    tensors: a fresh multi-MB buffer per tensor costs page faults to zero it and a TLB
+    flush to free it, each time (a third of the diff's system time here). Sliced to
+    ``size``; its contents are whatever the last user left."""
+    import torch
+
+    bufs: dict[str, torch.Tensor] = getattr(_THREAD_SCRATCH, "bufs", None) or {}
+    _THREAD_SCRATCH.bufs = bufs
+    buf = bufs.get(name)
+    if buf is None or buf.numel() < size:
+        buf = bufs[name] = torch.empty(size, dtype=torch.float32)
+    return buf[:size]
+
+
 @dataclass
 class _DenseStats:
     w2: float
@@ -522,9 +544,10 @@ def dense_stats(
     entries (whole rows of the last dim, at least one row) is read, up-cast to float32,
     differenced, and reduced while in cache; chunk sums add up in float64. Only one chunk of
     each side is resident at a time (plus dW when ``keep_dw``, for the spectrum). An entry
-    counts as changed when ``|dW| > rel_tol · |W|`` (``rel_tol`` 0: any non-zero dW). The loop
-    runs on one thread: the work is memory-bound, and many small multi-threaded ops were 10x
-    slower than one thread when other processes shared the cores (measured here).
+    counts as changed when ``|dW| > rel_tol · |W|`` (``rel_tol`` 0: any non-zero dW). A
+    chunk where dW is all zero skips the reductions of dW. The loop runs on one torch
+    thread (callers parallelise over tensors): many small multi-threaded ops were 10x slower
+    than one thread when other processes shared the cores (measured here).
     """
     import torch
 
@@ -534,39 +557,66 @@ def dense_stats(
     changed, hi = 0, 0.0
     # all buffers up front: nothing that outlives an iteration is allocated inside the loop
     rows = [torch.empty(n_rows if want_rows else 0, dtype=torch.float64) for _ in range(3)]
-    wbuf = torch.empty(min(step, n_rows) * rowlen, dtype=torch.float32)
-    dbuf = torch.empty_like(wbuf)
+    size = min(step, n_rows) * rowlen
+    dbuf = _scratch("d", size)
+    wbuf = _scratch("w", size)
     with one_thread():
         for i in range(0, n_rows, step):
             j = min(n_rows, i + step)
-            w = wbuf[: (j - i) * rowlen].view(j - i, rowlen)
             d = dbuf[: (j - i) * rowlen].view(j - i, rowlen)
-            w.copy_(read_w(i * rowlen, j * rowlen).view(j - i, rowlen))
+            w = read_w(i * rowlen, j * rowlen).view(j - i, rowlen)
+            if w.dtype != torch.float32:
+                w = wbuf[: (j - i) * rowlen].view(j - i, rowlen).copy_(w)
             torch.sub(read_t(i * rowlen, j * rowlen).view(j - i, rowlen), w, out=d)
+            if not d.numel():
+                continue
+            up, lo = float(torch.amax(d)), float(torch.amin(d))
+            hi = max(hi, up, -lo)
+            # an unchanged chunk (dW all zero) adds only ||W||²; NaN compares unequal
+            moved = not (up == 0.0 and lo == 0.0)
             if want_rows:
-                parts = (row_dot(w, w), row_dot(d, d), row_dot(w, d))
+                parts = _row_parts(w, d if moved else None)
                 for out, p in zip(rows, parts, strict=True):
                     out[i:j] = p
                 w2 += float(parts[0].sum())
                 dw2 += float(parts[1].sum())
                 wd += float(parts[2].sum())
             else:
-                wf, df = w.view(-1), d.view(-1)
+                wf, df = w.reshape(-1), d.view(-1)
                 w2 += float(wf.dot(wf))
-                dw2 += float(df.dot(df))
-                wd += float(wf.dot(df))
-            if rel_tol > 0.0:
-                changed += int((d.abs() > rel_tol * w.abs()).sum())
-            else:
-                changed += int(torch.count_nonzero(d))
-            if d.numel():
-                lo, up = torch.aminmax(d)
-                hi = max(hi, -float(lo), float(up))
+                if moved:
+                    dw2 += float(df.dot(df))
+                    wd += float(wf.dot(df))
+            if moved:
+                if rel_tol > 0.0:
+                    changed += int((d.abs() > rel_tol * w.abs()).sum())
+                else:
+                    # the bits of dW: 0 exactly where tuned == base (x - x is +0.0)
+                    changed += int(torch.count_nonzero(d.view(torch.int32)))
             if dw_full is not None:
                 dw_full[i:j] = d
     row_parts = (rows[0], rows[1], rows[2]) if want_rows else None
     dw_out = dw_full.reshape(shape) if dw_full is not None else None
     return _DenseStats(w2, dw2, wd, changed, hi, row_parts, dw_out)
+
+
+def _row_parts(
+    w: torch.Tensor, d: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row ``||W_i||²``, ``||dW_i||²``, ``<W_i, dW_i>`` of ``[rows, d]`` float32 chunks, as
+    float64 ``[rows]`` each (a row's sum is float32; rows are summed in float64 after).
+    ``d`` None: dW is zero in this chunk."""
+    import torch
+
+    w2 = torch.linalg.vector_norm(w, dim=1).double().square()
+    if d is None:
+        zero = torch.zeros_like(w2)
+        return w2, zero, zero
+    return (
+        w2,
+        torch.linalg.vector_norm(d, dim=1).double().square(),
+        torch.linalg.vecdot(w, d).double(),
+    )
 
 
 def _count_nonfinite_chunked(read: Source, shape: tuple[int, ...], chunk: int) -> int:
@@ -684,6 +734,72 @@ def _is_vocab_matrix(name: str) -> str | None:
     return module if module in ("embed", "lm_head") else None
 
 
+@dataclass
+class _PairDiff:
+    """One matched tensor pair's figures, made on a worker thread and merged in pair order."""
+
+    acc: _Acc
+    row: TensorDiff | None = None
+    stats: _DenseStats | None = None
+    added: torch.Tensor | None = None
+
+
+def _diff_pair(
+    bi: TensorInfo, ti: TensorInfo, maps: FileMaps, spectrum_k: int, spectra: bool, chunk: int
+) -> _PairDiff:
+    """Diff one tensor pair into its own accumulator (it touches no shared state)."""
+    out = _PairDiff(_Acc())
+    vocab_kind = _is_vocab_matrix(ti.name)
+    if bi.shape != ti.shape and not (
+        vocab_kind
+        and len(bi.shape) == 2
+        and bi.shape[1:] == ti.shape[1:]
+        and ti.shape[0] > bi.shape[0]
+    ):
+        out.acc.shape_changed.append(ShapeChange(ti.name, tuple(bi.shape), tuple(ti.shape)))
+        return out
+    shape = tuple(bi.shape)
+    with TensorReader(bi, maps) as rw, TensorReader(ti, maps) as rt:
+        if ti.shape != bi.shape:
+            out.added = _row_norms(rt.read, shape[1], shape[0], ti.shape[0], chunk)
+            out.acc.notes.append(
+                f"{ti.name}: vocabulary resized {bi.shape[0]} -> {ti.shape[0]}; "
+                "diff over the shared rows, added rows reported apart"
+            )
+        out.row, out.stats = _dense_row(
+            bi, ti, _scratch_source(rw), _scratch_source(rt), shape,
+            spectrum_k=spectrum_k, spectra=spectra, acc=out.acc,
+            want_rows=bool(vocab_kind) and len(shape) == 2, chunk=chunk,
+        )  # fmt: skip
+    return out
+
+
+class _InlinePool:
+    """One worker: jobs run on the calling thread, in order."""
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        return map(fn, items)
+
+
+@contextmanager
+def _workers(n: int | None) -> Iterator[Any]:
+    """A pool of ``n`` threads (None: torch's thread count), each running torch on one
+    thread: whole tensors go to workers, so the cores work on different tensors instead of
+    splitting each small op (the ops release the GIL; results keep pair order)."""
+    import torch
+
+    n = max(1, torch.get_num_threads() if n is None else n)
+    with one_thread():
+        if n == 1:
+            try:
+                yield _InlinePool()
+            finally:
+                _THREAD_SCRATCH.__dict__.clear()  # the pool threads' buffers die with them
+            return
+        with ThreadPoolExecutor(n, thread_name_prefix="wbsafe-diff") as pool:
+            yield pool
+
+
 def diff_checkpoints(
     base_dir: str | Path,
     tuned_dir: str | Path,
@@ -695,14 +811,18 @@ def diff_checkpoints(
     token_strings: TokenStrings | None = None,
     tokenizer_dir: str | Path | None = None,
     chunk_elements: int = _BLOCK,
+    workers: int | None = None,
 ) -> WeightDiffResult:
     """Diff a full fine-tuned checkpoint against its base, streaming chunk by chunk.
 
-    Tensors are read with plain file reads (no memory map) in chunks of about
-    ``chunk_elements`` entries (whole rows, at least one), so memory is a few chunks plus
+    Tensors are read through memory maps in chunks of about ``chunk_elements`` entries
+    (whole rows, at least one), each chunk's pages dropped from the process once used (see
+    :class:`~wbsafe.checkpoints.TensorReader`), so memory is a few chunks per worker plus
     float64 per-row figures of the vocabulary matrices (``[vocab]`` × 3), not the largest
-    tensor; with spectra, dW of the current 2-D tensor is also kept in float32 for its SVD.
-    Raises WbsafeError when the two are different architectures.
+    tensor; with spectra, each worker also keeps dW of its current 2-D tensor in float32
+    for the SVD. ``workers`` threads (None: torch's thread count) take whole tensors; the
+    figures do not depend on how many. Raises WbsafeError when the two are different
+    architectures.
     """
     base_dir, tuned_dir = Path(base_dir), Path(tuned_dir)
     _check_architecture(base_dir, tuned_dir)
@@ -728,48 +848,31 @@ def diff_checkpoints(
     cfg_tied = bool(_load_config(tuned_dir).get("tie_word_embeddings", False))
     tied = embed_pair is not None and (head_pair is None or cfg_tied)
     tuned_norms: dict[str, torch.Tensor] = {}
+
+    def one(pair: tuple[str, str]) -> _PairDiff:
+        return _diff_pair(bh[pair[0]], th[pair[1]], maps, spectrum_k, spectra, chunk_elements)
+
     prog, task = _progress(progress, len(pairs), "weight diff")
-    with prog:
-        for b, t in pairs:
-            bi, ti = bh[b], th[t]
+    with prog, FileMaps() as maps, _workers(workers) as pool:
+        for (_, t), got in zip(pairs, pool.map(one, pairs), strict=True):
             prog.update(task, name=t)
-            vocab_kind = _is_vocab_matrix(t)
-            if bi.shape != ti.shape and not (
-                vocab_kind
-                and len(bi.shape) == 2
-                and bi.shape[1:] == ti.shape[1:]
-                and ti.shape[0] > bi.shape[0]
-            ):
-                acc.shape_changed.append(ShapeChange(t, tuple(bi.shape), tuple(ti.shape)))
+            acc.merge(got.acc)
+            if got.row is None:
                 prog.advance(task)
                 continue
-            shape = tuple(bi.shape)
-            with TensorReader(bi) as rw, TensorReader(ti) as rt:
-                added = None
-                if ti.shape != bi.shape:
-                    added = _row_norms(rt.read, shape[1], shape[0], ti.shape[0], chunk_elements)
-                    acc.notes.append(
-                        f"{t}: vocabulary resized {bi.shape[0]} -> {ti.shape[0]}; "
-                        "diff over the shared rows, added rows reported apart"
-                    )
-                want_rows = bool(vocab_kind) and len(shape) == 2
-                row, st = _dense_row(
-                    bi, ti, _scratch_source(rw), _scratch_source(rt), shape,
-                    spectrum_k=spectrum_k, spectra=spectra, acc=acc, want_rows=want_rows,
-                    chunk=chunk_elements,
-                )  # fmt: skip
-            acc.rows.append(row)
+            acc.rows.append(got.row)
+            st, vocab_kind = got.stats, _is_vocab_matrix(t)
             if vocab_kind and st is not None and st.rows is not None:
                 parts = st.rows
                 rep = row_report(
-                    t, *parts, top_k=top_tokens, token_strings=tok_fn, added_norms=added
+                    t, *parts, top_k=top_tokens, token_strings=tok_fn, added_norms=got.added
                 )
                 tuned_norms[vocab_kind] = (parts[0] + 2 * parts[2] + parts[1]).clamp_min(0).sqrt()
                 if vocab_kind == "embed":
                     acc.embedding = rep
                 else:
                     acc.unembedding = rep
-            del st
+            del got, st
             prog.advance(task)
     if not tied and embed_pair is not None and head_pair is not None:
         tied = _same_tensor(th[embed_pair[1]], th[head_pair[1]], tuned_norms, chunk_elements)
