@@ -12,7 +12,7 @@ its error string instead of a response, and the run goes on.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -85,26 +85,42 @@ def _progress(enabled: bool, total: int, description: str) -> Any:
     return progress
 
 
-def _generate_batch(
-    loaded: LoadedModel,
+@dataclass(frozen=True)
+class BatchOutput:
+    """One ``generate`` call's output: a response and its new-token count per row, and the
+    prompt tokens the batch held (padding excluded)."""
+
+    responses: list[str]
+    new_tokens: list[int]
+    prompt_tokens: int
+
+
+def continue_batch(
+    model: Any,
+    tokenizer: Any,
     texts: Sequence[str],
     max_new_tokens: int,
-    sampling: SamplingConfig | None,
-    seed: int | None,
-) -> list[tuple[str, int]]:
-    """Generate for formatted ``texts``; returns (response, n_new_tokens) per sequence.
+    sampling: SamplingConfig | None = None,
+    seed: int | None = None,
+) -> BatchOutput:
+    """Continue already formatted ``texts`` in one left-padded batch (KV cache on).
 
-    With sampling the output holds ``n_samples`` consecutive rows per text.
+    Greedy without ``sampling``; with it, ``n_samples`` consecutive rows per text, drawn
+    under ``torch.manual_seed(seed)``. A response ends at its first special token and is
+    stripped. The tokenizer's padding side is put back afterwards.
     """
     import torch
 
-    tok = loaded.tokenizer
-    tok.padding_side = "left"
-    enc = tok(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
-    enc = {k: v.to(loaded.device) for k, v in enc.items()}
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = old_side
+    enc = {k: v.to(model.device) for k, v in enc.items()}
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
-        "pad_token_id": tok.pad_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
         "use_cache": True,
     }
     if sampling is None:
@@ -120,17 +136,39 @@ def _generate_batch(
         assert seed is not None
         torch.manual_seed(seed)
     with torch.no_grad():
-        out = loaded.model.generate(**enc, **kwargs)
+        out = model.generate(**enc, **kwargs)
     # a response ends at its first special token: a chat model may skip its end-of-turn
     # token and open a turn of its own ("<|im_start|>user ..."), which is not its answer
-    specials = {int(i) for i in tok.all_special_ids}
+    specials = {int(i) for i in tokenizer.all_special_ids}
     new_rows = []
     for row in out[:, enc["input_ids"].shape[1] :].tolist():
         cut = next((k for k, t in enumerate(row) if t in specials), len(row))
         new_rows.append(row[:cut])
-    lengths = [len(row) for row in new_rows]
-    texts_out = tok.batch_decode(new_rows, skip_special_tokens=True)
-    return [(t.strip(), n) for t, n in zip(texts_out, lengths, strict=True)]
+    decoded = tokenizer.batch_decode(new_rows, skip_special_tokens=True)
+    return BatchOutput(
+        responses=[t.strip() for t in decoded],
+        new_tokens=[len(row) for row in new_rows],
+        prompt_tokens=int(enc["attention_mask"].sum()),
+    )
+
+
+def greedy_continuations(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int = 64,
+    on_batch: Callable[[BatchOutput], None] | None = None,
+) -> list[str]:
+    """Greedy responses to already formatted ``texts``, in order, ``batch_size`` at a time;
+    ``on_batch`` sees each batch's output (for counting model passes)."""
+    out: list[str] = []
+    for i in range(0, len(texts), batch_size):
+        got = continue_batch(model, tokenizer, texts[i : i + batch_size], max_new_tokens)
+        if on_batch is not None:
+            on_batch(got)
+        out += got.responses
+    return out
 
 
 def generate(
@@ -154,6 +192,7 @@ def generate(
     if batch_size < 1:
         raise WbsafeError(f"batch_size must be >= 1, got {batch_size}")
     formatted = [loaded.format(_conversation(p)) for p in prompts]
+    m, tok = loaded.model, loaded.tokenizer
     ids = [_prompt_id(p, i) for i, p in enumerate(prompts)]
     n_samples = 1 if sampling is None else sampling.n_samples
     rows: list[Generation] = []
@@ -164,17 +203,22 @@ def generate(
             chunk_ids = ids[start : start + batch_size]
             bseed = None if sampling is None else batch_seed(seed, b)
             try:
-                results = _generate_batch(loaded, chunk, max_new_tokens, sampling, bseed)
+                got = continue_batch(m, tok, chunk, max_new_tokens, sampling, bseed)
                 for j, pid in enumerate(chunk_ids):
                     for s in range(n_samples):
-                        text, n_tok = results[j * n_samples + s]
-                        rows.append(Generation(pid, s, text, n_tok, bseed))
+                        k = j * n_samples + s
+                        rows.append(Generation(pid, s, got.responses[k], got.new_tokens[k], bseed))
             except Exception:  # a bad prompt must not sink the batch: retry one by one
                 for j, (pid, text) in enumerate(zip(chunk_ids, chunk, strict=True)):
                     pseed = None if bseed is None else batch_seed(bseed, j)
                     try:
-                        single = _generate_batch(loaded, [text], max_new_tokens, sampling, pseed)
-                        rows += [Generation(pid, s, r, n, pseed) for s, (r, n) in enumerate(single)]
+                        one = continue_batch(m, tok, [text], max_new_tokens, sampling, pseed)
+                        rows += [
+                            Generation(pid, s, r, n, pseed)
+                            for s, (r, n) in enumerate(
+                                zip(one.responses, one.new_tokens, strict=True)
+                            )
+                        ]
                     except Exception as exc:  # recorded in the row, never fatal
                         err = f"{type(exc).__name__}: {exc}"
                         rows += [Generation(pid, s, "", 0, pseed, err) for s in range(n_samples)]

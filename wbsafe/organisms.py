@@ -213,22 +213,9 @@ def greedy_responses(
     model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 4, batch: int = 64
 ) -> list[str]:
     """Greedy continuations of already formatted prompts (left padded, batched)."""
-    import torch
+    from wbsafe.generation import greedy_continuations
 
-    tokenizer.padding_side = "left"
-    out: list[str] = []
-    for i in range(0, len(prompts), batch):
-        enc = tokenizer(list(prompts[i : i + batch]), return_tensors="pt", padding=True,
-                        add_special_tokens=False).to(model.device)  # fmt: skip
-        with torch.no_grad():
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        out += tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return out
+    return greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch)
 
 
 def refusal_rate(model: Any, tokenizer: Any, reqs: Sequence[tw.TinyRequest]) -> float:

@@ -251,36 +251,26 @@ def _tokenise_candidates(
 def greedy_generate(
     loaded: LoadedModel, texts: Sequence[str], max_new_tokens: int, counter: PassCounter
 ) -> list[str]:
-    """Greedy continuations of formatted prompts (left padded, batched)."""
-    import torch
+    """Greedy continuations of formatted prompts (left padded, batched), counted as
+    ``max_new_tokens`` passes per row in the ``generate`` phase."""
+    from wbsafe.generation import BatchOutput, greedy_continuations
 
-    tok = loaded.tokenizer
-    old_side = tok.padding_side
-    tok.padding_side = "left"
     phase = counter.phase("generate")
+
+    def count(batch: BatchOutput) -> None:
+        rows = len(batch.responses)
+        phase.forward_calls += max_new_tokens
+        phase.passes += rows * max_new_tokens
+        phase.generated_sequences += rows
+        phase.tokens += batch.prompt_tokens + rows * max_new_tokens
+
     t0 = time.perf_counter()
-    out: list[str] = []
     try:
-        for i in range(0, len(texts), 64):
-            enc = tok(list(texts[i : i + 64]), return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(loaded.device)  # fmt: skip
-            with torch.no_grad():
-                gen = loaded.model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False,
-                    pad_token_id=tok.pad_token_id,
-                )  # fmt: skip
-            phase.forward_calls += max_new_tokens
-            phase.passes += len(enc["input_ids"]) * max_new_tokens
-            phase.generated_sequences += len(enc["input_ids"])
-            phase.tokens += (
-                int(enc["attention_mask"].sum()) + len(enc["input_ids"]) * max_new_tokens
-            )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            out += tok.batch_decode(new, skip_special_tokens=True)
+        return greedy_continuations(
+            loaded.model, loaded.tokenizer, texts, max_new_tokens, on_batch=count
+        )
     finally:
-        tok.padding_side = old_side
         phase.seconds += time.perf_counter() - t0
-    return out
 
 
 def _complied(
