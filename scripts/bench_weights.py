@@ -22,6 +22,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -216,6 +217,7 @@ def bench(base: Path, tuned: Path, label: str, repeats: int) -> dict[str, Any]:
         "repeats": repeats,
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "best": best,
+        "walls": {m: [r["wall_s"] for r in runs[m]] for m in METHODS},
         "ratios": {
             "speedup_vs_naive_hf_nospectra": hf["wall_s"] / ns["wall_s"],
             "speedup_vs_naive_hf_spectra": hf["wall_s"] / sp["wall_s"],
@@ -227,6 +229,10 @@ def bench(base: Path, tuned: Path, label: str, repeats: int) -> dict[str, Any]:
             "rss_share_of_naive_spectra": sp["peak_rss_mb"] / nv["peak_rss_mb"],
             "nospectra_over_limit": ns["wall_s"] / lim["wall_s"],
             "spectra_over_limit": sp["wall_s"] / lim["wall_s"],
+            "nospectra_over_limit_median": statistics.median(
+                r["wall_s"] for r in runs["wbsafe_nospectra"]
+            )
+            / statistics.median(r["wall_s"] for r in runs["limit"]),
         },
         "targets": {
             "speedup_vs_naive": ">= 3",
@@ -241,7 +247,9 @@ def write_md(path: Path, runs: list[dict[str, Any]]) -> None:
         "# Weight-diff benchmark",
         "",
         "Made by `scripts/bench_weights.py`; each method in its own subprocess, warm page "
-        "cache, best of the repeats. RSS is the subprocess's peak (`VmHWM`).",
+        "cache, best of the repeats. RSS is the subprocess's peak (`VmHWM`). The targets "
+        "(issue #3) are for the diff without spectra, the work every baseline also does; "
+        "spectra (randomised SVDs no baseline computes) are reported apart.",
         "",
     ]
     for r in runs:
@@ -265,9 +273,9 @@ def write_md(path: Path, runs: list[dict[str, Any]]) -> None:
         hf_lines = (
             [
                 f"| naive_hf (from_pretrained) / wbsafe wall (no spectra) | {q['speedup_vs_naive_hf_nospectra']:.2f}x | >= 3x |",
-                f"| naive_hf / wbsafe wall (spectra) | {q['speedup_vs_naive_hf_spectra']:.2f}x | >= 3x |",
+                f"| naive_hf / wbsafe wall (spectra) | {q['speedup_vs_naive_hf_spectra']:.2f}x | — (apart) |",
                 f"| wbsafe / naive_hf peak RSS (no spectra) | {q['rss_share_of_naive_hf_nospectra']:.3f} | <= 0.2 |",
-                f"| wbsafe / naive_hf peak RSS (spectra) | {q['rss_share_of_naive_hf_spectra']:.3f} | <= 0.2 |",
+                f"| wbsafe / naive_hf peak RSS (spectra) | {q['rss_share_of_naive_hf_spectra']:.3f} | — (apart) |",
             ]
             if "speedup_vs_naive_hf_nospectra" in q
             else []
@@ -279,7 +287,14 @@ def write_md(path: Path, runs: list[dict[str, Any]]) -> None:
             f"| wbsafe / naive (load_file) peak RSS (no spectra) | {q['rss_share_of_naive_nospectra']:.3f} | context |",
             f"| wbsafe / naive (load_file) peak RSS (spectra) | {q['rss_share_of_naive_spectra']:.3f} | context |",
             f"| wbsafe (no spectra) / read-only limit | {q['nospectra_over_limit']:.2f}x | <= 2x |",
-            f"| wbsafe (spectra) / read-only limit | {q['spectra_over_limit']:.2f}x | — |",
+            *(
+                [
+                    f"| the same, median of the repeats over median | {q['nospectra_over_limit_median']:.2f}x | context |"
+                ]
+                if "nospectra_over_limit_median" in q
+                else []
+            ),
+            f"| wbsafe (spectra) / read-only limit | {q['spectra_over_limit']:.2f}x | — (apart) |",
             "",
         ]
     path.write_text("\n".join(lines) + "\n")

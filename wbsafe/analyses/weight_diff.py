@@ -17,6 +17,7 @@ with ``(x - median) / (1.4826 · MAD)``.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import math
 import re
@@ -774,6 +775,21 @@ def _diff_pair(
     return out
 
 
+@contextmanager
+def _no_gc_pause() -> Iterator[None]:
+    """Hold off the cyclic garbage collector for the diff. Every chunk makes a few tensor
+    objects, enough to trigger a full collection over the ~170k objects torch brings in:
+    85-90 ms, 40% of the SmolLM2 diff (measured here). The diff's objects are freed by
+    reference counting; cycles, if any, wait for the next collection after it."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 class _InlinePool:
     """One worker: jobs run on the calling thread, in order."""
 
@@ -853,7 +869,7 @@ def diff_checkpoints(
         return _diff_pair(bh[pair[0]], th[pair[1]], maps, spectrum_k, spectra, chunk_elements)
 
     prog, task = _progress(progress, len(pairs), "weight diff")
-    with prog, FileMaps() as maps, _workers(workers) as pool:
+    with prog, _no_gc_pause(), FileMaps() as maps, _workers(workers) as pool:
         for (_, t), got in zip(pairs, pool.map(one, pairs), strict=True):
             prog.update(task, name=t)
             acc.merge(got.acc)
