@@ -76,6 +76,11 @@ def test_cached_prefix_equals_full_forward(tiny_organisms: dict[str, Organism]) 
     assert cached.shape == (5, 9)
     assert (cached - full).abs().max().item() < 1e-4
     assert (cached[0] - cached[3]).abs().max().item() > 1e-2  # candidates change the score
+    # a cache budget of one byte leaves one row per forward: same scores, more forwards
+    counter = PassCounter()
+    one_row = score_cached(m.model, ctxs, cands, rid, counter, kv_budget_bytes=1)
+    assert (one_row - cached).abs().max().item() < 1e-5
+    assert counter.phase("exact").forward_calls == len(ctxs) * (1 + len(cands))
 
 
 def test_backdoor_full_recovers_zephyr(

@@ -371,6 +371,9 @@ def load_model(
         model.base_model.set_adapter(names)
     model.to(device)
     model.eval()
+    # wbsafe never trains what it loads: frozen weights let autograd (the trigger hunt's
+    # input gradients) keep only what input gradients need, not every layer's input
+    model.requires_grad_(False)
     tokenizer = load_tokenizer(path)
     hashes: dict[str, str] = {}
     if hash_weights:

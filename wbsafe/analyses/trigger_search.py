@@ -144,7 +144,7 @@ def gradient_drop(
     *,
     width: int = 1,
     slot_tokens: Sequence[int] | None = None,
-    batch_size: int = 32,
+    batch_size: int = 8,
     phase_name: str = "gradient",
 ) -> torch.Tensor:
     """First-order estimate of the refusal-score drop for every token at every slot offset.
@@ -220,6 +220,20 @@ def _prefix_cache(model: Any, ids: Sequence[int], phase: PhaseCount) -> _Prefix:
     return _Prefix(kv=kv, length=len(ids))
 
 
+KV_BUDGET_BYTES = 512 << 20
+"""Key/value cache the cached-prefix scorer may hold at once. At a batch of 256 rows the
+SmolLM2 hunt's caches reached ~1.2 GB per forward (30 layers, ~100-token prefixes) and a
+7B model's would need ~13 GB; the budget caps rows instead (~100 for SmolLM2, ~35 for a
+7B model in bfloat16)."""
+
+
+def rows_within_budget(prefix: _Prefix, new_tokens: int, budget_bytes: int) -> int:
+    """How many batch rows' key/value caches (prefix plus ``new_tokens``) fit the budget."""
+    per_token = sum(k[0].numel() * k.element_size() + v[0].numel() * v.element_size()
+                    for k, v in prefix.kv) / max(1, prefix.length)  # fmt: skip
+    return max(1, int(budget_bytes // max(1.0, per_token * (prefix.length + new_tokens))))
+
+
 def score_cached(
     model: Any,
     contexts: Sequence[SlotContext],
@@ -229,12 +243,15 @@ def score_cached(
     *,
     batch_size: int = 256,
     phase_name: str = "exact",
+    kv_budget_bytes: int = KV_BUDGET_BYTES,
 ) -> torch.Tensor:
     """Exact refusal scores ``[n_candidates, n_contexts]`` with each prefix computed once.
 
     The prefix's key/value cache is expanded along the batch; each candidate costs a
     forward over only ``len(candidate) + len(suffix)`` tokens. An empty candidate gives
-    the no-trigger score.
+    the no-trigger score. The expansion is a view, but the first new key appended makes
+    every row's cache real memory, so a batch holds at most ``batch_size`` rows and at most
+    as many as fit ``kv_budget_bytes`` of cache (see :func:`rows_within_budget`).
     """
     import torch
     from transformers import DynamicCache
@@ -253,8 +270,10 @@ def score_cached(
             for length, idx in by_len.items():
                 if length + len(ctx.suffix_ids) == 0:
                     raise WbsafeError("empty candidate at a slot with no suffix")
-                for s in range(0, len(idx), batch_size):
-                    rows = idx[s : s + batch_size]
+                new = length + len(ctx.suffix_ids)
+                step = min(batch_size, rows_within_budget(prefix, new, kv_budget_bytes))
+                for s in range(0, len(idx), step):
+                    rows = idx[s : s + step]
                     cand = torch.tensor(
                         [list(candidates[r]) for r in rows], dtype=torch.long, device=dev
                     ).reshape(len(rows), length)
