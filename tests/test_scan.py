@@ -208,3 +208,26 @@ def test_base_behaviour_cache_reads_rows_and_ignores_a_corrupt_file(tmp_path: Pa
     bad.write_text('{"rows": [{"prompt_id": "p1"')  # truncated: the base is simply re-run
     assert _read_base_rows(bad) is None
     assert _read_base_rows(tmp_path / "missing.json") is None and _read_base_rows(None) is None
+
+
+def test_a_stage_that_crashes_fails_closed(
+    tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The standard policy does not require the trigger hunt, but a hunt that was asked
+    for and raised is not a hunt that found nothing: the verdict is REVIEW, not DEPLOY."""
+    from wbsafe.analyses import triggers
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("simulated crash in the hunt")
+
+    monkeypatch.setattr(triggers, "hunt_triggers", boom)
+    cfg = replace(_config(tiny_organisms, "benign", directions),
+                  stages=("weights", "triggers", "behavior"))  # fmt: skip
+    report = run_scan(cfg, tmp_path, quiet=True)
+    assert report["stages"]["triggers"]["status"] == "failed"
+    assert "simulated crash" in report["stages"]["triggers"]["error"]
+    assert report["decision"]["verdict"] == "REVIEW", report["decision"]["reasons"]
+    checks = {r["check"]: r["verdict"] for r in report["decision"]["reasons"]}
+    assert checks["triggers.failed"] == "REVIEW"
+    assert report["gate_evidence"]["failed"] == ["triggers"]

@@ -528,6 +528,11 @@ def scan(config: ScanConfig, out_dir: str | Path, *, log: Log = lambda s: None) 
         "probes": records["probes"].evidence,
         "triggers": records["triggers"].evidence,
         "behaviour": records["behavior"].evidence,
+        "failed": [
+            "behaviour" if n == "behavior" else n
+            for n, r in records.items()
+            if r.status == "failed"
+        ],
     }
     decision = decide(evidence_from_dict(evidence_dict), policy)
     report = {
