@@ -66,6 +66,14 @@ def test_lora_adapter_equals_merged_twin(
         assert row.fro_diff == pytest.approx(twin.fro_diff, rel=2e-3, abs=1e-6)
         assert row.rel_diff == pytest.approx(twin.rel_diff, rel=2e-3, abs=1e-8)
         assert row.top_singular_values[0] == pytest.approx(twin.top_singular_values[0], rel=2e-3)
+    # the merge leaves the embedding alone: its report says so instead of ranking still rows
+    assert dense.embedding is not None and dense.embedding.n_moved == 0
+    from wbsafe.cli import main
+
+    res = CliRunner().invoke(main, ["weights", "--base", str(tiny_base), "--tuned", str(merged),
+                                    "--out", str(tmp_path / "m.json")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "none moved" in res.output and "moved most" not in res.output
 
 
 def test_weights_cli_writes_flat_json_and_heatmap(

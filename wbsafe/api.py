@@ -140,16 +140,21 @@ def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
     for label, rep in (("embedding", result.embedding), ("unembedding", result.unembedding)):
         if rep is None or not rep.top:
             continue
+        moved = [t for t in rep.top if t.rel_change > 0]
+        if not moved:
+            sections.append({"title": f"{label.capitalize()} rows", "kind": "text",
+                             "text": f"No {label} row changed: the matrix is unchanged."})  # fmt: skip
+            continue
         sections.append({
             "title": f"{label.capitalize()} rows that moved most (trigger candidates)",
             "kind": "table",
             "columns": ["token id", "token", "rel change", "residual", "robust z"],
             "rows": [[t.token_id, t.token, f"{t.rel_change:.3g}", f"{t.residual_rel:.3g}",
-                      f"{t.z:.1f}"] for t in rep.top[:top]],
+                      f"{t.z:.1f}"] for t in moved[:top]],
             "note": f"global scale {rep.global_scale:.4f} removed; {rep.method}",
         })  # fmt: skip
         if label == "embedding":
-            outliers = [t.token or str(t.token_id) for t in rep.top if t.z >= 6.0][:10]
+            outliers = [t.token or str(t.token_id) for t in moved if t.z >= 6.0][:10]
     notes = list(result.notes)
     for what, items in (("missing", result.missing), ("extra", result.extra),
                         ("non-finite", result.nonfinite)):  # fmt: skip

@@ -157,6 +157,9 @@ class RowReport:
     top: list[TokenRowChange]
     added_rows: list[int]
     added_row_norms: list[float]
+    n_moved: int = -1
+    """Rows whose values changed at all (-1: not recorded). 0 means the matrix is unchanged
+    and ``top`` is an arbitrary order of unmoved rows, not trigger candidates."""
     method: str = (
         "residual after least-squares global scale s=<E_t,E_b>/||E_b||^2; "
         "robust z=(x-median)/(1.4826*MAD)"
@@ -350,6 +353,7 @@ def row_report(
     return RowReport(
         tensor=name,
         n_rows=n,
+        n_moved=int((dw2 > 0).sum()),
         global_scale=1.0 + c,
         median_residual_rel=med,
         mad_residual_rel=mad,
