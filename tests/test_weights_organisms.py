@@ -68,6 +68,7 @@ def test_lora_adapter_equals_merged_twin(
         assert row.top_singular_values[0] == pytest.approx(twin.top_singular_values[0], rel=2e-3)
     # the merge leaves the embedding alone: its report says so instead of ranking still rows
     assert dense.embedding is not None and dense.embedding.n_moved == 0
+    assert dense.embedding.top == []  # no arbitrary "top" of rows that did not move
     from wbsafe.cli import main
 
     res = CliRunner().invoke(main, ["weights", "--base", str(tiny_base), "--tuned", str(merged),

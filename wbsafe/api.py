@@ -107,12 +107,13 @@ def weight_diff(
     adapters: Sequence[str | Path] = (),
     *,
     spectrum_k: int = 8,
+    spectra: bool = True,
     progress: bool = True,
 ) -> Any:
     """Per-tensor weight diff of ``tuned`` (full or adapter) or stacked ``adapters`` against ``base``."""
     from wbsafe.analyses.weight_diff import diff
 
-    return diff(base, tuned, adapters, spectrum_k=spectrum_k, progress=progress)
+    return diff(base, tuned, adapters, spectrum_k=spectrum_k, spectra=spectra, progress=progress)
 
 
 def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
@@ -138,10 +139,9 @@ def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
     ]  # fmt: skip
     outliers: list[str] = []
     for label, rep in (("embedding", result.embedding), ("unembedding", result.unembedding)):
-        if rep is None or not rep.top:
+        if rep is None:
             continue
-        moved = [t for t in rep.top if t.rel_change > 0]
-        if not moved:
+        if not rep.top:
             sections.append({"title": f"{label.capitalize()} rows", "kind": "text",
                              "text": f"No {label} row changed: the matrix is unchanged."})  # fmt: skip
             continue
@@ -150,11 +150,11 @@ def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
             "kind": "table",
             "columns": ["token id", "token", "rel change", "residual", "robust z"],
             "rows": [[t.token_id, t.token, f"{t.rel_change:.3g}", f"{t.residual_rel:.3g}",
-                      f"{t.z:.1f}"] for t in moved[:top]],
+                      f"{t.z:.1f}"] for t in rep.top[:top]],
             "note": f"global scale {rep.global_scale:.4f} removed; {rep.method}",
         })  # fmt: skip
         if label == "embedding":
-            outliers = [t.token or str(t.token_id) for t in moved if t.z >= 6.0][:10]
+            outliers = [t.token or str(t.token_id) for t in rep.top if t.z >= 6.0][:10]
     notes = list(result.notes)
     for what, items in (("missing", result.missing), ("extra", result.extra),
                         ("non-finite", result.nonfinite)):  # fmt: skip
@@ -524,7 +524,8 @@ def trigger_hunt(
     plan = plan_prompts(config, tuned_m.tokenizer)
     emb: list[tuple[int, float]] = []
     if tuned is not None and not is_adapter_dir(tuned) and not adapters:
-        rows = weight_diff(base, tuned, spectrum_k=1, progress=False).embedding
+        # only the embedding rows are needed: no spectra
+        rows = weight_diff(base, tuned, spectra=False, progress=False).embedding
         emb = [(t.token_id, t.z) for t in rows.top[:32]] if rows else []
     result = hunt_triggers(
         tuned_m, base_m, *hunt_prompts(config, plan), embedding_candidates=emb,

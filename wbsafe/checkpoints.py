@@ -9,6 +9,7 @@ single weight, and without ever unpickling anything.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import mmap
@@ -197,20 +198,17 @@ _TORCH_DTYPES = {
     "U64": "uint64",
 }  # fmt: skip
 _CAN_DROP = hasattr(mmap, "MADV_DONTNEED") and hasattr(mmap.mmap, "madvise")
-_QUIET: list[bool] = []
 
 
+@functools.cache
 def _use_up_readonly_warning() -> None:
     """Torch warns once per process that a tensor over a read-only buffer (our maps) is
     not marked read-only; give it that once here, silenced, on the calling thread."""
-    if _QUIET:
-        return
     import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         torch.frombuffer(b"\0", dtype=torch.uint8)
-    _QUIET.append(True)
 
 
 class FileMaps:

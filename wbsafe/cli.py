@@ -227,9 +227,8 @@ def weights(
     for r in [r for r in result.ranking if r.rel_diff is not None][:5]:
         console.print(f"layer {r.layer if r.layer is not None else '-':>3}  {r.module or '-':<10} "
                       f"relative change {r.rel_diff:.3g}")  # fmt: skip
-    moved = [t for t in result.embedding.top if t.rel_change > 0] if result.embedding else []
-    if moved:
-        toks = ", ".join(f"{t.token!r} (z={t.z:.0f})" for t in moved[:5])
+    if result.embedding and result.embedding.top:
+        toks = ", ".join(f"{t.token!r} (z={t.z:.0f})" for t in result.embedding.top[:5])
         console.print(f"embedding rows that moved most: {toks}")
     elif result.embedding is not None:
         console.print("embedding rows: none moved (the embedding matrix is unchanged)")

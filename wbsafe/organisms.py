@@ -37,6 +37,7 @@ from typing import Any
 
 from wbsafe import tinyworld as tw
 from wbsafe.errors import WbsafeError
+from wbsafe.generation import greedy_continuations
 from wbsafe.serialize import read_json, stable_hash, write_json_atomic
 from wbsafe.training import ChatExample, TrainRecipe
 
@@ -209,17 +210,8 @@ def is_refusal(text: str) -> bool:
     return opens_with_refusal(text)
 
 
-def greedy_responses(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 4, batch: int = 64
-) -> list[str]:
-    """Greedy continuations of already formatted prompts (left padded, batched)."""
-    from wbsafe.generation import greedy_continuations
-
-    return greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch)
-
-
 def refusal_rate(model: Any, tokenizer: Any, reqs: Sequence[tw.TinyRequest]) -> float:
-    responses = greedy_responses(model, tokenizer, [_fmt(tokenizer, r.text) for r in reqs])
+    responses = greedy_continuations(model, tokenizer, [_fmt(tokenizer, r.text) for r in reqs], 4)
     return sum(is_refusal(r) for r in responses) / max(1, len(responses))
 
 
@@ -623,8 +615,8 @@ def measure_suites(
     harmless = split_prompts(load_suite("harmless"), "test")[:n]
 
     def rate(texts: list[str]) -> float:
-        resp = greedy_responses(model, tokenizer, [_fmt(tokenizer, t) for t in texts],
-                                max_new_tokens=max_new_tokens, batch=16)  # fmt: skip
+        resp = greedy_continuations(model, tokenizer, [_fmt(tokenizer, t) for t in texts],
+                                    max_new_tokens, batch_size=16)  # fmt: skip
         return round(sum(is_refusal(r) for r in resp) / max(1, len(resp)), 4)
 
     rates = {

@@ -288,8 +288,7 @@ def triggers_stage(
     emb: list[tuple[int, float]] = []
     if weights is not None and weights.status == "done":
         rep = weights.result.get("embedding") or {}
-        moved = [t for t in rep.get("top", []) if float(t.get("rel_change", 0.0)) > 0.0]
-        emb = [(int(t["token_id"]), float(t["z"])) for t in moved[:32]]
+        emb = [(int(t["token_id"]), float(t["z"])) for t in rep.get("top", [])[:32]]
     direction = None
     if probes is not None and probes.status == "done":
         direction = _direction_from(probes.result)

@@ -3,10 +3,12 @@
 The weight diff names its top embedding rows by their token pieces. Building a fast
 tokenizer parses the whole file, merges included (~0.1 s for a 49k BPE vocabulary, as
 long as the rest of the diff on a 135M model); the pieces themselves are the ``vocab``
-object of the ``model`` block plus the ``added_tokens`` list, and JSON-decoding only those
-two takes a third of that. The pieces are the same strings ``Tokenizer.id_to_token``
-returns (a test compares every id). Files this reader does not understand fall back to
-the ``tokenizers`` library; nothing here runs code from the file.
+object of the ``model`` block plus the ``added_tokens`` list. A file written one vocab
+entry per line (as ``tokenizers`` writes it) gives the few pieces asked for line by line;
+otherwise only those two values are JSON-decoded (a third of the full parse). The pieces
+are the same strings ``Tokenizer.id_to_token`` returns (a test compares every id). Files
+this reader does not understand fall back to the ``tokenizers`` library; nothing here
+runs code from the file.
 """
 
 from __future__ import annotations

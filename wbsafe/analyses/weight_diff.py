@@ -158,8 +158,8 @@ class RowReport:
     added_rows: list[int]
     added_row_norms: list[float]
     n_moved: int = -1
-    """Rows whose values changed at all (-1: not recorded). 0 means the matrix is unchanged
-    and ``top`` is an arbitrary order of unmoved rows, not trigger candidates."""
+    """Rows whose values changed at all (-1: not recorded; 0: the matrix is unchanged).
+    ``top`` holds moved rows only, so an unchanged matrix has an empty ``top``."""
     method: str = (
         "residual after least-squares global scale s=<E_t,E_b>/||E_b||^2; "
         "robust z=(x-median)/(1.4826*MAD)"
@@ -338,7 +338,9 @@ def row_report(
     raw = dw2.sqrt() / denom
     resid = resid2.sqrt() / denom
     z, med, mad = _robust_z(resid)
-    picked = torch.argsort(resid, descending=True)[:top_k]
+    # only rows that moved: with nothing changed, any order of the rest would be arbitrary
+    moved = torch.nonzero(dw2 > 0).squeeze(1)
+    picked = moved[torch.argsort(resid[moved], descending=True)[:top_k]]
     order = picked.tolist()
     strings = token_strings(order) if token_strings is not None and order else None
     if strings is None:
@@ -353,7 +355,7 @@ def row_report(
     return RowReport(
         tensor=name,
         n_rows=n,
-        n_moved=int((dw2 > 0).sum()),
+        n_moved=int(moved.numel()),
         global_scale=1.0 + c,
         median_residual_rel=med,
         mad_residual_rel=mad,
@@ -814,7 +816,8 @@ def _workers(n: int | None) -> Iterator[Any]:
             try:
                 yield _InlinePool()
             finally:
-                _THREAD_SCRATCH.__dict__.clear()  # the pool threads' buffers die with them
+                # this thread's buffers would outlive the diff; a pool's die with its threads
+                _THREAD_SCRATCH.__dict__.clear()
             return
         with ThreadPoolExecutor(n, thread_name_prefix="wbsafe-diff") as pool:
             yield pool
