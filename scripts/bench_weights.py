@@ -6,7 +6,8 @@ Each method runs in its own subprocess so that its peak RSS (``ru_maxrss``) is i
 1b. naive_hf: the issue's baseline: ``from_pretrained`` both models, subtract the state dicts
    and compute the same per-tensor figures (norms, cosine, max) without spectra;
 2. limit: one pass that only reads every tensor of both checkpoints and sums squares;
-3. wbsafe without spectra; 4. wbsafe with spectra (``diff_checkpoints``).
+3. wbsafe without spectra; 4. wbsafe with spectra (``diff_checkpoints``); 3b. wbsafe without
+   spectra on its torch path (``WBSAFE_NATIVE=0``), which measures the fused kernel's share.
 
 Files are read once before the timed runs so that every method sees a warm page cache, and
 each method's modules are imported before its clock starts.
@@ -30,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("naive", "naive_hf", "limit", "wbsafe_nospectra", "wbsafe_spectra")
+METHODS = (
+    "naive",
+    "naive_hf",
+    "limit",
+    "wbsafe_nospectra",
+    "wbsafe_nospectra_torch",
+    "wbsafe_spectra",
+)
 
 
 def _files(d: Path) -> list[Path]:
@@ -116,8 +124,10 @@ def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
 
     if method == "naive_hf":
         from transformers import AutoModelForCausalLM
+    from wbsafe.analyses.diff_kernel import kernel
     from wbsafe.analyses.weight_diff import diff_checkpoints
 
+    kernel()  # load (or build, once per machine) the fused kernel before the clock
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     if method == "naive":
@@ -158,6 +168,7 @@ def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
         total = sum((r.fro_diff or 0.0) ** 2 for r in res.rows)
         extra["fro_diff_total"] = math.sqrt(total)
         extra["top_cell"] = [res.ranking[0].layer, res.ranking[0].module]
+        extra["dense_engine"] = res.dense_engine
         extra["n_tensors"] = len(res.rows)
     wall = time.perf_counter() - t0
     return {"method": method, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), **extra}
@@ -201,13 +212,19 @@ def bench(base: Path, tuned: Path, label: str, repeats: int) -> dict[str, Any]:
                 "--tuned",
                 str(tuned),
             ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+            env = dict(os.environ)
+            if m.endswith("_torch"):
+                env["WBSAFE_NATIVE"] = "0"
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, check=True, cwd=ROOT, env=env
+            )
             runs[m].append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(m, runs[m][-1], flush=True)
     best = {m: min(runs[m], key=lambda r: r["wall_s"]) for m in METHODS}
     nv, lim = best["naive"], best["limit"]
     hf = best["naive_hf"]
     ns, sp = best["wbsafe_nospectra"], best["wbsafe_spectra"]
+    nt = best["wbsafe_nospectra_torch"]
     return {
         "label": label,
         "base": str(base),
@@ -218,6 +235,7 @@ def bench(base: Path, tuned: Path, label: str, repeats: int) -> dict[str, Any]:
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "best": best,
         "walls": {m: [r["wall_s"] for r in runs[m]] for m in METHODS},
+        "dense_engine": ns.get("dense_engine"),
         "ratios": {
             "speedup_vs_naive_hf_nospectra": hf["wall_s"] / ns["wall_s"],
             "speedup_vs_naive_hf_spectra": hf["wall_s"] / sp["wall_s"],
@@ -229,6 +247,8 @@ def bench(base: Path, tuned: Path, label: str, repeats: int) -> dict[str, Any]:
             "rss_share_of_naive_spectra": sp["peak_rss_mb"] / nv["peak_rss_mb"],
             "nospectra_over_limit": ns["wall_s"] / lim["wall_s"],
             "spectra_over_limit": sp["wall_s"] / lim["wall_s"],
+            "torch_path_nospectra_over_limit": nt["wall_s"] / lim["wall_s"],
+            "kernel_speedup_nospectra": nt["wall_s"] / ns["wall_s"],
             "nospectra_over_limit_median": statistics.median(
                 r["wall_s"] for r in runs["wbsafe_nospectra"]
             )
@@ -265,6 +285,8 @@ def write_md(path: Path, runs: list[dict[str, Any]]) -> None:
             lines.append(f"| {m} | {b['wall_s']:.2f} | {b['peak_rss_mb']:.0f} |")
         if r.get("note"):
             lines += ["", r["note"]]
+        if r.get("dense_engine"):
+            lines += ["", f"Dense engine of `wbsafe_nospectra`: {r['dense_engine']}."]
         if r.get("load_average_1min"):
             lo, hi = r["load_average_1min"]
             lines += ["", f"1-minute load average before/after: {lo:.1f} / {hi:.1f}."]
@@ -295,6 +317,14 @@ def write_md(path: Path, runs: list[dict[str, Any]]) -> None:
                 else []
             ),
             f"| wbsafe (spectra) / read-only limit | {q['spectra_over_limit']:.2f}x | — (apart) |",
+            *(
+                [
+                    f"| wbsafe torch path (no spectra) / read-only limit | {q['torch_path_nospectra_over_limit']:.2f}x | context |",
+                    f"| torch path / fused kernel wall (no spectra) | {q['kernel_speedup_nospectra']:.2f}x | context |",
+                ]
+                if "kernel_speedup_nospectra" in q
+                else []
+            ),
             "",
         ]
     path.write_text("\n".join(lines) + "\n")

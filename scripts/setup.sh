@@ -11,7 +11,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.wbsafe-installed
 want=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+prebuild_kernel() {
+  # the weight diff's fused C kernel, built into ~/.cache/wbsafe/native once per source and
+  # compiler (quick when built); without a C compiler the diff uses torch, and this says so
+  .venv/bin/python -m wbsafe.analyses.diff_kernel || true
+}
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  prebuild_kernel
   exit 0
 fi
 .venv/bin/python -m pip install -q --upgrade pip
@@ -20,3 +26,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 .venv/bin/python -m pip install -q -e ".[dev,gguf]"
 echo "$want" > "$stamp"
+prebuild_kernel

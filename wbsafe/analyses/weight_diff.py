@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wbsafe.analyses.diff_kernel import engine_name, kernel
 from wbsafe.analyses.lora_math import (
     Spectrum,
     cosine_from_parts,
@@ -204,6 +205,7 @@ class WeightDiffResult:
     nonfinite: list[str]
     tied_embeddings: bool
     notes: list[str]
+    dense_engine: str = "torch"  # what computed dense figures: "native (<compiler>)" or "torch"
     singular_vectors: dict[str, tuple[Any, Any]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -543,18 +545,23 @@ def dense_stats(
     want_rows: bool,
     keep_dw: bool,
     chunk: int = _BLOCK,
+    use_kernel: bool = True,
 ) -> _DenseStats:
     """One chunked pass over base and tuned values of a tensor of ``shape`` (any dtype).
 
     ``read_w``/``read_t`` give stored entries by flat range (a result is used before the
     next call, so it may live in a reused buffer); each chunk of about ``chunk``
-    entries (whole rows of the last dim, at least one row) is read, up-cast to float32,
-    differenced, and reduced while in cache; chunk sums add up in float64. Only one chunk of
-    each side is resident at a time (plus dW when ``keep_dw``, for the spectrum). An entry
-    counts as changed when ``|dW| > rel_tol · |W|`` (``rel_tol`` 0: any non-zero dW). A
-    chunk where dW is all zero skips the reductions of dW. The loop runs on one torch
-    thread (callers parallelise over tensors): many small multi-threaded ops were 10x slower
-    than one thread when other processes shared the cores (measured here).
+    entries (whole rows of the last dim, at least one row) is read and reduced while in
+    cache; sums add up in float64. Only one chunk of each side is resident at a time (plus
+    dW when ``keep_dw``, for the spectrum). An entry counts as changed when
+    ``|dW| > rel_tol · |W|`` (``rel_tol`` 0: dW != 0, tuned != base as numbers).
+
+    Two engines compute the same figures: the fused C kernel (:mod:`diff_kernel`, one pass
+    per chunk over entries stored as float32, bfloat16 or float16) when it is built and
+    ``use_kernel``, else torch: up-cast, subtract, then three dots, a count and a max (a
+    chunk where dW is all zero skips the dW reductions). Both run on one thread; callers
+    parallelise over tensors (many small multi-threaded ops were 10x slower than one thread
+    when other processes shared the cores, measured here).
     """
     import torch
 
@@ -562,19 +569,37 @@ def dense_stats(
     dw_full = torch.empty((n_rows, rowlen), dtype=torch.float32) if keep_dw else None
     w2 = dw2 = wd = 0.0
     changed, hi = 0, 0.0
-    # all buffers up front: nothing that outlives an iteration is allocated inside the loop
+    # nothing that outlives an iteration is allocated in the loop (scratch is per thread)
     rows = [torch.empty(n_rows if want_rows else 0, dtype=torch.float64) for _ in range(3)]
+    fused = kernel() if use_kernel else None
+    k_acc = torch.zeros(4, dtype=torch.float64)  # the kernel's Σw², Σd², Σw·d, max|d|
+    k_changed = torch.zeros(1, dtype=torch.int64)
+    k_rows = torch.empty((n_rows, 3) if want_rows and fused else (0, 3), dtype=torch.float64)
     size = min(step, n_rows) * rowlen
-    dbuf = _scratch("d", size)
-    wbuf = _scratch("w", size)
+    dbuf = wbuf = None
+    via_kernel = False  # every chunk of a tensor has the same dtypes: all go one way
     with one_thread():
         for i in range(0, n_rows, step):
             j = min(n_rows, i + step)
+            w = read_w(i * rowlen, j * rowlen)
+            t = read_t(i * rowlen, j * rowlen)
+            if fused is not None and fused.supports(w.dtype, t.dtype):
+                fused.diff_rows(
+                    w, t, j - i, rowlen, rel_tol, k_acc, k_changed,
+                    k_rows[i:j] if want_rows else None,
+                    dw_full[i:j].view(-1) if dw_full is not None else None,
+                )  # fmt: skip
+                via_kernel = True
+                continue
+            if dbuf is None:
+                dbuf = _scratch("d", size)
             d = dbuf[: (j - i) * rowlen].view(j - i, rowlen)
-            w = read_w(i * rowlen, j * rowlen).view(j - i, rowlen)
+            w = w.view(j - i, rowlen)
             if w.dtype != torch.float32:
+                if wbuf is None:
+                    wbuf = _scratch("w", size)
                 w = wbuf[: (j - i) * rowlen].view(j - i, rowlen).copy_(w)
-            torch.sub(read_t(i * rowlen, j * rowlen).view(j - i, rowlen), w, out=d)
+            torch.sub(t.view(j - i, rowlen), w, out=d)
             if not d.numel():
                 continue
             up, lo = float(torch.amax(d)), float(torch.amin(d))
@@ -598,10 +623,14 @@ def dense_stats(
                 if rel_tol > 0.0:
                     changed += int((d.abs() > rel_tol * w.abs()).sum())
                 else:
-                    # the bits of dW: 0 exactly where tuned == base (x - x is +0.0)
-                    changed += int(torch.count_nonzero(d.view(torch.int32)))
+                    changed += int(torch.count_nonzero(d))
             if dw_full is not None:
                 dw_full[i:j] = d
+    if via_kernel:
+        w2, dw2, wd, hi = k_acc.tolist()
+        changed = int(k_changed)
+        if want_rows:
+            rows = [k_rows[:, c].contiguous() for c in range(3)]
     row_parts = (rows[0], rows[1], rows[2]) if want_rows else None
     dw_out = dw_full.reshape(shape) if dw_full is not None else None
     return _DenseStats(w2, dw2, wd, changed, hi, row_parts, dw_out)
@@ -919,6 +948,7 @@ def diff_checkpoints(
         nonfinite=acc.nonfinite,
         tied_embeddings=tied,
         notes=acc.notes,
+        dense_engine=engine_name(),
         singular_vectors=acc.vectors,
     )
 
@@ -1140,6 +1170,7 @@ def diff_adapters(
         nonfinite=acc.nonfinite,
         tied_embeddings=tied,
         notes=acc.notes,
+        dense_engine=engine_name(),
         singular_vectors=acc.vectors,
     )
 

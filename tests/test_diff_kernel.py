@@ -1,0 +1,200 @@
+"""The fused C diff kernel against a float64 reference and against the torch path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from test_weight_diff import FIELDS, make_state, perturb, write_ckpt
+
+from wbsafe.analyses import diff_kernel
+from wbsafe.analyses.weight_diff import dense_stats, diff_checkpoints, tensor_source
+
+
+@pytest.fixture(scope="module")
+def native() -> diff_kernel.Kernel:
+    k = diff_kernel.kernel()
+    if k is None:
+        if os.environ.get("WBSAFE_REQUIRE_NATIVE"):
+            pytest.fail("the fused diff kernel did not build and WBSAFE_REQUIRE_NATIVE is set")
+        pytest.skip(
+            "no fused diff kernel here (no C compiler, or WBSAFE_NATIVE=0); the torch path "
+            "is what runs. CI sets WBSAFE_REQUIRE_NATIVE=1 so this cannot skip there"
+        )
+    return k
+
+
+def pair(dw: torch.dtype, dt: torch.dtype, shape: tuple[int, int], seed: int = 0):
+    """Base and tuned of ``shape`` in dtypes ``dw``/``dt``: most entries nudged, the first
+    third of the rows left equal, one entry +0.0 in base and -0.0 in tuned (equal values)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g)
+    t = w + 0.01 * torch.randn(shape, generator=g)
+    t[: shape[0] // 3] = w[: shape[0] // 3]
+    w[0, 0], t[0, 0] = 0.0, -0.0
+    return w.to(dw), t.to(dt)
+
+
+def reference(w: torch.Tensor, t: torch.Tensor, tol: float) -> dict:
+    """The figures in float64 from the float32 up-cast (dW is a float32 difference)."""
+    w32, t32 = w.float(), t.float()
+    d32 = t32 - w32
+    wd, dd = w32.double(), d32.double()
+    moved = d32.abs() > tol * w32.abs() if tol > 0 else d32 != 0
+    return dict(
+        w2=float((wd * wd).sum()),
+        dw2=float((dd * dd).sum()),
+        wd=float((wd * dd).sum()),
+        changed=int(moved.sum()),
+        max_abs=float(d32.abs().max()),
+        rows=((wd * wd).sum(1), (dd * dd).sum(1), (wd * dd).sum(1)),
+        d=d32,
+    )
+
+
+DTYPE_PAIRS = [
+    (torch.float32, torch.float32),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.float16, torch.float16),
+    (torch.bfloat16, torch.float32),
+    (torch.float32, torch.float16),
+]
+
+
+@pytest.mark.parametrize(("dw", "dt"), DTYPE_PAIRS, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("tol", [0.0, 2.0**-7])
+@pytest.mark.parametrize("use_kernel", [True, False], ids=["native", "torch"])
+def test_engines_match_float64_reference(
+    native: diff_kernel.Kernel, dw: torch.dtype, dt: torch.dtype, tol: float, use_kernel: bool
+) -> None:
+    """Both engines give the float64 figures: sums to float32 rounding, and max |dW|, the
+    changed count (-0.0 against +0.0 is no change) and dW itself exactly. Rows of 5000
+    entries cross the kernel's 4096-entry float32 blocks; chunks of 3 rows cross chunks."""
+    shape = (13, 5000)
+    w, t = pair(dw, dt, shape)
+    ref = reference(w, t, tol)
+    st = dense_stats(
+        tensor_source(w), tensor_source(t), shape, rel_tol=tol, want_rows=True,
+        keep_dw=True, chunk=3 * shape[1], use_kernel=use_kernel,
+    )  # fmt: skip
+    assert st.w2 == pytest.approx(ref["w2"], rel=1e-5)
+    assert st.dw2 == pytest.approx(ref["dw2"], rel=1e-5)
+    assert st.wd == pytest.approx(ref["wd"], rel=1e-4, abs=1e-3)
+    assert st.max_abs == ref["max_abs"]
+    assert st.changed == ref["changed"]
+    if tol == 0 and dw == dt:  # rows left equal and the signed zero are unchanged
+        kept = shape[0] // 3
+        same = int(torch.count_nonzero(t[kept:] == w[kept:]))
+        assert st.changed == (shape[0] - kept) * shape[1] - same
+    assert st.dw is not None and torch.equal(st.dw, ref["d"])
+    assert st.rows is not None
+    for got, want in zip(st.rows, ref["rows"], strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_is_closer_to_float64_than_float32_chunk_sums(native: diff_kernel.Kernel) -> None:
+    """A 4M-entry tensor: the kernel's sums (float32 blocks of 4096, float64 across) stay
+    within 1e-6 of float64; this is what lets the two engines differ at ~1e-6 at all."""
+    n = 1 << 22
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(n, generator=g) + 3.0  # a large mean makes naive float32 sums drift
+    t = w + 1e-3 * torch.randn(n, generator=g)
+    ref = reference(w.view(1, n), t.view(1, n), 0.0)
+    st = dense_stats(tensor_source(w), tensor_source(t), (n,), rel_tol=0.0, want_rows=False,
+                     keep_dw=False)  # fmt: skip
+    assert abs(st.w2 - ref["w2"]) / ref["w2"] < 1e-6
+    assert abs(st.dw2 - ref["dw2"]) / ref["dw2"] < 1e-6
+
+
+def test_non_finite_entries_reach_the_sums(native: diff_kernel.Kernel) -> None:
+    """A NaN or an Inf in either side makes the sums non-finite: the signal the diff uses to
+    count non-finite entries per tensor (max |dW| alone would skip a NaN)."""
+    for bad in (float("nan"), float("inf")):
+        w, t = pair(torch.float32, torch.float32, (4, 50))
+        t[2, 7] = bad
+        st = dense_stats(tensor_source(w), tensor_source(t), (4, 50), rel_tol=0.0,
+                         want_rows=False, keep_dw=False)  # fmt: skip
+        assert not all(map(torch.isfinite, torch.tensor([st.w2, st.dw2, st.wd])))
+
+
+def test_unsupported_dtype_takes_the_torch_path(native: diff_kernel.Kernel) -> None:
+    """float64 is not a kernel dtype: dense_stats computes it with torch, same figures."""
+    w, t = pair(torch.float64, torch.float64, (6, 40))
+    assert not native.supports(w.dtype, t.dtype)
+    ref = reference(w, t, 0.0)
+    st = dense_stats(tensor_source(w), tensor_source(t), (6, 40), rel_tol=0.0,
+                     want_rows=False, keep_dw=False)  # fmt: skip
+    assert st.changed == ref["changed"] and st.dw2 == pytest.approx(ref["dw2"], rel=1e-5)
+
+
+def test_checkpoint_diff_same_under_both_engines(
+    native: diff_kernel.Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole diffs (fp32 and bf16, with embedding rows and spectra) agree between engines,
+    and each result names the engine that made it."""
+    from wbsafe.analyses import weight_diff
+
+    sd = make_state()
+    tuned = perturb(sd, 1e-3)
+    tuned["model.embed_tokens.weight"][[7, 91]] *= 1.5
+    bf = {k: v.to(torch.bfloat16) for k, v in sd.items()}
+    bft = {k: v.to(torch.bfloat16) for k, v in tuned.items()}
+    pairs = [
+        (write_ckpt(tmp_path / "b", sd), write_ckpt(tmp_path / "t", tuned)),
+        (write_ckpt(tmp_path / "bb", bf), write_ckpt(tmp_path / "bt", bft, shards=2)),
+    ]
+    for b, t in pairs:
+        fast = diff_checkpoints(b, t, progress=False)
+        assert fast.dense_engine.startswith("native")
+        with monkeypatch.context() as m:
+            m.setattr(weight_diff, "kernel", lambda: None)
+            m.setattr(weight_diff, "engine_name", lambda: "torch")
+            slow = diff_checkpoints(b, t, progress=False)
+        assert slow.dense_engine == "torch"
+        for x, y in zip(fast.rows, slow.rows, strict=True):
+            for f in FIELDS:
+                fx, fy = getattr(x, f), getattr(y, f)
+                assert fy is None or fx == pytest.approx(fy, rel=1e-5, abs=1e-9), (x.name, f)
+        assert fast.embedding is not None and slow.embedding is not None
+        top = [r.token_id for r in fast.embedding.top[:2]]
+        assert sorted(top) == [7, 91] and top == [r.token_id for r in slow.embedding.top[:2]]
+
+
+def test_no_compiler_falls_back_to_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no compiler (and nothing built), the kernel is None, the reason is logged, and
+    the diff still runs and says it used torch; WBSAFE_NATIVE=0 turns the kernel off."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    diff_kernel.kernel.cache_clear()
+    try:
+        with caplog.at_level("INFO", logger="wbsafe.analyses.diff_kernel"):
+            assert diff_kernel.kernel() is None
+        assert "no C compiler" in caplog.text
+        assert diff_kernel.engine_name() == "torch"
+        sd = make_state()
+        res = diff_checkpoints(write_ckpt(tmp_path / "b", sd),
+                               write_ckpt(tmp_path / "t", perturb(sd)), progress=False)  # fmt: skip
+        assert res.dense_engine == "torch" and res.rows[0].fro_diff
+        monkeypatch.delenv("CC")
+        monkeypatch.setenv("WBSAFE_NATIVE", "0")
+        diff_kernel.kernel.cache_clear()
+        assert diff_kernel.kernel() is None
+    finally:
+        diff_kernel.kernel.cache_clear()
+
+
+def test_build_is_cached_and_keyed_by_source(
+    native: diff_kernel.Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second build finds the first's library; a changed source gets its own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = diff_kernel.build()
+    assert diff_kernel.build() == first and first.with_suffix(".txt").is_file()
+    src = tmp_path / "diff_kernel.c"
+    src.write_text(diff_kernel.SOURCE.read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(diff_kernel, "SOURCE", src)
+    assert diff_kernel.build() != first
