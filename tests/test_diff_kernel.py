@@ -198,3 +198,18 @@ def test_build_is_cached_and_keyed_by_source(
     src.write_text(diff_kernel.SOURCE.read_text() + "\n/* changed */\n")
     monkeypatch.setattr(diff_kernel, "SOURCE", src)
     assert diff_kernel.build() != first
+
+
+def test_kernel_refuses_buffers_it_would_overrun(native: diff_kernel.Kernel) -> None:
+    """The C side writes through raw pointers: a short output or a wrong dtype is refused
+    before the call."""
+    w, t = pair(torch.float32, torch.float32, (4, 8))
+    acc, ch = torch.zeros(4, dtype=torch.float64), torch.zeros(1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="32 entries"):
+        native.diff_rows(w, t, 4, 8, 0.0, acc, ch, None, torch.empty(31))
+    with pytest.raises(ValueError, match="float64 tensor of 12"):
+        native.diff_rows(w, t, 4, 8, 0.0, acc, ch, torch.empty(4, 3), None)
+    with pytest.raises(ValueError, match="40 entries"):
+        native.diff_rows(w, t, 5, 8, 0.0, acc, ch, None, None)
+    native.diff_rows(w, t, 4, 8, 0.0, acc, ch, torch.empty(4, 3, dtype=torch.float64), None)
+    assert int(ch) == int((t != w).sum())

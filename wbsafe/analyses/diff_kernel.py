@@ -66,12 +66,27 @@ class Kernel:
         (int64 ``[1]``); write each row's three sums into ``rows_out`` (float64
         ``[n_rows, 3]``) and ``d = t - w`` into ``d_out`` (float32 ``[n_rows * rowlen]``)
         when given. All tensors must be contiguous and stay alive for the call."""
+        import torch
+
+        # every size and dtype the C side relies on is checked here: it writes through raw
+        # pointers, and the inputs come from files nobody vouched for
         n = n_rows * rowlen
-        if w.numel() != n or t.numel() != n:
-            raise ValueError(f"expected {n} entries, got {w.numel()} and {t.numel()}")
-        for x in (w, t, acc, changed, rows_out, d_out):
-            if x is not None and not x.is_contiguous():
-                raise ValueError("diff kernel needs contiguous tensors")
+        want = [
+            (w, n, w.dtype),
+            (t, n, t.dtype),
+            (acc, 4, torch.float64),
+            (changed, 1, torch.int64),
+            (rows_out, 3 * n_rows, torch.float64),
+            (d_out, n, torch.float32),
+        ]
+        for x, size, dtype in want:
+            if x is None:
+                continue
+            if x.numel() != size or x.dtype != dtype or not x.is_contiguous():
+                raise ValueError(
+                    f"diff kernel: expected a contiguous {dtype} tensor of {size} entries, "
+                    f"got {x.dtype} {tuple(x.shape)}"
+                )
         rc = self.lib.wb_diff_rows(
             w.data_ptr(),
             _DTYPE_CODES[_name(w.dtype)],
