@@ -161,6 +161,7 @@ def build(*, force: bool = False) -> Path:
         if out.is_file() and not force:
             return out
         out.parent.mkdir(parents=True, exist_ok=True)
+        log.info("building the fused weight-diff kernel into %s (once per machine)", out)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         try:

@@ -840,6 +840,7 @@ def _workers(n: int | None) -> Iterator[Any]:
     import torch
 
     n = max(1, torch.get_num_threads() if n is None else n)
+    kernel()  # load (or build, once per machine) the fused kernel before workers race to
     with one_thread():
         if n == 1:
             try:
