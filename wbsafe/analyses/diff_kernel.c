@@ -13,9 +13,11 @@
  * max |d| skips NaN. Storage dtypes: 0 float32, 1 bfloat16, 2 float16 (where the compiler
  * has _Float16), little-endian.
  *
- * Built without -ffast-math (NaN must survive); `omp simd` reductions let the compiler
- * vectorise the sums (-fopenmp-simd, no OpenMP runtime). On x86-64 with GCC the loops are
- * cloned for x86-64-v3 and v4 and picked at load time, so one build runs on any x86-64.
+ * Built without -ffast-math (NaN must survive) and with -ffp-contract=off (every build
+ * rounds the same way); `omp simd` reductions let the compiler vectorise the sums
+ * (-fopenmp-simd, no OpenMP runtime). On x86-64, where the compiler supports target_clones,
+ * the loops are cloned for x86-64-v3 and v4 and picked at load time, so one build runs on
+ * any x86-64; elsewhere diff_kernel.py builds without -DWB_CLONES.
  */
 #include <math.h>
 #include <stdint.h>

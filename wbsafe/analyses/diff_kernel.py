@@ -6,10 +6,12 @@ which is what brings the diff near the cost of only reading the files. It is opt
 no C compiler, a failed build, an unsupported dtype, or ``WBSAFE_NATIVE=0`` the torch path
 computes the same figures (tests hold the two to each other).
 
-The shared library is compiled once per source, compiler and machine into
-``$XDG_CACHE_HOME/wbsafe/native`` (``~/.cache`` by default) and reused; ``scripts/setup.sh``
-builds it ahead so no run pays for it. Only this package's own C file is ever compiled.
-ctypes releases the GIL during the call, so worker threads run the kernel in parallel.
+The shared library is compiled once per source, compiler, flag set and CPU architecture into
+``$XDG_CACHE_HOME/wbsafe/native`` (``~/.cache`` by default; a folder only this user may
+write, or nothing is loaded from it) and reused; a flag set that fails to build is noted
+there and not retried. ``scripts/setup.sh`` builds it ahead so no run pays for it. Only this
+package's own C file is ever compiled. ctypes releases the GIL during the call, so worker
+threads run the kernel in parallel.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -82,11 +85,21 @@ class Kernel:
         for x, size, dtype in want:
             if x is None:
                 continue
-            if x.numel() != size or x.dtype != dtype or not x.is_contiguous():
+            if (
+                x.numel() != size
+                or x.dtype != dtype
+                or not x.is_contiguous()
+                or x.device.type != "cpu"
+            ):
                 raise ValueError(
-                    f"diff kernel: expected a contiguous {dtype} tensor of {size} entries, "
-                    f"got {x.dtype} {tuple(x.shape)}"
+                    f"diff kernel: expected a contiguous CPU {dtype} tensor of {size} "
+                    f"entries, got {x.dtype} {tuple(x.shape)} on {x.device}"
                 )
+        outputs = [x for x in (acc, changed, rows_out, d_out) if x is not None]
+        for i, x in enumerate(outputs):  # the vector loop assumes outputs alias nothing
+            for y in [w, t, *outputs[i + 1 :]]:
+                if _overlap(x, y):
+                    raise ValueError("diff kernel: an output buffer overlaps another buffer")
         rc = self.lib.wb_diff_rows(
             w.data_ptr(),
             _DTYPE_CODES[_name(w.dtype)],
@@ -104,6 +117,12 @@ class Kernel:
             raise ValueError(f"diff kernel does not read {w.dtype} against {t.dtype}")
 
 
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the bytes of two contiguous tensors overlap."""
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -113,72 +132,115 @@ def cache_dir() -> Path:
     return Path(root) / "wbsafe" / "native"
 
 
-def _compiler() -> str | None:
-    """``$CC`` when set (and only it), else the first of cc, gcc, clang on the PATH."""
+def _compiler() -> list[str] | None:
+    """The compiler command: ``$CC`` when set (and only it; it may carry arguments, e.g.
+    ``ccache gcc``), else the first of cc, gcc, clang on the PATH."""
     if os.environ.get("CC"):
-        return shutil.which(os.environ["CC"])
-    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        argv = shlex.split(os.environ["CC"])
+        found = shutil.which(argv[0]) if argv else None
+        return [found, *argv[1:]] if found else None
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    return [found] if found else None
 
 
 def _flag_sets() -> list[list[str]]:
-    """Compiler flags to try, best first: x86-64 clones (GCC), then a portable build."""
-    base = ["-O3", "-fopenmp-simd", "-fPIC", "-shared", "-fno-strict-aliasing"]
+    """Compiler flags to try, best first: x86-64 clones, then a portable build. No
+    -ffast-math (NaN must reach the sums) and no FMA contraction (clones built for
+    different CPUs give the same bits)."""
+    base = ["-O3", "-fopenmp-simd", "-ffp-contract=off", "-fPIC", "-shared"]
     if platform.machine() in ("x86_64", "AMD64"):
         return [[*base, "-DWB_CLONES"], base]
     return [base]
 
 
-def _version(cc: str) -> str:
+def _version(cc: list[str]) -> str:
     try:
-        out = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([*cc, "--version"], capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        return cc
-    return (out.stdout.splitlines() or [cc])[0].strip()
+        return " ".join(cc)
+    text = out.stdout.decode("utf-8", "replace")
+    return (text.splitlines() or [" ".join(cc)])[0].strip()
 
 
-def _compiler_id(cc: str) -> bytes:
-    """The compiler binary's identity for the cache key, without running it: its resolved
-    path, size and modification time (an upgraded compiler gets a new build)."""
-    real = os.path.realpath(cc)
+def _compiler_id(cc: list[str]) -> bytes:
+    """The compiler's identity for the cache key, without running it: the resolved binary's
+    path, size and modification time (an upgraded compiler gets a new build), and its
+    arguments."""
+    real = os.path.realpath(cc[0])
     st = os.stat(real)
-    return f"{real}:{st.st_size}:{st.st_mtime_ns}".encode()
+    return f"{real}:{st.st_size}:{st.st_mtime_ns}:{' '.join(cc[1:])}".encode()
 
 
-def build(*, force: bool = False) -> Path:
-    """Compile ``diff_kernel.c`` into the cache (unless already there); its path. The
-    compiler's version line is kept beside it (``.txt``) for reports.
+def _check_private(path: Path) -> None:
+    """Refuse to load code from a path another user could have written: it must belong to
+    this user and not be writable by group or others (POSIX)."""
+    if os.name != "posix":
+        return
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise RuntimeError(
+            f"{path}: not owned by this user, or writable by others; not loading code from it"
+        )
 
-    Raises ``RuntimeError`` with the compiler's message when no flag set builds."""
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
+
+def _candidates(cc: list[str]) -> list[tuple[list[str], Path]]:
+    """(flags, library path) per flag set, best first; the name keys source, compiler,
+    flags and CPU architecture."""
     source = SOURCE.read_bytes()
-    errors: list[str] = []
+    out = []
     for flags in _flag_sets():
         parts = [source, _compiler_id(cc), " ".join(flags).encode(), platform.machine().encode()]
         key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-        out = cache_dir() / f"diff_kernel-{key}.so"
-        if out.is_file() and not force:
-            return out
-        out.parent.mkdir(parents=True, exist_ok=True)
-        log.info("building the fused weight-diff kernel into %s (once per machine)", out)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        out.append((flags, cache_dir() / f"diff_kernel-{key}.so"))
+    return out
+
+
+def build(*, force: bool = False) -> Path:
+    """Compile ``diff_kernel.c`` into the cache unless a build is already there; its path.
+
+    The best flag set that builds wins; one that failed leaves a ``.failed`` note (the
+    compiler's message) so later processes do not try it again (``force`` does). The
+    compiler's version line is kept beside the library (``.txt``) for reports. Raises
+    ``RuntimeError`` with the compiler's messages when nothing builds."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc or clang)")
+    candidates = _candidates(cc)
+    if not force:
+        for _, lib in candidates:
+            if lib.is_file():
+                _check_private(lib.parent)
+                _check_private(lib)
+                return lib
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _check_private(folder)
+    errors: list[str] = []
+    for flags, lib in candidates:
+        failed = lib.with_suffix(".failed")
+        if failed.is_file() and not force:
+            errors.append(f"{' '.join(flags)}: failed before, see {failed}")
+            continue
+        log.info("building the fused weight-diff kernel into %s", lib)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
         os.close(fd)
         try:
             res = subprocess.run(
-                [cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120
+                [*cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, timeout=120
             )
             if res.returncode == 0:
-                out.with_suffix(".txt").write_text(_version(cc) + "\n")
-                os.replace(tmp, out)  # atomic: concurrent builders each leave a whole file
-                return out
-            errors.append(f"{' '.join(flags)}: {res.stderr.strip()[-400:]}")
+                lib.with_suffix(".txt").write_text(_version(cc) + "\n")
+                os.replace(tmp, lib)  # atomic: concurrent builders each leave a whole file
+                return lib
+            message = res.stderr.decode("utf-8", "replace").strip()[-2000:]
         except (OSError, subprocess.SubprocessError) as exc:
-            errors.append(f"{' '.join(flags)}: {exc}")
+            message = str(exc)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    raise RuntimeError(f"could not build {SOURCE.name} with {cc}: " + " | ".join(errors))
+        failed.write_text(f"{' '.join([*cc, *flags])}\n{message}\n")
+        errors.append(f"{' '.join(flags)}: {message[-400:]}")
+    raise RuntimeError(f"could not build {SOURCE.name} with {cc[0]}: " + " | ".join(errors))
 
 
 def _load(path: Path) -> Kernel:
@@ -199,19 +261,27 @@ def _load(path: Path) -> Kernel:
 
 @functools.cache
 def kernel() -> Kernel | None:
-    """The fused kernel, built if need be; None where it cannot be had (reason logged)."""
+    """The fused kernel, built if need be; None where it cannot be had (the reason logged
+    as a warning). A library that is in the cache but does not load is rebuilt once."""
     if os.environ.get("WBSAFE_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
-        return _load(build())
-    except (RuntimeError, OSError, AttributeError) as exc:
-        log.info("fused diff kernel unavailable, using the torch path: %s", exc)
+        path = build()
+        try:
+            return _load(path)
+        except OSError:
+            return _load(build(force=True))
+    except Exception as exc:  # optional by design: any failure means the torch path
+        log.warning(
+            "fused weight-diff kernel unavailable, using the torch path (same figures, slower): %s",
+            exc,
+        )
         return None
 
 
 def engine_name() -> str:
-    """Which engine computes dense figures in this process: ``native (<compiler>)`` or
-    ``torch``."""
+    """The engine dense figures use in this process where the dtype allows:
+    ``native (<compiler>)`` or ``torch`` (what one diff used is its ``dense_engine``)."""
     k = kernel()
     return f"native ({k.compiler})" if k is not None else "torch"
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wbsafe.analyses.diff_kernel import engine_name, kernel
+from wbsafe.analyses.diff_kernel import kernel
 from wbsafe.analyses.lora_math import (
     Spectrum,
     cosine_from_parts,
@@ -205,7 +205,7 @@ class WeightDiffResult:
     nonfinite: list[str]
     tied_embeddings: bool
     notes: list[str]
-    dense_engine: str = "torch"  # what computed dense figures: "native (<compiler>)" or "torch"
+    dense_engine: str = "torch"  # what computed the dense figures (see _engine_summary)
     singular_vectors: dict[str, tuple[Any, Any]] = field(
         default_factory=dict, repr=False, compare=False
     )
@@ -439,6 +439,17 @@ def _count_nonfinite(t: torch.Tensor) -> int:
 # --------------------------------------------------------------------------- dense path
 
 
+def _engine_summary(counts: dict[str, int]) -> str:
+    """What computed a diff's dense figures, from tensors per engine: ``native
+    (<compiler>)``, ``torch``, both with counts, or none (an adapter of factors only)."""
+    native, other = counts.get("native", 0), counts.get("torch", 0)
+    k = kernel()
+    label = f"native ({k.compiler})" if k is not None else "native"
+    if native and other:
+        return f"{label} for {native} tensors, torch for {other} (dtypes the kernel does not read)"
+    return label if native else "torch" if other else "none (no dense tensors)"
+
+
 @dataclass
 class _Acc:
     rows: list[TensorDiff] = field(default_factory=list)
@@ -448,9 +459,13 @@ class _Acc:
     notes: list[str] = field(default_factory=list)
     embedding: RowReport | None = None
     unembedding: RowReport | None = None
+    engines: dict[str, int] = field(default_factory=dict)  # dense tensors per engine
 
     def merge(self, other: _Acc) -> None:
-        """Append another accumulator's vectors, lists and notes (not rows or row reports)."""
+        """Append another accumulator's vectors, lists, notes and engine counts (not rows or
+        row reports)."""
+        for name, n in other.engines.items():
+            self.engines[name] = self.engines.get(name, 0) + n
         self.vectors.update(other.vectors)
         self.nonfinite += other.nonfinite
         self.shape_changed += other.shape_changed
@@ -534,6 +549,7 @@ class _DenseStats:
     max_abs: float
     rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # per-row ||W||², ||dW||², <W,dW>
     dw: torch.Tensor | None  # full float32 dW, kept only for the spectrum
+    engine: str  # "native" (the fused kernel) or "torch"
 
 
 def dense_stats(
@@ -577,19 +593,23 @@ def dense_stats(
     k_rows = torch.empty((n_rows, 3) if want_rows and fused else (0, 3), dtype=torch.float64)
     size = min(step, n_rows) * rowlen
     dbuf = wbuf = None
-    via_kernel = False  # every chunk of a tensor has the same dtypes: all go one way
+    via_kernel: bool | None = None  # decided at the first chunk; every chunk goes that way
     with one_thread():
         for i in range(0, n_rows, step):
             j = min(n_rows, i + step)
             w = read_w(i * rowlen, j * rowlen)
             t = read_t(i * rowlen, j * rowlen)
-            if fused is not None and fused.supports(w.dtype, t.dtype):
+            native = fused is not None and fused.supports(w.dtype, t.dtype)
+            if via_kernel is None:
+                via_kernel = native
+            elif native != via_kernel:  # the two engines' sums are kept apart: never mix
+                raise RuntimeError(f"chunk dtypes changed within a tensor: {w.dtype}, {t.dtype}")
+            if fused is not None and native:
                 fused.diff_rows(
                     w, t, j - i, rowlen, rel_tol, k_acc, k_changed,
                     k_rows[i:j] if want_rows else None,
                     dw_full[i:j].view(-1) if dw_full is not None else None,
                 )  # fmt: skip
-                via_kernel = True
                 continue
             if dbuf is None:
                 dbuf = _scratch("d", size)
@@ -633,7 +653,8 @@ def dense_stats(
             rows = [k_rows[:, c].contiguous() for c in range(3)]
     row_parts = (rows[0], rows[1], rows[2]) if want_rows else None
     dw_out = dw_full.reshape(shape) if dw_full is not None else None
-    return _DenseStats(w2, dw2, wd, changed, hi, row_parts, dw_out)
+    engine = "native" if via_kernel else "torch"
+    return _DenseStats(w2, dw2, wd, changed, hi, row_parts, dw_out, engine)
 
 
 def _row_parts(
@@ -703,6 +724,7 @@ def _dense_row(
     st = dense_stats(
         read_w, read_t, shape, rel_tol=eps, want_rows=want_rows, keep_dw=keep, chunk=chunk
     )
+    acc.engines[st.engine] = acc.engines.get(st.engine, 0) + 1
     w2, dw2, wd = st.w2, st.dw2, st.wd
     if not all(math.isfinite(v) for v in (w2, dw2, wd, st.max_abs)):
         nf_b = _count_nonfinite_chunked(read_w, shape, chunk)
@@ -840,7 +862,7 @@ def _workers(n: int | None) -> Iterator[Any]:
     import torch
 
     n = max(1, torch.get_num_threads() if n is None else n)
-    kernel()  # load (or build, once per machine) the fused kernel before workers race to
+    kernel()  # load (or build) the fused kernel once, before any worker thread needs it
     with one_thread():
         if n == 1:
             try:
@@ -949,7 +971,7 @@ def diff_checkpoints(
         nonfinite=acc.nonfinite,
         tied_embeddings=tied,
         notes=acc.notes,
-        dense_engine=engine_name(),
+        dense_engine=_engine_summary(acc.engines),
         singular_vectors=acc.vectors,
     )
 
@@ -1171,7 +1193,7 @@ def diff_adapters(
         nonfinite=acc.nonfinite,
         tied_embeddings=tied,
         notes=acc.notes,
-        dense_engine=engine_name(),
+        dense_engine=_engine_summary(acc.engines),
         singular_vectors=acc.vectors,
     )
 
