@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,16 @@ def native() -> diff_kernel.Kernel:
             "is what runs. CI sets WBSAFE_REQUIRE_NATIVE=1 so this cannot skip there"
         )
     return k
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A cache folder of this test's own, and ``kernel()`` forgotten before and after."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert diff_kernel.cache_dir().is_relative_to(tmp_path)  # never touch the user's cache
+    diff_kernel.kernel.cache_clear()
+    yield tmp_path / "cache"
+    diff_kernel.kernel.cache_clear()
 
 
 def pair(dw: torch.dtype, dt: torch.dtype, shape: tuple[int, int], seed: int = 0):
@@ -193,35 +204,32 @@ def test_checkpoint_diff_same_under_both_engines(
 
 
 def test_no_compiler_falls_back_to_torch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    private_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With no compiler (and nothing built), the kernel is None, the reason is logged, and
     the diff still runs and says it used torch; WBSAFE_NATIVE=0 turns the kernel off."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    diff_kernel.kernel.cache_clear()
-    try:
-        with caplog.at_level("INFO", logger="wbsafe.analyses.diff_kernel"):
-            assert diff_kernel.kernel() is None
-        assert "no C compiler" in caplog.text
-        assert diff_kernel.engine_name() == "torch"
-        sd = make_state()
-        res = diff_checkpoints(write_ckpt(tmp_path / "b", sd),
-                               write_ckpt(tmp_path / "t", perturb(sd)), progress=False)  # fmt: skip
-        assert res.dense_engine == "torch" and res.rows[0].fro_diff
-        monkeypatch.delenv("CC")
-        monkeypatch.setenv("WBSAFE_NATIVE", "0")
-        diff_kernel.kernel.cache_clear()
+    with caplog.at_level("INFO", logger="wbsafe.analyses.diff_kernel"):
         assert diff_kernel.kernel() is None
-    finally:
-        diff_kernel.kernel.cache_clear()
+    assert "no C compiler" in caplog.text
+    assert diff_kernel.engine_name() == "torch"
+    sd = make_state()
+    res = diff_checkpoints(write_ckpt(tmp_path / "b", sd),
+                           write_ckpt(tmp_path / "t", perturb(sd)), progress=False)  # fmt: skip
+    assert res.dense_engine == "torch" and res.rows[0].fro_diff
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("WBSAFE_NATIVE", "0")
+    diff_kernel.kernel.cache_clear()
+    assert diff_kernel.kernel() is None
 
 
 def test_build_is_cached_and_keyed_by_source(
-    native: diff_kernel.Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    native: diff_kernel.Kernel, private_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A second build finds the first's library; a changed source gets its own."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     first = diff_kernel.build()
     assert diff_kernel.build() == first and first.with_suffix(".txt").is_file()
     src = tmp_path / "diff_kernel.c"
@@ -251,6 +259,7 @@ def test_kernel_refuses_buffers_it_would_overrun(native: diff_kernel.Kernel) -> 
 
 def test_a_failed_flag_set_is_noted_and_not_retried(
     native: diff_kernel.Kernel,
+    private_cache: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -270,7 +279,6 @@ def test_a_failed_flag_set_is_noted_and_not_retried(
     )
     fake.chmod(0o755)
     monkeypatch.setenv("CC", str(fake))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(diff_kernel, "_flag_sets", lambda: [["-DWB_CLONES", "-O2", "-fPIC",
                                                              "-shared"], ["-O2", "-fPIC", "-shared"]])  # fmt: skip
     with caplog.at_level("INFO", logger="wbsafe.analyses.diff_kernel"):
@@ -284,32 +292,24 @@ def test_a_failed_flag_set_is_noted_and_not_retried(
 
 
 def test_code_is_not_loaded_from_a_folder_others_can_write(
-    native: diff_kernel.Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    native: diff_kernel.Kernel, private_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cache folder writable by group or others could hold someone else's library: the
     build refuses it (and the diff falls back to torch)."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     lib = diff_kernel.build()
     lib.parent.chmod(0o777)
     with pytest.raises(RuntimeError, match="writable by others"):
         diff_kernel.build()
     diff_kernel.kernel.cache_clear()
-    try:
-        assert diff_kernel.kernel() is None
-    finally:
-        diff_kernel.kernel.cache_clear()
+    assert diff_kernel.kernel() is None
 
 
 def test_a_library_that_does_not_load_is_rebuilt(
-    native: diff_kernel.Kernel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    native: diff_kernel.Kernel, private_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cached library that fails to load (truncated, corrupted) is rebuilt once."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     lib = diff_kernel.build()
     lib.write_bytes(b"not a shared library")
     diff_kernel.kernel.cache_clear()
-    try:
-        k = diff_kernel.kernel()
-        assert k is not None and k.path == lib and lib.read_bytes()[:4] == b"\x7fELF"
-    finally:
-        diff_kernel.kernel.cache_clear()
+    k = diff_kernel.kernel()
+    assert k is not None and k.path == lib and lib.read_bytes()[:4] == b"\x7fELF"
