@@ -313,3 +313,17 @@ def test_a_library_that_does_not_load_is_rebuilt(
     diff_kernel.kernel.cache_clear()
     k = diff_kernel.kernel()
     assert k is not None and k.path == lib and lib.read_bytes()[:4] == b"\x7fELF"
+
+
+def test_an_unusable_cache_folder_says_how_to_fix_it(
+    native: diff_kernel.Kernel,
+    private_cache: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where the cache folder cannot be made, the diff falls back to torch and the warning
+    names the folder and the setting that moves it."""
+    private_cache.parent.mkdir(parents=True, exist_ok=True)
+    private_cache.write_text("a file where the cache folder should be")
+    with caplog.at_level("WARNING", logger="wbsafe.analyses.diff_kernel"):
+        assert diff_kernel.kernel() is None
+    assert "XDG_CACHE_HOME" in caplog.text and str(private_cache) in caplog.text

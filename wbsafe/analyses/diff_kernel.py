@@ -213,7 +213,13 @@ def build(*, force: bool = False) -> Path:
                 _check_private(lib)
                 return lib
     folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise RuntimeError(
+            f"cannot create the kernel cache {folder} ({exc}); set XDG_CACHE_HOME to a "
+            "folder you own"
+        ) from exc
     _check_private(folder)
     errors: list[str] = []
     for flags, lib in candidates:
