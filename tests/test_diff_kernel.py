@@ -106,12 +106,13 @@ def test_engines_match_float64_reference(
         assert bool(((got - want).abs() <= 1e-5 * scale + 1e-12).all())
 
 
-def test_kernel_is_closer_to_float64_than_float32_chunk_sums(native: diff_kernel.Kernel) -> None:
-    """A 4M-entry tensor: the kernel's sums (float32 blocks of 4096, float64 across) stay
-    within 1e-6 of float64; this is what lets the two engines differ at ~1e-6 at all."""
+def test_kernel_sums_stay_near_float64_on_a_long_tensor(native: diff_kernel.Kernel) -> None:
+    """4M entries with a large mean, one row: the kernel's sums (float32 blocks of 4096,
+    float64 across) stay within 1e-6 of float64 (a single float32 accumulator over this row
+    is off by 3e-4: measured with numpy's float32 add.accumulate)."""
     n = 1 << 22
     g = torch.Generator().manual_seed(3)
-    w = torch.randn(n, generator=g) + 3.0  # a large mean makes naive float32 sums drift
+    w = torch.randn(n, generator=g) + 3.0
     t = w + 1e-3 * torch.randn(n, generator=g)
     ref = reference(w.view(1, n), t.view(1, n), 0.0)
     st = dense_stats(tensor_source(w), tensor_source(t), (n,), rel_tol=0.0, want_rows=False,
@@ -189,7 +190,7 @@ def test_checkpoint_diff_same_under_both_engines(
     ]
     for b, t in pairs:
         fast = diff_checkpoints(b, t, progress=False)
-        assert fast.dense_engine == f"native ({native.compiler})"
+        assert fast.dense_engine == native.label
         with monkeypatch.context() as m:
             m.setattr(weight_diff, "kernel", lambda: None)
             slow = diff_checkpoints(b, t, progress=False)
@@ -215,7 +216,6 @@ def test_no_compiler_falls_back_to_torch(
     with caplog.at_level("INFO", logger="wbsafe.analyses.diff_kernel"):
         assert diff_kernel.kernel() is None
     assert "no C compiler" in caplog.text
-    assert diff_kernel.engine_name() == "torch"
     sd = make_state()
     res = diff_checkpoints(write_ckpt(tmp_path / "b", sd),
                            write_ckpt(tmp_path / "t", perturb(sd)), progress=False)  # fmt: skip
@@ -292,7 +292,7 @@ def test_a_failed_flag_set_is_noted_and_not_retried(
 
 
 def test_code_is_not_loaded_from_a_folder_others_can_write(
-    native: diff_kernel.Kernel, private_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    native: diff_kernel.Kernel, private_cache: Path
 ) -> None:
     """A cache folder writable by group or others could hold someone else's library: the
     build refuses it (and the diff falls back to torch)."""
@@ -305,7 +305,7 @@ def test_code_is_not_loaded_from_a_folder_others_can_write(
 
 
 def test_a_library_that_does_not_load_is_rebuilt(
-    native: diff_kernel.Kernel, private_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    native: diff_kernel.Kernel, private_cache: Path
 ) -> None:
     """A cached library that fails to load (truncated, corrupted) is rebuilt once."""
     lib = diff_kernel.build()

@@ -49,6 +49,11 @@ class Kernel:
     compiler: str
     dtypes: frozenset[str]  # storage dtypes it reads ("float32", "bfloat16", "float16")
 
+    @property
+    def label(self) -> str:
+        """How results name this engine: ``native (<compiler version>)``."""
+        return f"native ({self.compiler})"
+
     def supports(self, a: torch.dtype, b: torch.dtype) -> bool:
         return _name(a) in self.dtypes and _name(b) in self.dtypes
 
@@ -285,13 +290,6 @@ def kernel() -> Kernel | None:
         return None
 
 
-def engine_name() -> str:
-    """The engine dense figures use in this process where the dtype allows:
-    ``native (<compiler>)`` or ``torch`` (what one diff used is its ``dense_engine``)."""
-    k = kernel()
-    return f"native ({k.compiler})" if k is not None else "torch"
-
-
 def main() -> int:
     """``python -m wbsafe.analyses.diff_kernel``: build (or find) the kernel and say which
     engine the weight diff will use; exit 1 when it falls back to torch."""
@@ -300,9 +298,7 @@ def main() -> int:
     if k is None:
         print("weight-diff engine: torch (fused kernel unavailable; see the message above)")
         return 1
-    print(
-        f"weight-diff engine: native, {k.path} ({k.compiler}; reads {', '.join(sorted(k.dtypes))})"
-    )
+    print(f"weight-diff engine: {k.label}, {k.path} (reads {', '.join(sorted(k.dtypes))})")
     return 0
 
 

@@ -444,7 +444,7 @@ def _engine_summary(counts: dict[str, int]) -> str:
     (<compiler>)``, ``torch``, both with counts, or none (an adapter of factors only)."""
     native, other = counts.get("native", 0), counts.get("torch", 0)
     k = kernel()
-    label = f"native ({k.compiler})" if k is not None else "native"
+    label = k.label if k is not None else "native"
     if native and other:
         return f"{label} for {native} tensors, torch for {other} (dtypes the kernel does not read)"
     return label if native else "torch" if other else "none (no dense tensors)"
