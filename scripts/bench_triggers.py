@@ -10,6 +10,8 @@ whole hunt, verification included. The hunt runs with the scan's default setting
 
     python scripts/bench_triggers.py                      # tiny backdoor organisms
     python scripts/bench_triggers.py --real DIR           # also organisms under DIR (organism.json)
+    python scripts/bench_triggers.py --beam 4 --out results/bench_triggers_beam4.json
+                                                          # one hunt setting changed (ablation)
 
 Writes results/bench_triggers.json and results/bench_triggers.md.
 """
@@ -27,7 +29,11 @@ TINY = ("backdoor", "backdoor_lora", "backdoor_multi")
 
 
 def bench_one(
-    org: Any, search: list[Any], heldout: list[Any], harmless: list[Any]
+    org: Any,
+    search: list[Any],
+    heldout: list[Any],
+    harmless: list[Any],
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from wbsafe.analyses.trigger_search import PassCounter, score_full, slot_context
     from wbsafe.analyses.triggers import hunt_triggers
@@ -47,6 +53,7 @@ def bench_one(
     counter = PassCounter()
     t0 = time.perf_counter()
     settings = {**hunt_settings(cfg), "max_len": max(length, cfg.trigger_max_len)}
+    settings.update(overrides or {})
     res = hunt_triggers(
         tuned, base, search, heldout, harmless, progress=False, counter=counter, **settings
     )
@@ -102,7 +109,10 @@ def main() -> None:
     ap.add_argument("--real", type=Path, default=None, help="folder of real-tier organisms")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench_triggers.json")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--beam", type=int, default=None,
+                    help="refinement beam instead of the scan's (an ablation; say --out)")  # fmt: skip
     args = ap.parse_args()
+    overrides = {"beam": args.beam} if args.beam is not None else {}
     torch.set_num_threads(args.threads)
     threads, load0 = args.threads, os.getloadavg()[0]
     rows = []
@@ -112,7 +122,7 @@ def main() -> None:
     heldout = [p for p in test if p.label == "harmful"]
     harmless = [p for p in test if p.label == "harmless"][:4]
     for name in TINY:
-        rows.append(bench_one(orgs[name], search, heldout, harmless))
+        rows.append(bench_one(orgs[name], search, heldout, harmless, overrides))
         print(rows[-1]["organism"], rows[-1]["recovered"], rows[-1]["ratio_passes"])
     if args.real is not None:
         from wbsafe.datasets import load_suite
@@ -128,8 +138,8 @@ def main() -> None:
             if (d / "organism.json").is_file():
                 org = Organism.load(d)
                 if org.trigger:
-                    rows.append(bench_one(org, r_search, r_held, r_harmless))
-    out = {"rows": rows, "manifest": run_manifest()}
+                    rows.append(bench_one(org, r_search, r_held, r_harmless, overrides))
+    out = {"rows": rows, "overrides": overrides, "manifest": run_manifest()}
     write_json_atomic(args.out, out)
     lines = [
         "# Trigger hunt vs brute-force vocabulary scan",
@@ -156,6 +166,7 @@ def main() -> None:
         "held-out prompts, so the tiny rows show the cost floor of verification, not search.",
         f"Torch threads: {threads}; 1-minute load average before/after: {load0:.1f} / "
         f"{os.getloadavg()[0]:.1f}.",
+        f"Hunt settings changed from the scan's: {overrides or 'none'}.",
     ]
     lines += ["", "Passes and seconds per phase of the hunt:", ""]
     for r in rows:
