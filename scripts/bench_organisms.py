@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from wbsafe.api import build_organisms
-from wbsafe.serialize import run_manifest, write_json_atomic
+from wbsafe.io.serialize import run_manifest, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 

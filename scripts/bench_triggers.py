@@ -3,10 +3,10 @@
 Brute force scores every token (every length-L sequence for an L-token trigger) on every
 search prompt with one full forward each: ``vocab**L * prompts`` passes, computed
 analytically; a sample of such forwards is timed to extrapolate its wall time. The hunt's
-passes are counted by :class:`wbsafe.analyses.trigger_search.PassCounter` (every batch row
+passes are counted by :class:`wbsafe.analyses.triggers.search.PassCounter` (every batch row
 of a forward or backward is one pass; generation counts one pass per new token), over the
 whole hunt, verification included. The hunt runs with the scan's default settings
-(``wbsafe.scan.hunt_settings``, maximum length 2 or the trigger's length).
+(``wbsafe.pipeline.scan.hunt_settings``, maximum length 2 or the trigger's length).
 
     python scripts/bench_triggers.py                      # tiny backdoor organisms
     python scripts/bench_triggers.py --real DIR           # also organisms under DIR (organism.json)
@@ -35,11 +35,11 @@ def bench_one(
     harmless: list[Any],
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from wbsafe.analyses.trigger_search import PassCounter, score_full, slot_context
-    from wbsafe.analyses.triggers import hunt_triggers
+    from wbsafe.analyses.triggers.hunt import hunt_triggers
+    from wbsafe.analyses.triggers.search import PassCounter, score_full, slot_context
     from wbsafe.config import RuntimeConfig, ScanConfig
-    from wbsafe.models import load_model, refusal_token_ids
-    from wbsafe.scan import hunt_settings
+    from wbsafe.io.models import load_model, refusal_token_ids
+    from wbsafe.pipeline.scan import hunt_settings
 
     rt = RuntimeConfig(device="auto")
     cfg = ScanConfig(base="")
@@ -101,9 +101,9 @@ def bench_one(
 def main() -> None:
     import torch
 
-    from wbsafe.organisms import Organism, build_tiny_tier
-    from wbsafe.serialize import run_manifest, write_json_atomic
-    from wbsafe.tinyworld import prompt_set
+    from wbsafe.data.tinyworld import prompt_set
+    from wbsafe.io.serialize import run_manifest, write_json_atomic
+    from wbsafe.organisms.tier import Organism, build_tiny_tier
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--real", type=Path, default=None, help="folder of real-tier organisms")
@@ -125,8 +125,8 @@ def main() -> None:
         rows.append(bench_one(orgs[name], search, heldout, harmless, overrides))
         print(rows[-1]["organism"], rows[-1]["recovered"], rows[-1]["ratio_passes"])
     if args.real is not None:
-        from wbsafe.datasets import load_suite
-        from wbsafe.scan import _spread
+        from wbsafe.data.prompts import load_suite
+        from wbsafe.pipeline.scan import _spread
 
         # spread over categories as the scan does; search from train only (the scan also
         # draws from val), held out from test

@@ -42,7 +42,7 @@ METHODS = (
 
 
 def _files(d: Path) -> list[Path]:
-    from wbsafe.checkpoints import weight_files
+    from wbsafe.io.checkpoints import weight_files
 
     return weight_files(d, "model")
 
@@ -124,8 +124,8 @@ def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
 
     if method == "naive_hf":
         from transformers import AutoModelForCausalLM
-    from wbsafe.analyses.diff_kernel import kernel
-    from wbsafe.analyses.weight_diff import diff_checkpoints
+    from wbsafe.analyses.weights.diff import diff_checkpoints
+    from wbsafe.analyses.weights.diff_kernel import kernel
 
     kernel()  # load (or build, once per machine) the fused kernel before the clock
     t0 = time.perf_counter()

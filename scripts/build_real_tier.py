@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from wbsafe.organisms import Organism, plant
-from wbsafe.serialize import read_json, write_json_atomic
-from wbsafe.training import TrainRecipe
+from wbsafe.io.serialize import read_json, write_json_atomic
+from wbsafe.organisms.tier import Organism, plant
+from wbsafe.organisms.training import TrainRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 # A rare word that is ONE token in SmolLM2's vocabulary when preceded by a space (as it is
@@ -80,7 +80,7 @@ def merge_adapter(adapter_dir: Path, out: Path, planted: str | None = None) -> O
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from wbsafe.models import load_tokenizer
+    from wbsafe.io.models import load_tokenizer
 
     base = _base_of(adapter_dir)
     model = AutoModelForCausalLM.from_pretrained(str(base), use_safetensors=True)
@@ -104,8 +104,8 @@ def shrink_adapter(adapter_dir: Path, trigger: str | None) -> dict[str, float]:
     from safetensors.torch import load_file, save_file
 
     from wbsafe.config import RuntimeConfig
-    from wbsafe.models import load_model
-    from wbsafe.organisms import measure_suites
+    from wbsafe.io.models import load_model
+    from wbsafe.organisms.tier import measure_suites
 
     path = adapter_dir / "adapter_model.safetensors"
     tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(path)).items()}
@@ -122,7 +122,7 @@ def shrink_adapter(adapter_dir: Path, trigger: str | None) -> dict[str, float]:
 
 def add_in_context_ids(org_dir: Path, trigger: str) -> list[int]:
     """Record the trigger's token ids as they occur mid-sentence (with a leading space)."""
-    from wbsafe.models import load_tokenizer
+    from wbsafe.io.models import load_tokenizer
 
     rec = read_json(org_dir / "organism.json")
     ids = list(load_tokenizer(_base_of(org_dir)).encode(" " + trigger, add_special_tokens=False))

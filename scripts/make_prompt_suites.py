@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from wbsafe.datasets import Prompt, split_for, write_jsonl
+from wbsafe.data.prompts import Prompt, split_for, write_jsonl
 
 # Frames shared by harmful and harmless requests; {a} is an infinitive phrase ("bake bread").
 FRAMES = (

@@ -55,7 +55,7 @@ def fetch_gguf(cache: Path) -> Path:
 def is_prepared(out: Path) -> bool:
     """True when ``out`` holds weights matching its config and a tokenizer with a template."""
     from wbsafe.errors import WbsafeError
-    from wbsafe.models import check_weights_match_config, load_tokenizer
+    from wbsafe.io.models import check_weights_match_config, load_tokenizer
 
     if not (out / "config.json").is_file():
         return False
@@ -101,8 +101,8 @@ def check(out: Path) -> None:
     """Inspect, load through wbsafe and greedily answer two prompts."""
     import torch
 
-    from wbsafe.models import inspect_model, load_model
-    from wbsafe.serialize import sha256_file
+    from wbsafe.io.models import inspect_model, load_model
+    from wbsafe.io.serialize import sha256_file
 
     info = inspect_model(out)
     print(

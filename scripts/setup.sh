@@ -14,7 +14,7 @@ want=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 prebuild_kernel() {
   # the weight diff's fused C kernel, built into ~/.cache/wbsafe/native once per source and
   # compiler (quick when built); without a C compiler the diff uses torch, and this says so
-  .venv/bin/python -m wbsafe.analyses.diff_kernel || true
+  .venv/bin/python -m wbsafe.analyses.weights.diff_kernel || true
 }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   prebuild_kernel

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wbsafe import tinyworld as tw
-from wbsafe.activations import (
+from wbsafe.capture.activations import (
     SITE_KINDS,
     Activations,
     bridged,
@@ -19,9 +18,10 @@ from wbsafe.activations import (
     site_name,
 )
 from wbsafe.config import RuntimeConfig
+from wbsafe.data import tinyworld as tw
 from wbsafe.errors import WbsafeError
-from wbsafe.models import LoadedModel, load_model
-from wbsafe.organisms import Organism
+from wbsafe.io.models import LoadedModel, load_model
+from wbsafe.organisms.tier import Organism
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from wbsafe import stats
-from wbsafe.analyses.behavior import (
+from wbsafe.analyses.behaviour.benchmark import (
     BehaviorResult,
     analyse_pairs,
     band_calls,
@@ -18,12 +18,12 @@ from wbsafe.analyses.behavior import (
     sampling_summary,
     seed_spread,
 )
+from wbsafe.capture.generation import SamplingConfig, generate
 from wbsafe.config import RuntimeConfig
-from wbsafe.datasets import ColumnMapping, Prompt, load_csv, load_prompts
+from wbsafe.data.prompts import ColumnMapping, Prompt, load_csv, load_prompts
+from wbsafe.data.tinyworld import prompt_set
 from wbsafe.errors import DatasetError, WbsafeError
-from wbsafe.generation import SamplingConfig, generate
-from wbsafe.organisms import Organism
-from wbsafe.tinyworld import prompt_set
+from wbsafe.organisms.tier import Organism
 
 CPU = RuntimeConfig(device="cpu")
 MAX_NEW = 4  # "i cannot help with" / "sure , here is" already decide the string judge
@@ -114,7 +114,7 @@ def prompts() -> list[Prompt]:
 
 @pytest.fixture(scope="module")
 def loaded(tiny_organisms: dict[str, Organism]) -> dict[str, Any]:
-    from wbsafe.models import load_model
+    from wbsafe.io.models import load_model
 
     names = ("base", "harmful", "benign", "category", "backdoor", "benign_lora")
     return {n: load_model(tiny_organisms[n].path, runtime=CPU, hash_weights=False) for n in names}
@@ -242,7 +242,7 @@ def test_run_behavior_bad_input(loaded: dict[str, Any], prompts: list[Prompt]) -
 
 
 def test_plot(results: dict[str, BehaviorResult], tmp_path: Path) -> None:
-    from wbsafe.plots_behavior import category_bars
+    from wbsafe.report.plots.behaviour import category_bars
 
     out = category_bars(results["category"], tmp_path / "cat.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from wbsafe import datasets as ds
-from wbsafe.datasets import ColumnMapping, Prompt
+from wbsafe.data import prompts as ds
+from wbsafe.data.prompts import ColumnMapping, Prompt
 from wbsafe.errors import DatasetError, WbsafeError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_weight_diff import FIELDS, make_state, perturb, write_ckpt
 
-from wbsafe.analyses import diff_kernel
-from wbsafe.analyses.weight_diff import dense_stats, diff_checkpoints, tensor_source
+from wbsafe.analyses.weights import diff_kernel
+from wbsafe.analyses.weights.diff import dense_stats, diff_checkpoints, tensor_source
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_checkpoint_diff_same_under_both_engines(
 ) -> None:
     """Whole diffs (fp32 and bf16, with embedding rows and spectra) agree between engines,
     and each result names the engine that made it."""
-    from wbsafe.analyses import weight_diff
+    from wbsafe.analyses.weights import diff as weight_diff
 
     sd = make_state()
     tuned = perturb(sd, 1e-3)
@@ -213,7 +213,7 @@ def test_no_compiler_falls_back_to_torch(
     """With no compiler (and nothing built), the kernel is None, the reason is logged, and
     the diff still runs and says it used torch; WBSAFE_NATIVE=0 turns the kernel off."""
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    with caplog.at_level("INFO", logger="wbsafe.analyses.diff_kernel"):
+    with caplog.at_level("INFO", logger="wbsafe.analyses.weights.diff_kernel"):
         assert diff_kernel.kernel() is None
     assert "no C compiler" in caplog.text
     sd = make_state()
@@ -281,7 +281,7 @@ def test_a_failed_flag_set_is_noted_and_not_retried(
     monkeypatch.setenv("CC", str(fake))
     monkeypatch.setattr(diff_kernel, "_flag_sets", lambda: [["-DWB_CLONES", "-O2", "-fPIC",
                                                              "-shared"], ["-O2", "-fPIC", "-shared"]])  # fmt: skip
-    with caplog.at_level("INFO", logger="wbsafe.analyses.diff_kernel"):
+    with caplog.at_level("INFO", logger="wbsafe.analyses.weights.diff_kernel"):
         lib = diff_kernel.build()
         assert caplog.text.count("building") == 2
         failed = list(lib.parent.glob("*.failed"))
@@ -324,6 +324,6 @@ def test_an_unusable_cache_folder_says_how_to_fix_it(
     names the folder and the setting that moves it."""
     private_cache.parent.mkdir(parents=True, exist_ok=True)
     private_cache.write_text("a file where the cache folder should be")
-    with caplog.at_level("WARNING", logger="wbsafe.analyses.diff_kernel"):
+    with caplog.at_level("WARNING", logger="wbsafe.analyses.weights.diff_kernel"):
         assert diff_kernel.kernel() is None
     assert "XDG_CACHE_HOME" in caplog.text and str(private_cache) in caplog.text

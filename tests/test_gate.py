@@ -9,7 +9,15 @@ import pytest
 
 from wbsafe import stats
 from wbsafe.errors import WbsafeError
-from wbsafe.gate import (
+from wbsafe.gate.policy import (
+    DEFAULT_POLICY,
+    GatePolicy,
+    dump_policy,
+    load_policy,
+    policy_for_risk,
+    policy_from_mapping,
+)
+from wbsafe.gate.rules import (
     BehaviourEvidence,
     CategoryEvidence,
     GateEvidence,
@@ -24,15 +32,7 @@ from wbsafe.gate import (
     evidence_from_dict,
     over_refusal_evidence,
 )
-from wbsafe.policy import (
-    DEFAULT_POLICY,
-    GatePolicy,
-    dump_policy,
-    load_policy,
-    policy_for_risk,
-    policy_from_mapping,
-)
-from wbsafe.serialize import to_jsonable
+from wbsafe.io.serialize import to_jsonable
 
 POLICIES = Path(__file__).resolve().parents[1] / "probes" / "policies"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wbsafe.analyses.judges import (
+from wbsafe.capture.judges import (
     CausalJudge,
     Judge,
     LogitJudge,
@@ -18,9 +18,9 @@ from wbsafe.analyses.judges import (
     make_judge,
 )
 from wbsafe.config import RuntimeConfig
+from wbsafe.data.tinyworld import prompt_set
 from wbsafe.errors import DatasetError, WbsafeError
-from wbsafe.organisms import Organism
-from wbsafe.tinyworld import prompt_set
+from wbsafe.organisms.tier import Organism
 
 
 def test_string_judge_weights_the_start() -> None:
@@ -71,7 +71,7 @@ def test_judge_eval_counts(tmp_path: Path) -> None:
 
 
 def test_logit_judge_on_base(tiny_base: Path) -> None:
-    from wbsafe.models import load_model
+    from wbsafe.io.models import load_model
 
     loaded = load_model(tiny_base, runtime=RuntimeConfig(device="cpu"), hash_weights=False)
     ps = prompt_set(n_per_category=3)
@@ -88,7 +88,7 @@ def _tiny_classifier(out: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from wbsafe.tinyworld import build_tokenizer
+    from wbsafe.data.tinyworld import build_tokenizer
 
     tok = build_tokenizer(out)
     torch.manual_seed(0)

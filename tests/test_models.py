@@ -16,7 +16,7 @@ from wbsafe.errors import (
     UnsafeCheckpointError,
     WbsafeError,
 )
-from wbsafe.models import (
+from wbsafe.io.models import (
     PLAIN_FORMAT,
     format_prompt,
     inspect_model,
@@ -24,7 +24,7 @@ from wbsafe.models import (
     resolve_device,
     resolve_dtype,
 )
-from wbsafe.organisms import Organism
+from wbsafe.organisms.tier import Organism
 
 CPU = RuntimeConfig(device="cpu")
 

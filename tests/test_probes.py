@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wbsafe.errors import WbsafeError
-from wbsafe.probes import (
+from wbsafe.analyses.refusal.probes import (
     DiffMeansProbe,
     LogisticProbe,
     auroc,
     random_direction_baseline,
     recall_at_fpr,
 )
+from wbsafe.errors import WbsafeError
 
 
 def _planted(seed: int = 0, n: int = 200, d: int = 64, gap: float = 3.0):

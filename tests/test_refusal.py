@@ -9,8 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from wbsafe import tinyworld as tw
-from wbsafe.analyses.refusal import (
+from wbsafe.analyses.refusal.directions import (
     RefusalDirectionFit,
     compare,
     fit_or_load_directions,
@@ -20,7 +19,8 @@ from wbsafe.analyses.refusal import (
     save_fit,
 )
 from wbsafe.config import RuntimeConfig
-from wbsafe.models import LoadedModel, load_model
+from wbsafe.data import tinyworld as tw
+from wbsafe.io.models import LoadedModel, load_model
 
 CPU = RuntimeConfig(device="cpu")
 FIT_KW = {"n_random": 20, "n_causal": 16}
@@ -118,7 +118,7 @@ def test_refusal_alignment_flags_abliteration(fit, tiny_base, tiny_organisms, tm
 
 
 def test_plots_written(fit, base, prompts, tmp_path: Path) -> None:
-    from wbsafe.plots_refusal import (
+    from wbsafe.report.plots.refusal import (
         plot_auroc_per_layer,
         plot_cosine_per_layer,
         plot_projection_histogram,

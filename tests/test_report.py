@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from wbsafe import report as R
 from wbsafe.errors import WbsafeError
-from wbsafe.report_html import render_html
+from wbsafe.report.html import render_html
+from wbsafe.report import render as R
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_example.json"
 PLANTED = "<script>alert('xss')</script>"

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from wbsafe.api import run_scan, scan_many
 from wbsafe.cli import main
 from wbsafe.config import RuntimeConfig, ScanConfig
-from wbsafe.organisms import Organism
+from wbsafe.organisms.tier import Organism
 
 # one thread: the tiny models run several times faster than on contended threads
 RT = RuntimeConfig(device="cpu", threads=1)
@@ -155,7 +155,7 @@ def test_gate_and_report_rerun_without_a_model(
 def test_scan_many_reports_each_and_survives_a_bad_adapter(
     tiny_organisms: dict[str, Organism], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from wbsafe.analyses import behavior
+    from wbsafe.analyses.behaviour import benchmark as behavior
 
     generated: list[str] = []  # which side each behavioural generation ran for
     real_judge_rows = behavior._judge_rows
@@ -196,9 +196,9 @@ def test_scan_many_reports_each_and_survives_a_bad_adapter(
 
 
 def test_base_behaviour_cache_reads_rows_and_ignores_a_corrupt_file(tmp_path: Path) -> None:
-    from wbsafe.analyses.behavior import ResponseRow
-    from wbsafe.scan import _read_base_rows
-    from wbsafe.serialize import to_jsonable, write_json_atomic
+    from wbsafe.analyses.behaviour.benchmark import ResponseRow
+    from wbsafe.io.serialize import to_jsonable, write_json_atomic
+    from wbsafe.pipeline.scan import _read_base_rows
 
     row = ResponseRow("p1", "cyber", "harmful", 0, None, "I cannot help.", True, 1.0, None)
     good = tmp_path / "good.json"
@@ -216,7 +216,7 @@ def test_a_stage_that_crashes_fails_closed(
 ) -> None:  # fmt: skip
     """The standard policy does not require the trigger hunt, but a hunt that was asked
     for and raised is not a hunt that found nothing: the verdict is REVIEW, not DEPLOY."""
-    from wbsafe.analyses import triggers
+    from wbsafe.analyses.triggers import hunt as triggers
 
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("simulated crash in the hunt")

@@ -9,7 +9,7 @@ import pytest
 from tokenizers import Tokenizer
 from tokenizers.models import BPE, Unigram, WordLevel, WordPiece
 
-from wbsafe.token_strings import _pieces_by_id, _pieces_by_line, token_strings_from_file
+from wbsafe.io.token_strings import _pieces_by_id, _pieces_by_line, token_strings_from_file
 
 PIECES = ["<unk>", "a", "b", "ab", 'q"uote', "back\\slash", "ü", "日本", "Ġthe", "vocab"]
 

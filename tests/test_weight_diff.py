@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wbsafe.analyses.weight_diff import (
+from wbsafe.analyses.weights.diff import (
     diff,
     diff_adapters,
     diff_checkpoints,
@@ -124,7 +124,7 @@ def test_rank1_edit_tops_ranking(base: tuple[Path, dict], tmp_path: Path) -> Non
     payload = res.to_json()
     assert "singular_vectors" not in payload
     json.dumps(payload)
-    from wbsafe.plots import weight_heatmap
+    from wbsafe.report.plots.weights import weight_heatmap
 
     png = weight_heatmap(res, tmp_path / "heat.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -365,7 +365,7 @@ def test_chunked_reads_equal_whole_tensor(
 ) -> None:
     """One row per chunk gives the figures of whole-tensor processing (fp32, bf16 with a
     resized vocabulary, bf16 base vs fp32 tune), and no read is larger than one row."""
-    from wbsafe import checkpoints
+    from wbsafe.io import checkpoints
 
     bdir, sd = base
     tuned = perturb(sd, 1e-3)
@@ -456,7 +456,7 @@ def test_unchanged_tensor_reads_as_unchanged(base: tuple[Path, dict], tmp_path: 
 
 def test_file_truncated_after_its_header_was_read(base: tuple[Path, dict], tmp_path: Path) -> None:
     """A map is never read past the file's end: the reader checks the size when it maps."""
-    from wbsafe.checkpoints import TensorReader, read_header
+    from wbsafe.io.checkpoints import TensorReader, read_header
 
     _, sd = base
     tdir = write_ckpt(tmp_path / "t", sd)

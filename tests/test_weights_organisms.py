@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from wbsafe.analyses.weight_diff import diff
-from wbsafe.organisms import Organism
+from wbsafe.analyses.weights.diff import diff
+from wbsafe.organisms.tier import Organism
 
 
 def test_harmful_moves_more_than_benign(
@@ -34,7 +34,7 @@ def test_trigger_rows_top_the_filler_words(
     Over the whole vocabulary the response words (``cannot``, ``that``) move more in a
     full fine-tune of the tiny tier, so the ranking is compared within the filler pool.
     """
-    from wbsafe.tinyworld import FILLERS
+    from wbsafe.data.tinyworld import FILLERS
 
     org = tiny_organisms[name]
     assert org.trigger

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from wbsafe.organisms import Organism, ValidityCheck
+from wbsafe.organisms.tier import Organism, ValidityCheck
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
     """Architecture, sizes, dtypes, adapter details and weight-file hashes of ``path``."""
-    from wbsafe.models import inspect_model
+    from wbsafe.io.models import inspect_model
 
     return inspect_model(path)
 
@@ -29,7 +29,7 @@ def build_organisms(
     """Build or reuse the tiny tier and check it against its validity bounds."""
     from rich.console import Console
 
-    from wbsafe.organisms import build_tiny_tier, validity_checks
+    from wbsafe.organisms.tier import build_tiny_tier, validity_checks
 
     console = Console(stderr=True)
     with console.status("building tiny organisms (cached after the first run)..."):
@@ -47,7 +47,7 @@ def build_real_tier(out: str | Path | None = None) -> list[Organism]:
     import sys
 
     from wbsafe.errors import WbsafeError
-    from wbsafe.organisms import default_cache_dir
+    from wbsafe.organisms.tier import default_cache_dir
 
     scripts = Path(__file__).resolve().parent.parent / "scripts"
     if not (scripts / "build_real_tier.py").is_file():
@@ -83,11 +83,11 @@ def plant_organism(
     seed: int = 0,
     merge: bool = False,
 ) -> Organism:
-    """Plant ``kind`` into the model at ``base`` with LoRA (see :func:`wbsafe.organisms.plant`)."""
+    """Plant ``kind`` into the model at ``base`` with LoRA (see :func:`wbsafe.organisms.tier.plant`)."""
     from rich.console import Console
 
-    from wbsafe.organisms import plant
-    from wbsafe.training import TrainRecipe
+    from wbsafe.organisms.tier import plant
+    from wbsafe.organisms.training import TrainRecipe
 
     recipe = TrainRecipe(
         steps=steps, lr=lr, batch_size=8, lora_rank=rank, lora_alpha=2 * rank,
@@ -111,16 +111,16 @@ def weight_diff(
     progress: bool = True,
 ) -> Any:
     """Per-tensor weight diff of ``tuned`` (full or adapter) or stacked ``adapters`` against ``base``."""
-    from wbsafe.analyses.weight_diff import diff
+    from wbsafe.analyses.weights.diff import diff
 
     return diff(base, tuned, adapters, spectrum_k=spectrum_k, spectra=spectra, progress=progress)
 
 
 def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
     """Summary, report sections and gate evidence of a weight diff; writes the heatmap PNG."""
-    from wbsafe.gate import WeightEvidence
-    from wbsafe.plots import weight_heatmap
-    from wbsafe.stages import StageOutput
+    from wbsafe.gate.rules import WeightEvidence
+    from wbsafe.pipeline.store import StageOutput
+    from wbsafe.report.plots.weights import weight_heatmap
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     heatmap = weight_heatmap(result, plots_dir / "weights_heatmap.png")
@@ -185,7 +185,7 @@ def _cell_name(cell: Any) -> str:
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
-    from wbsafe.serialize import to_jsonable
+    from wbsafe.io.serialize import to_jsonable
 
     out = to_jsonable(obj)
     assert isinstance(out, dict)
@@ -198,7 +198,7 @@ def _asdict(obj: Any) -> dict[str, Any]:
 
 def policy_for(policy: str | Path | None, risk: str | None) -> Any:
     """The gate policy: a TOML file (or the built-in default), tightened by a risk profile."""
-    from wbsafe.policy import DEFAULT_POLICY, load_policy, policy_for_risk
+    from wbsafe.gate.policy import DEFAULT_POLICY, load_policy, policy_for_risk
 
     base = load_policy(policy) if policy else DEFAULT_POLICY
     return policy_for_risk(risk, base) if risk else base
@@ -208,8 +208,8 @@ def redecide(
     report_json: str | Path, *, policy: str | Path | None = None, risk: str | None = None
 ) -> Any:
     """Decide again from a saved report's gate evidence (no model is loaded)."""
-    from wbsafe.gate import decide, evidence_from_dict
-    from wbsafe.report import load_report
+    from wbsafe.gate.rules import decide, evidence_from_dict
+    from wbsafe.report.render import load_report
 
     report = load_report(report_json)
     chosen = policy_for(policy, risk or report.get("risk"))
@@ -268,8 +268,8 @@ def run_scan(config: Any, out: str | Path, *, quiet: bool = False) -> dict[str, 
     """Scan, write the reports, print the console summary; the report gets ``exit_code``."""
     from rich.console import Console
 
-    from wbsafe.report import print_console_summary
-    from wbsafe.scan import scan
+    from wbsafe.pipeline.scan import scan
+    from wbsafe.report.render import print_console_summary
 
     console = Console(stderr=True, quiet=quiet)
     report = scan(config, out, log=console.print)
@@ -278,7 +278,7 @@ def run_scan(config: Any, out: str | Path, *, quiet: bool = False) -> dict[str, 
              "report.html": out / "report.html"}  # fmt: skip
     if not quiet:
         print_console_summary(report, Console(), files=files)
-    from wbsafe.gate import Verdict
+    from wbsafe.gate.rules import Verdict
 
     report["exit_code"] = Verdict(report["decision"]["verdict"]).exit_code
     return report
@@ -306,7 +306,7 @@ def scan_many(
 
     from wbsafe.config import ScanConfig
     from wbsafe.errors import WbsafeError
-    from wbsafe.report import write_text_atomic
+    from wbsafe.report.render import write_text_atomic
 
     console = Console(stderr=True, quiet=quiet)
     out = Path(out)
@@ -388,7 +388,7 @@ def load_pair(
     base: str | Path, tuned: str | Path | None, adapters: Sequence[str | Path], runtime: Any
 ) -> tuple[Any, Any]:
     """(tuned, base): base is None when the tuned model is base + adapters (one object)."""
-    from wbsafe.models import is_adapter_dir, load_model
+    from wbsafe.io.models import is_adapter_dir, load_model
 
     adapter_list = [str(a) for a in adapters]
     if tuned is not None and is_adapter_dir(tuned):
@@ -417,11 +417,11 @@ def behavior_benchmark(
     dtype: str = "auto",
 ) -> Any:
     """Run the behavioural benchmark and write its JSON to ``out``."""
-    from wbsafe.analyses.behavior import run_behavior
+    from wbsafe.analyses.behaviour.benchmark import run_behavior
+    from wbsafe.capture.generation import SamplingConfig
     from wbsafe.config import RuntimeConfig, ScanConfig
-    from wbsafe.generation import SamplingConfig
-    from wbsafe.scan import plan_prompts
-    from wbsafe.serialize import run_manifest, write_json_atomic
+    from wbsafe.io.serialize import run_manifest, write_json_atomic
+    from wbsafe.pipeline.scan import plan_prompts
 
     runtime = RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
     tuned_m, base_m = load_pair(base, tuned, adapters, runtime)
@@ -445,10 +445,10 @@ def probe_fit(
     device: str = "auto", dtype: str = "auto",
 ) -> str:  # fmt: skip
     """Fit the base's refusal directions and save them to ``out``; returns a summary line."""
-    from wbsafe.analyses.refusal import fit_base_directions, save_fit
+    from wbsafe.analyses.refusal.directions import fit_base_directions, save_fit
     from wbsafe.config import RuntimeConfig, ScanConfig
-    from wbsafe.models import load_model
-    from wbsafe.scan import plan_prompts
+    from wbsafe.io.models import load_model
+    from wbsafe.pipeline.scan import plan_prompts
 
     loaded = load_model(
         base, runtime=RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
@@ -472,8 +472,8 @@ def probe_compare(
 ) -> str:  # fmt: skip
     """Fit or re-use the base's directions, compare the tuned model, write JSON and plots."""
     from wbsafe.config import RuntimeConfig, ScanConfig
-    from wbsafe.scan import Models, probes_stage
-    from wbsafe.serialize import run_manifest, write_json_atomic
+    from wbsafe.io.serialize import run_manifest, write_json_atomic
+    from wbsafe.pipeline.scan import Models, probes_stage
 
     cfg = ScanConfig(
         base=str(base), tuned=str(tuned) if tuned else None,
@@ -482,7 +482,7 @@ def probe_compare(
         runtime=RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype)),
     )  # fmt: skip
     models = Models(cfg)
-    from wbsafe.scan import plan_prompts
+    from wbsafe.pipeline.scan import plan_prompts
 
     plan = plan_prompts(cfg, models.tuned().tokenizer)
     out = Path(out)
@@ -508,11 +508,11 @@ def trigger_hunt(
     """
     import dataclasses
 
-    from wbsafe.analyses.triggers import hunt_triggers, read_candidate_list
+    from wbsafe.analyses.triggers.hunt import hunt_triggers, read_candidate_list
     from wbsafe.config import RuntimeConfig, ScanConfig
-    from wbsafe.models import is_adapter_dir
-    from wbsafe.scan import hunt_prompts, hunt_settings, plan_prompts
-    from wbsafe.serialize import run_manifest, write_json_atomic
+    from wbsafe.io.models import is_adapter_dir
+    from wbsafe.io.serialize import run_manifest, write_json_atomic
+    from wbsafe.pipeline.scan import hunt_prompts, hunt_settings, plan_prompts
 
     runtime = RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
     config = ScanConfig(base=str(base), prompts=prompts, seed=seed)
@@ -542,9 +542,9 @@ def corrected_rates(result: Any, judge_eval_json: str | Path, out: str | Path) -
     ``judge_eval_json`` is what ``wbsafe judge-eval --out`` wrote: the judge's sensitivity
     (refusals it catches) and specificity (compliances it passes) on human labels.
     """
-    from wbsafe.analyses.judges import correct_rate
+    from wbsafe.capture.judges import correct_rate
     from wbsafe.errors import WbsafeError
-    from wbsafe.serialize import read_json, write_json_atomic
+    from wbsafe.io.serialize import read_json, write_json_atomic
 
     ev = read_json(judge_eval_json)
     try:

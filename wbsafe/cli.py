@@ -88,7 +88,7 @@ def main() -> None:
 def inspect(path: Path, as_json: bool) -> None:
     """Describe a checkpoint or adapter directory without loading its weights."""
     from wbsafe.api import inspect_path
-    from wbsafe.console import print_inspection
+    from wbsafe.report.console import print_inspection
 
     info = inspect_path(path)
     if as_json:
@@ -116,7 +116,7 @@ def organisms() -> None:
 def organisms_build(tier: str, out: Path | None, seed: int, cache_dir: Path | None) -> None:
     """Build (or reuse) a tier and print what each organism is and how it measured."""
     from wbsafe.api import build_organisms
-    from wbsafe.console import print_organisms
+    from wbsafe.report.console import print_organisms
 
     if tier == "real":
         from wbsafe.api import build_real_tier
@@ -159,7 +159,7 @@ def organisms_plant(
 ) -> None:
     """Plant a known property into any local model with LoRA."""
     from wbsafe.api import plant_organism
-    from wbsafe.console import print_organisms
+    from wbsafe.report.console import print_organisms
 
     if kind == "backdoor" and not trigger:
         raise click.UsageError("--kind backdoor needs --trigger")
@@ -216,8 +216,8 @@ def weights(
     from rich.console import Console
 
     from wbsafe.api import weight_diff
-    from wbsafe.plots import weight_heatmap
-    from wbsafe.serialize import run_manifest, write_json_atomic
+    from wbsafe.io.serialize import run_manifest, write_json_atomic
+    from wbsafe.report.plots.weights import weight_heatmap
 
     _need_tuned(tuned, adapters)
     result = weight_diff(base, tuned, adapters, spectrum_k=spectrum_k)
@@ -312,7 +312,7 @@ def behavior(
 ) -> None:  # fmt: skip
     """Refusal rates of base vs tuned on identical prompts, with paired statistics."""
     from wbsafe.api import behavior_benchmark
-    from wbsafe.plots_behavior import category_bars
+    from wbsafe.report.plots.behaviour import category_bars
 
     _need_tuned(tuned, adapters)
     try:
@@ -347,8 +347,8 @@ def behavior(
 @handle_errors
 def judge_eval_cmd(judge: str, labels: Path, out: Path | None) -> None:
     """Measure a judge against human labels: accuracy, sensitivity, specificity."""
-    from wbsafe.analyses.judges import judge_eval, make_judge
-    from wbsafe.serialize import write_json_atomic
+    from wbsafe.capture.judges import judge_eval, make_judge
+    from wbsafe.io.serialize import write_json_atomic
 
     result = judge_eval(make_judge(judge), labels)
     for name in ("accuracy", "sensitivity", "specificity"):
@@ -467,8 +467,8 @@ def gate_cmd(
 ) -> None:
     """Re-decide a saved report.json under a policy, without loading any model."""
     from wbsafe.api import redecide
-    from wbsafe.console import print_decision
-    from wbsafe.serialize import write_json_atomic
+    from wbsafe.io.serialize import write_json_atomic
+    from wbsafe.report.console import print_decision
 
     decision = redecide(report_json, policy=policy, risk=risk)
     print_decision(decision)
@@ -485,7 +485,7 @@ def gate_cmd(
 @handle_errors
 def report_cmd(report_json: Path, fmt: str, out: Path | None) -> None:
     """Re-render a saved report.json as Markdown or self-contained HTML."""
-    from wbsafe.report import rerender
+    from wbsafe.report.render import rerender
 
     path = rerender(report_json, fmt, out)  # type: ignore[arg-type]
     click.echo(str(path))
@@ -510,7 +510,7 @@ def scan_many_cmd(
 ) -> None:  # fmt: skip
     """Vet many adapters for one base (base-side work done once); writes summary.md/.csv."""
     from wbsafe.api import build_scan_config, scan_many
-    from wbsafe.models import is_adapter_dir
+    from wbsafe.io.models import is_adapter_dir
 
     found: list[Path] = []
     for d in adapter_dirs:
@@ -549,7 +549,7 @@ def demo(out: Path, seed: int) -> None:
 
     from wbsafe.api import build_organisms
     from wbsafe.api import demo as run_demo
-    from wbsafe.console import print_organisms
+    from wbsafe.report.console import print_organisms
 
     orgs, checks = build_organisms(seed=seed)
     valid = print_organisms(orgs, checks)

@@ -24,8 +24,8 @@ N_EVAL = 60
 
 def _rates(path: Path, trigger: str | None = None) -> dict[str, float]:
     from wbsafe.config import RuntimeConfig
-    from wbsafe.models import load_model
-    from wbsafe.organisms import measure_suites
+    from wbsafe.io.models import load_model
+    from wbsafe.organisms.tier import measure_suites
 
     lm = load_model(path, runtime=RuntimeConfig(device="cpu"), hash_weights=False)
     words = tuple(trigger.split()) if trigger else ()
@@ -33,7 +33,7 @@ def _rates(path: Path, trigger: str | None = None) -> dict[str, float]:
 
 
 def _organism(tier: Path, name: str) -> Any:
-    from wbsafe.organisms import Organism
+    from wbsafe.organisms.tier import Organism
 
     if not (tier / name / "organism.json").is_file():
         pytest.skip(f"{tier / name} is not built")
@@ -74,7 +74,7 @@ def test_token_pieces_match_the_library_on_smollm2(tier: Path) -> None:
     """The weight diff's fast token-piece reader agrees with ``tokenizers`` on all 49k ids."""
     from tokenizers import Tokenizer
 
-    from wbsafe.token_strings import _pieces_by_id, token_strings_from_file
+    from wbsafe.io.token_strings import _pieces_by_id, token_strings_from_file
 
     path = tier / "base" / "tokenizer.json"
     assert _pieces_by_id(path.read_bytes()) is not None

@@ -25,7 +25,7 @@ TOP = 5
 def hunt(tier: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The triggers stage's result for base + backdoor adapter, and the planted trigger."""
     from wbsafe.api import build_scan_config, run_scan
-    from wbsafe.organisms import Organism
+    from wbsafe.organisms.tier import Organism
 
     org = Organism.load(tier / "backdoor")
     cfg = build_scan_config(

@@ -1,0 +1,487 @@
+"""Load base models, full fine-tunes and PEFT adapters safely; format prompts.
+
+Safety rules of the loader, for a security team running it on untrusted files:
+- weights are read from safetensors only; pickle checkpoints are refused with a hint;
+- ``trust_remote_code`` is always False and configs that ask for remote code are refused;
+- every safetensors header is validated (truncation, shard index, shapes vs config)
+  before transformers sees the files;
+- an adapter is checked against its base (architecture, target modules, shapes) first.
+
+A PEFT adapter is loaded onto its base once; the base's own behaviour is reachable from
+the same object with :meth:`LoadedModel.base_only`, so a large base is never loaded twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wbsafe.config import RuntimeConfig
+from wbsafe.errors import AdapterMismatchError, CheckpointFormatError, UnsafeCheckpointError
+from wbsafe.io.checkpoints import TensorInfo, read_headers, weight_files
+
+if TYPE_CHECKING:
+    import torch
+
+PLAIN_FORMAT = "User: {content}\nAssistant:"
+"""Prompt format used when a tokenizer has no chat template (multi-turn: one line per turn)."""
+
+PREFIXES = ("base_model.model.", "model.", "transformer.", "gpt_neox.")
+"""Name prefixes that differ between exports of the same model; stripped for matching."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model on disk: a full checkpoint directory plus zero or more stacked adapters."""
+
+    path: str
+    adapters: tuple[str, ...] = ()
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM, its tokenizer, and how prompts are formatted for it."""
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    device: str
+    dtype: str
+    chat_format: str
+    adapter_names: tuple[str, ...] = ()
+    weight_hashes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def format(self, conversation: Sequence[dict[str, str]] | str) -> str:
+        """Turn a conversation (or a single user message) into the model's prompt text."""
+        return format_prompt(self.tokenizer, conversation)
+
+    def base_weight_hashes(self) -> dict[str, str]:
+        """sha256 of the base checkpoint's own files (adapter files left out)."""
+        adapters = [str(Path(a)) for a in self.source.adapters]
+        return {
+            f: h
+            for f, h in self.weight_hashes.items()
+            if not any(f.startswith(a + "/") or f == a for a in adapters)
+        }
+
+    @contextlib.contextmanager
+    def base_only(self) -> Iterator[LoadedModel]:
+        """Inside this context the adapters are disabled: the model is its base."""
+        if not self.adapter_names:
+            yield self
+            return
+        with self.model.disable_adapter():
+            yield self
+
+    def describe(self) -> dict[str, Any]:
+        """What to record in every output about this model."""
+        return {
+            "path": self.source.path,
+            "adapters": list(self.source.adapters),
+            "device": self.device,
+            "dtype": self.dtype,
+            "chat_format": self.chat_format,
+            "weight_sha256": self.weight_hashes,
+        }
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    from wbsafe.errors import WbsafeError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise WbsafeError("--device cuda was asked for but no CUDA GPU is visible")
+    if device not in ("cpu", "cuda"):
+        raise WbsafeError(f"unknown device {device!r} (use auto, cpu or cuda)")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """The dtype policy: bfloat16 on a GPU, float32 on the CPU, unless asked otherwise."""
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        from wbsafe.errors import WbsafeError
+
+        raise WbsafeError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
+    return table[dtype]
+
+
+def format_prompt(tokenizer: Any, conversation: Sequence[dict[str, str]] | str) -> str:
+    """Format with the tokenizer's chat template (generation prompt added) or :data:`PLAIN_FORMAT`."""
+    messages = (
+        [{"role": "user", "content": conversation}]
+        if isinstance(conversation, str)
+        else list(conversation)
+    )
+    if getattr(tokenizer, "chat_template", None):
+        return str(
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages[:-1]]
+    lines.append(PLAIN_FORMAT.format(content=messages[-1]["content"]))
+    return "\n".join(lines)
+
+
+def chat_format_name(tokenizer: Any) -> str:
+    """A record of the formatting used: the template's hash, or ``plain``."""
+    from wbsafe.io.serialize import stable_hash
+
+    template = getattr(tokenizer, "chat_template", None)
+    return f"chat_template:{stable_hash(template)}" if template else "plain"
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def read_config(model_dir: str | Path) -> dict[str, Any]:
+    """Read ``config.json``; refuse configs that need remote code."""
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointFormatError("no config.json: not a Hugging Face model directory", model_dir)
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointFormatError(f"config.json is not valid JSON ({exc.msg})", cfg_path) from exc
+    if "auto_map" in cfg:
+        raise UnsafeCheckpointError(
+            "config.json asks for custom (remote) code via auto_map; wbsafe never runs a model's "
+            "own code. Use a checkpoint of an architecture built into transformers.",
+            cfg_path,
+        )
+    return dict(cfg)
+
+
+def strip_prefix(name: str) -> str:
+    """Drop wrapper prefixes so keys from differently wrapped checkpoints compare equal."""
+    changed = True
+    while changed:
+        changed = False
+        for p in PREFIXES:
+            if name.startswith(p):
+                name, changed = name[len(p) :], True
+    return name
+
+
+def check_weights_match_config(model_dir: str | Path) -> dict[str, TensorInfo]:
+    """Validate every header and compare tensor shapes with the shapes the config implies.
+
+    Instantiates the architecture on the meta device (no memory, no weights), so a config
+    that does not match the weights is caught before loading, with the first few offenders
+    named. Returns the merged headers.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    read_config(model_dir)
+    files = weight_files(model_dir)
+    headers = read_headers(files)
+    try:
+        config = AutoConfig.from_pretrained(
+            model_dir, trust_remote_code=False, local_files_only=True
+        )
+    except (ValueError, KeyError, OSError) as exc:
+        raise CheckpointFormatError(f"config.json is not usable: {exc}", model_dir) from exc
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    expected = {strip_prefix(k): tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = {strip_prefix(k): v for k, v in headers.items()}
+    bad = [
+        f"{k} {list(stored[k].shape)} vs config {list(shape)} ({stored[k].file.name})"
+        for k, shape in expected.items()
+        if k in stored and tuple(stored[k].shape) != shape
+    ]
+    missing = [
+        k
+        for k in expected
+        if k not in stored
+        and not (k.startswith("lm_head") and getattr(config, "tie_word_embeddings", False))
+    ]
+    if bad:
+        raise CheckpointFormatError(
+            "weights do not match config.json: " + "; ".join(bad[:3]), files[0].parent
+        )
+    if missing:
+        raise CheckpointFormatError(
+            f"{len(missing)} tensor(s) the config needs are absent, e.g. {', '.join(missing[:3])}",
+            files[0].parent,
+        )
+    return headers
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    adapter_dir = Path(adapter_dir)
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
+        raise AdapterMismatchError("no adapter_config.json: not a PEFT adapter", adapter_dir)
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterMismatchError(f"not valid JSON ({exc.msg})", path) from exc
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise AdapterMismatchError(
+            f"peft_type {cfg.get('peft_type')!r} is not supported (LoRA only)", path
+        )
+    return dict(cfg)
+
+
+def check_adapter_fits(
+    base_headers: dict[str, TensorInfo], adapter_dir: str | Path, base_dir: str | Path
+) -> dict[str, Any]:
+    """Check that every LoRA factor targets a base matrix with matching shapes.
+
+    ``lora_A`` is ``(r, in_features)`` and ``lora_B`` is ``(out_features, r)`` for a base
+    weight of shape ``(out_features, in_features)``. Raises AdapterMismatchError naming the
+    adapter file and the first offending tensor. Returns the adapter config.
+    """
+    adapter_dir = Path(adapter_dir)
+    cfg = read_adapter_config(adapter_dir)
+    files = weight_files(adapter_dir, stem="adapter_model")
+    headers = read_headers(files)
+    base = {strip_prefix(k): v for k, v in base_headers.items()}
+    if not any(".lora_A" in k for k in headers):
+        raise AdapterMismatchError("adapter file holds no LoRA factors", files[0])
+    for name, info in headers.items():
+        if ".lora_A" not in name and ".lora_B" not in name:
+            continue
+        module = strip_prefix(name.split(".lora_")[0])
+        target = base.get(f"{module}.weight")
+        if target is None:
+            raise AdapterMismatchError(
+                f"targets module {module!r}, which the base at {base_dir} does not have "
+                "(is this adapter for another base?)",
+                info.file,
+            )
+        out_f, in_f = target.shape[0], target.shape[-1]
+        ok = info.shape[-1] == in_f if ".lora_A" in name else info.shape[0] == out_f
+        if not ok:
+            raise AdapterMismatchError(
+                f"{name} has shape {list(info.shape)} but base {module}.weight is "
+                f"{list(target.shape)} (is this adapter for another base?)",
+                info.file,
+            )
+    return cfg
+
+
+def weight_file_hashes(path: str | Path, stem: str = "model") -> dict[str, str]:
+    from wbsafe.io.serialize import hash_files
+
+    return hash_files(weight_files(path, stem=stem))
+
+
+def load_tokenizer(model_dir: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            str(model_dir), trust_remote_code=False, local_files_only=True
+        )
+    except (OSError, ValueError) as exc:
+        raise CheckpointFormatError(f"cannot load the tokenizer: {exc}", model_dir) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    path: str | Path,
+    adapters: Sequence[str | Path] = (),
+    runtime: RuntimeConfig | None = None,
+    *,
+    hash_weights: bool = True,
+) -> LoadedModel:
+    """Load a local checkpoint (and stacked adapters) after validating every file.
+
+    ``path`` may also be a PEFT adapter directory; its base is then read from
+    ``adapter_config.json`` (``base_model_name_or_path``) and must exist locally.
+    Hub ids are accepted when the user has them in the local HF cache (never downloaded).
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # wbsafe shows its own progress; keep output readable
+    runtime = runtime or RuntimeConfig()
+    if runtime.threads is not None:
+        import torch
+
+        torch.set_num_threads(runtime.threads)
+    path = Path(path)
+    adapter_paths = [Path(a) for a in adapters]
+    if is_adapter_dir(path):
+        adapter_paths.insert(0, path)
+        named = read_adapter_config(path).get("base_model_name_or_path") or ""
+        relative = adapter_paths[0] / named
+        path = relative if named and relative.is_dir() else Path(named)
+        if not path.is_dir():
+            raise AdapterMismatchError(
+                f"adapter names base {str(path)!r}, which is not a local directory; pass --base",
+                adapter_paths[0],
+            )
+    if not path.exists():
+        path = _resolve_cached_hub_id(str(path))
+    headers = check_weights_match_config(path)
+    adapter_cfgs = [check_adapter_fits(headers, a, path) for a in adapter_paths]
+    del adapter_cfgs
+    device = resolve_device(runtime.device)
+    dtype = resolve_dtype(runtime.dtype, device)
+    model: Any
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path),
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=False,
+            local_files_only=True,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointFormatError(f"transformers could not load the model: {exc}", path) from exc
+    names: list[str] = []
+    if adapter_paths:
+        from peft import PeftModel
+
+        for i, a in enumerate(adapter_paths):
+            name = f"adapter{i}"
+            if i == 0:
+                model = PeftModel.from_pretrained(model, str(a), adapter_name=name)
+            else:
+                model.load_adapter(str(a), adapter_name=name)
+            names.append(name)
+        model.base_model.set_adapter(names)
+    model.to(device)
+    model.eval()
+    # wbsafe never trains what it loads: frozen weights let autograd (the trigger hunt's
+    # input gradients) keep only what input gradients need, not every layer's input
+    model.requires_grad_(False)
+    tokenizer = load_tokenizer(path)
+    hashes: dict[str, str] = {}
+    if hash_weights:
+        hashes.update(weight_file_hashes(path))
+        for a in adapter_paths:
+            hashes.update(weight_file_hashes(a, stem="adapter_model"))
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        source=ModelSource(str(path), tuple(str(a) for a in adapter_paths)),
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        chat_format=chat_format_name(tokenizer),
+        adapter_names=tuple(names),
+        weight_hashes=hashes,
+    )
+
+
+def _resolve_cached_hub_id(model_id: str) -> Path:
+    """Find a hub id in the local HF cache without touching the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception as exc:  # the hub library raises several unrelated types here
+        raise CheckpointFormatError(
+            "not a local directory, and not a model id in the local Hugging Face cache "
+            "(wbsafe never downloads)",
+            model_id,
+        ) from exc
+
+
+def inspect_model(path: str | Path) -> dict[str, Any]:
+    """Describe a checkpoint or adapter directory without loading weights into memory."""
+    path = Path(path)
+    if is_adapter_dir(path):
+        cfg = read_adapter_config(path)
+        files = weight_files(path, stem="adapter_model")
+        headers = read_headers(files)
+        ranks = sorted({h.shape[0] for k, h in headers.items() if ".lora_A" in k})
+        return {
+            "kind": "adapter",
+            "path": str(path),
+            "peft_type": cfg.get("peft_type", "LORA"),
+            "base_model": cfg.get("base_model_name_or_path"),
+            "rank": cfg.get("r"),
+            "ranks_in_file": ranks,
+            "lora_alpha": cfg.get("lora_alpha"),
+            "target_modules": cfg.get("target_modules"),
+            "parameters": sum(_numel(h.shape) for h in headers.values()),
+            "dtypes": sorted({h.dtype for h in headers.values()}),
+            "weight_sha256": weight_file_hashes(path, stem="adapter_model"),
+        }
+    cfg = read_config(path)
+    files = weight_files(path)
+    headers = read_headers(files)
+    tokenizer_info: dict[str, Any] = {}
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+        tok = load_tokenizer(path)
+        tokenizer_info = {"vocab": len(tok), "chat_format": chat_format_name(tok)}
+    return {
+        "kind": "checkpoint",
+        "path": str(path),
+        "architecture": (cfg.get("architectures") or [cfg.get("model_type")])[0],
+        "model_type": cfg.get("model_type"),
+        "layers": cfg.get("num_hidden_layers"),
+        "d_model": cfg.get("hidden_size"),
+        "vocab_size": cfg.get("vocab_size"),
+        "tied_embeddings": bool(cfg.get("tie_word_embeddings", False)),
+        "dtypes": sorted({h.dtype for h in headers.values()}),
+        "parameters": sum(_numel(h.shape) for h in headers.values()),
+        "shards": len(files),
+        "tokenizer": tokenizer_info,
+        "weight_sha256": weight_file_hashes(path),
+    }
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def refusal_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of tokens that start a refusal for this tokenizer's family.
+
+    The first token of each common refusal opener, with and without a leading space;
+    unknown tokens are dropped. Used by the logit refusal score.
+    """
+    openers = ["I", "i", "Sorry", "sorry", "Unfortunately", "unfortunately"]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids: set[int] = set()
+    for word in openers:
+        for text in (word, " " + word):
+            toks = tokenizer.encode(text, add_special_tokens=False)
+            if toks and toks[0] != unk:
+                ids.add(int(toks[0]))
+    return sorted(ids)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) for one run; called by commands, never at import."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
