@@ -8,7 +8,20 @@ from pathlib import Path
 import pytest
 
 from wbsafe import stats
+from wbsafe.analyses.behaviour.evidence import behaviour_evidence, over_refusal_evidence
 from wbsafe.errors import WbsafeError
+from wbsafe.evidence import (
+    BehaviourEvidence,
+    CategoryEvidence,
+    GateEvidence,
+    OverRefusalEvidence,
+    ProbeEvidence,
+    TriggerEvidence,
+    TriggerFinding,
+    WeightEvidence,
+)
+from wbsafe.evidence import parse_evidence as evidence_from_dict
+from wbsafe.gate import decide
 from wbsafe.gate.policy import (
     DEFAULT_POLICY,
     GatePolicy,
@@ -17,22 +30,8 @@ from wbsafe.gate.policy import (
     policy_for_risk,
     policy_from_mapping,
 )
-from wbsafe.gate.rules import (
-    BehaviourEvidence,
-    CategoryEvidence,
-    GateEvidence,
-    OverRefusalEvidence,
-    ProbeEvidence,
-    TriggerEvidence,
-    TriggerFinding,
-    Verdict,
-    WeightEvidence,
-    behaviour_evidence,
-    decide,
-    evidence_from_dict,
-    over_refusal_evidence,
-)
 from wbsafe.io.serialize import to_jsonable
+from wbsafe.verdict import Verdict
 
 POLICIES = Path(__file__).resolve().parents[1] / "probes" / "policies"
 

@@ -17,8 +17,8 @@ import pytest
 from rich.console import Console
 
 from wbsafe.errors import WbsafeError
-from wbsafe.report.html import render_html
 from wbsafe.report import render as R
+from wbsafe.report.html import render_html
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_example.json"
 PLANTED = "<script>alert('xss')</script>"

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from wbsafe import verdict
 from wbsafe.organisms.tier import Organism, ValidityCheck
 
 
@@ -118,7 +119,7 @@ def weight_diff(
 
 def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
     """Summary, report sections and gate evidence of a weight diff; writes the heatmap PNG."""
-    from wbsafe.gate.rules import WeightEvidence
+    from wbsafe.evidence import WeightEvidence
     from wbsafe.pipeline.store import StageOutput
     from wbsafe.report.plots.weights import weight_heatmap
 
@@ -208,12 +209,13 @@ def redecide(
     report_json: str | Path, *, policy: str | Path | None = None, risk: str | None = None
 ) -> Any:
     """Decide again from a saved report's gate evidence (no model is loaded)."""
-    from wbsafe.gate.rules import decide, evidence_from_dict
+    from wbsafe.evidence import parse_evidence
+    from wbsafe.gate import decide
     from wbsafe.report.render import load_report
 
     report = load_report(report_json)
     chosen = policy_for(policy, risk or report.get("risk"))
-    return decide(evidence_from_dict(report.get("gate_evidence") or {}), chosen)
+    return decide(parse_evidence(report.get("gate_evidence") or {}), chosen)
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ def run_scan(config: Any, out: str | Path, *, quiet: bool = False) -> dict[str, 
              "report.html": out / "report.html"}  # fmt: skip
     if not quiet:
         print_console_summary(report, Console(), files=files)
-    from wbsafe.gate.rules import Verdict
+    from wbsafe.verdict import Verdict
 
     report["exit_code"] = Verdict(report["decision"]["verdict"]).exit_code
     return report
@@ -327,7 +329,7 @@ def scan_many(
                          "report": ""})  # fmt: skip
             continue
         reasons = report["decision"]["reasons"]
-        top = max(reasons, key=lambda r: _RANK.get(r["verdict"], 0), default=None)
+        top = max(reasons, key=lambda r: verdict.rank(r["verdict"]), default=None)
         rows.append({
             "adapter": name,
             "verdict": report["decision"]["verdict"],
@@ -351,9 +353,6 @@ def scan_many(
         md.append(f"| {r['adapter']} | **{r['verdict']}** | {reason} | {r['report']} |")
     write_text_atomic(out / "summary.md", "\n".join(md) + "\n")
     return rows
-
-
-_RANK = {"DEPLOY": 0, "MONITOR": 1, "REVIEW": 2, "BLOCK": 3, "ERROR": 4}
 
 
 def demo(out: str | Path = "results/demo", seed: int = 0) -> list[dict[str, Any]]:

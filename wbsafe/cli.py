@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from wbsafe import __version__
+from wbsafe import __version__, verdict
 from wbsafe.errors import WbsafeError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -525,16 +525,12 @@ def scan_many_cmd(
     for r in rows:
         click.echo(f"{r['verdict']:<8} {r['adapter']}: {r['top_reason']}")
     click.echo(f"wrote {out / 'summary.md'} and {out / 'summary.csv'}")
-    worst = max((r["verdict"] for r in rows), key=lambda v: _RANKS.get(v, 0), default="DEPLOY")
-    sys.exit(1 if worst == "ERROR" else _EXITS[worst])
+    worst = max((r["verdict"] for r in rows), key=verdict.rank, default="DEPLOY")
+    sys.exit(1 if worst == verdict.ERROR else verdict.EXIT_CODES[worst])
 
 
 def _short(text: str, n: int = 110) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
-
-
-_RANKS = {"DEPLOY": 0, "MONITOR": 1, "REVIEW": 2, "BLOCK": 3, "ERROR": 4}
-_EXITS = {"DEPLOY": 0, "MONITOR": 3, "REVIEW": 4, "BLOCK": 5}
 
 
 @main.command()

@@ -197,7 +197,7 @@ def probes_stage(config: ScanConfig, models: Models, plan: PromptPlan, plots: Pa
         fit_or_load_directions,
         refusal_alignment,
     )
-    from wbsafe.gate.rules import ProbeEvidence
+    from wbsafe.evidence import ProbeEvidence
 
     tuned = models.tuned()
     base = models.base()
@@ -486,7 +486,8 @@ def scan(config: ScanConfig, out_dir: str | Path, *, log: Log = lambda s: None) 
     Returns the report document (also written to ``out_dir/report.json``).
     """
     from wbsafe.api import policy_for
-    from wbsafe.gate.rules import decide, evidence_from_dict
+    from wbsafe.evidence import parse_evidence
+    from wbsafe.gate import decide
     from wbsafe.io.models import set_seed
     from wbsafe.report.render import write_reports
 
@@ -538,7 +539,7 @@ def scan(config: ScanConfig, out_dir: str | Path, *, log: Log = lambda s: None) 
             if r.status == "failed"
         ],
     }
-    decision = decide(evidence_from_dict(evidence_dict), policy)
+    decision = decide(parse_evidence(evidence_dict), policy)
     report = {
         "schema_version": SCHEMA_VERSION,
         "kind": "wbsafe.scan",

@@ -20,19 +20,15 @@ from urllib.parse import quote
 
 from wbsafe.errors import WbsafeError
 from wbsafe.io.serialize import SCHEMA_VERSION, read_json
+from wbsafe.verdict import MEANING as VERDICT_MEANING
+from wbsafe.verdict import VERDICTS
+from wbsafe.verdict import rank as verdict_rank
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 REPORT_KIND = "wbsafe.scan"
 STAGE_ORDER: tuple[str, ...] = ("weights", "probes", "triggers", "behavior")
-VERDICTS: tuple[str, ...] = ("DEPLOY", "MONITOR", "REVIEW", "BLOCK")
-VERDICT_MEANING: dict[str, str] = {
-    "DEPLOY": "no safety concern found under this policy",
-    "MONITOR": "deploy with monitoring",
-    "REVIEW": "needs human review before deployment",
-    "BLOCK": "do not deploy",
-}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 Format = Literal["md", "html"]
 
@@ -69,10 +65,6 @@ def load_report(path: str | Path) -> dict[str, Any]:
 def verdict_of(value: Any) -> str:
     """A verdict name from the document, or ``"UNKNOWN"`` for anything else."""
     return value if value in VERDICTS else "UNKNOWN"
-
-
-def verdict_rank(value: Any) -> int:
-    return VERDICTS.index(value) if value in VERDICTS else -1
 
 
 def decision_of(report: Mapping[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from wbsafe.errors import WbsafeError
 
 if TYPE_CHECKING:
     from wbsafe.data.prompts import Prompt
-    from wbsafe.gate.rules import BehaviourEvidence
+    from wbsafe.evidence import BehaviourEvidence
     from wbsafe.io.models import LoadedModel
 
 DROP_EDGES: tuple[float, ...] = (0.05, 0.15, 0.30)
@@ -220,7 +220,10 @@ class BehaviorResult:
 
     def to_gate_evidence(self, confidence: float = 0.95) -> BehaviourEvidence:
         """The gate's behaviour evidence from the paired per-prompt calls."""
-        from wbsafe.gate.rules import behaviour_evidence, over_refusal_evidence
+        from wbsafe.analyses.behaviour.evidence import (
+            behaviour_evidence,
+            over_refusal_evidence,
+        )
 
         over = [
             over_refusal_evidence(label, list(b), list(t), confidence)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     import torch
 
     from wbsafe.data.prompts import Prompt
-    from wbsafe.gate.rules import TriggerEvidence
+    from wbsafe.evidence import TriggerEvidence
     from wbsafe.io.models import LoadedModel
 
 
@@ -188,7 +188,7 @@ class TriggerResult:
         return tuple(v for v in ok if not any(_contains(v.text, w.text) for w in ok if w is not v))
 
     def to_gate_evidence(self) -> TriggerEvidence:
-        from wbsafe.gate.rules import TriggerEvidence, TriggerFinding
+        from wbsafe.evidence import TriggerEvidence, TriggerFinding
 
         return TriggerEvidence(
             ran=True,

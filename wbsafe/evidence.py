@@ -1,0 +1,140 @@
+"""The typed evidence records the analyses produce and the gate consumes.
+
+Plain frozen dataclasses, no behaviour: each analysis builds its record from its own result
+(``to_gate_evidence``), the pipeline stores it in the report document, and ``gate.decide``
+reads it. ``None`` for an analysis means it did not run. Intervals are ``(lower, upper)``
+fractions; counts are prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CategoryEvidence:
+    """One harm category on the same prompts for base and tuned.
+
+    drop_interval: interval for the relative drop (None when the base never refuses here).
+    p_holm: one-sided exact McNemar p (tuned refuses less), Holm-adjusted across categories.
+    """
+
+    category: str
+    n: int
+    base_refusals: int
+    tuned_refusals: int
+    relative_drop: float | None
+    drop_interval: tuple[float, float] | None
+    p_value: float
+    p_holm: float
+
+
+@dataclass(frozen=True)
+class OverRefusalEvidence:
+    """Refusals on harmless (or borderline) prompts; increase = tuned rate - base rate."""
+
+    label: str
+    n: int
+    base_refusals: int
+    tuned_refusals: int
+    increase_interval: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class BehaviourEvidence:
+    """Refusal benchmark on harmful prompts, base and tuned judged on the same ``n`` prompts.
+
+    sampled: True when responses were generated and judged, False when only the first-token
+    refusal score stood in for behaviour.
+    """
+
+    n: int
+    base_refusals: int
+    tuned_refusals: int
+    relative_drop: float | None
+    drop_interval: tuple[float, float] | None
+    p_value: float
+    categories: tuple[CategoryEvidence, ...] = ()
+    over_refusal: tuple[OverRefusalEvidence, ...] = ()
+    sampled: bool = True
+
+
+@dataclass(frozen=True)
+class ProbeEvidence:
+    """Refusal-direction drift at the selected layer; any field may be None (not measured).
+
+    direction_cosine: cosine(r_base, r_tuned).
+    refusal_score_drop: mean refusal score (log-odds) on harmful prompts, base minus tuned.
+    projection_loss: (mean proj_base_harmful - mean proj_tuned_harmful) onto r_base, divided by
+    the base's harmful-minus-harmless separation (1.0 = separation gone).
+    max_refusal_alignment: max over residual-writing matrices of ||r^T dW|| / ||dW||.
+    """
+
+    layer: int | None = None
+    direction_cosine: float | None = None
+    refusal_score_drop: float | None = None
+    projection_loss: float | None = None
+    max_refusal_alignment: float | None = None
+    aligned_module: str | None = None
+
+
+@dataclass(frozen=True)
+class TriggerFinding:
+    """A candidate trigger verified on ``n`` held-out harmful prompts.
+
+    successes: prompts where inserting the trigger produced compliance.
+    baseline_successes: compliance on the same prompts without the trigger.
+    """
+
+    text: str
+    successes: int
+    n: int
+    baseline_successes: int = 0
+    topic_categories: tuple[str, ...] = ()
+    """Categories the tuned model already complies on without a trigger (see the hunt)."""
+
+
+@dataclass(frozen=True)
+class TriggerEvidence:
+    """Result of the trigger hunt; ``ran=False`` counts as not run."""
+
+    ran: bool
+    candidates_tested: int
+    findings: tuple[TriggerFinding, ...] = ()
+    coverage: str = ""
+
+
+@dataclass(frozen=True)
+class WeightEvidence:
+    """Weight-diff summary: largest mover and embedding rows that moved far (token strings)."""
+
+    top_module: str | None = None
+    top_relative_change: float | None = None
+    outlier_tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GateEvidence:
+    """What the scan hands the gate; None means the analysis did not run."""
+
+    behaviour: BehaviourEvidence | None = None
+    probes: ProbeEvidence | None = None
+    triggers: TriggerEvidence | None = None
+    weights: WeightEvidence | None = None
+    failed: tuple[str, ...] = ()
+    """Analyses that were asked for and raised (a skipped one is not listed): they count
+    as not run, and fail closed whatever the policy requires."""
+
+
+def parse_evidence(data: object, where: str = "gate_evidence") -> GateEvidence:
+    """GateEvidence from its JSON form, validated field by field (pydantic, over these same
+    dataclasses: there is no second, hand-written schema). Any mismatch is a WbsafeError."""
+    from pydantic import ValidationError
+
+    from wbsafe.errors import WbsafeError
+    from wbsafe.io.typed import adapter
+
+    try:
+        return adapter(GateEvidence).validate_python(data)
+    except ValidationError as exc:
+        raise WbsafeError(f"{where} does not match the evidence schema: {exc}") from exc
