@@ -36,6 +36,8 @@ from wbsafe.analyses.weights.lora_math import (
     dense_spectrum,
     factor_row_parts,
     factor_stats,
+    lora_rank,
+    lora_scale,
     one_thread,
     sq_norm,
 )
@@ -991,14 +993,6 @@ class _Factors:
     sources: list[str] = field(default_factory=list)
 
 
-def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    """peft's rank/alpha pattern lookup: a key matches the module name or a dotted suffix."""
-    for key, val in patterns.items():
-        if re.match(rf"(.*\.)?{key}$", module):
-            return val
-    return default
-
-
 def _read_adapter(
     adapter_dir: Path, base: dict[str, TensorInfo], base_canon: dict[str, str]
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor], str]:
@@ -1047,8 +1041,6 @@ def _read_adapter(
         kind = m.group("lin") or m.group("emb")
         halves.setdefault(m.group("mod"), {})[kind] = read_tensor(info, torch.float32)
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    r_default, alpha_default = int(cfg.get("r", 8)), float(cfg.get("lora_alpha", 8))
-    rank_pat, alpha_pat = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
     for mod, parts in halves.items():
         module = canonical_name(mod)
         target = base_canon.get(canonical_name(mod + ".weight"))
@@ -1063,7 +1055,7 @@ def _read_adapter(
             raise AdapterMismatchError(f"tensor {mod}: has only one of {ka}/{kb}", fname)
         a, b = parts[ka], parts[kb]
         r = a.shape[0]
-        want_r = int(_pattern_value(rank_pat, module, r_default))
+        want_r = lora_rank(cfg, module)
         if b.ndim != 2 or a.ndim != 2 or b.shape[1] != r:
             raise AdapterMismatchError(
                 f"tensor {mod}: {kb} {list(b.shape)} and {ka} {list(a.shape)} are not factors",
@@ -1073,8 +1065,7 @@ def _read_adapter(
             raise AdapterMismatchError(
                 f"tensor {mod}.{ka}: rank {r} but adapter_config says r={want_r}", fname
             )
-        alpha = float(_pattern_value(alpha_pat, module, alpha_default))
-        scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        scale = lora_scale(cfg, module, r)
         if emb or cfg.get("fan_in_fan_out"):
             bf, af = a.T.contiguous() * scale, b.T.contiguous()  # dW = (B A)ᵀ = Aᵀ Bᵀ
         else:

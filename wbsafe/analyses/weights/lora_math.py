@@ -9,10 +9,11 @@ values of the core are those of dW, and ``Q_B U``, ``Q_A V`` are its singular ve
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -207,3 +208,25 @@ def factor_row_parts(
     wd = ((w @ a.T).double() * bd).sum(dim=1)
     w2 = w.double().square().sum(dim=1)
     return w2, dw2, wd
+
+
+def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """peft's rank/alpha pattern lookup: a key matches the module name or a dotted suffix."""
+    for key, val in patterns.items():
+        if re.match(rf"(.*\.)?{key}$", module):
+            return val
+    return default
+
+
+def lora_rank(config: dict[str, Any], module: str) -> int:
+    """The rank ``adapter_config.json`` gives ``module`` (``rank_pattern`` over ``r``)."""
+    return int(pattern_value(config.get("rank_pattern") or {}, module, config.get("r", 8)))
+
+
+def lora_scale(config: dict[str, Any], module: str, rank: int) -> float:
+    """dW = scale · B A for ``module`` of a LoRA adapter with factors of rank ``rank``:
+    ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``), alpha from ``alpha_pattern``
+    over ``lora_alpha`` (peft's default 8). The one place this is computed."""
+    alpha_default = config.get("lora_alpha", 8)
+    alpha = float(pattern_value(config.get("alpha_pattern") or {}, module, alpha_default))
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
