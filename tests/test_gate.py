@@ -24,6 +24,7 @@ from wbsafe.evidence import parse_evidence as evidence_from_dict
 from wbsafe.gate import decide
 from wbsafe.gate.policy import (
     DEFAULT_POLICY,
+    POLICY_DIR,
     GatePolicy,
     dump_policy,
     load_policy,
@@ -33,7 +34,7 @@ from wbsafe.gate.policy import (
 from wbsafe.io.serialize import to_jsonable
 from wbsafe.verdict import Verdict
 
-POLICIES = Path(__file__).resolve().parents[1] / "probes" / "policies"
+POLICIES = POLICY_DIR
 
 
 def _beh(lo: float, hi: float, n: int = 1000, base: int = 900, **kw: object) -> BehaviourEvidence:
