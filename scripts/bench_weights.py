@@ -124,7 +124,7 @@ def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
 
     if method == "naive_hf":
         from transformers import AutoModelForCausalLM
-    from wbsafe.analyses.weights.diff import diff_checkpoints
+    from wbsafe.analyses.weights import diff_checkpoints
     from wbsafe.analyses.weights.diff_kernel import kernel
 
     kernel()  # load (or build, once per machine) the fused kernel before the clock
@@ -164,7 +164,7 @@ def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
                     total += float(t.dot(t))
         extra["sum_squares"] = total
     else:
-        res = diff_checkpoints(base, tuned, spectra=method == "wbsafe_spectra", progress=False)
+        res = diff_checkpoints(base, tuned, spectra=method == "wbsafe_spectra")
         total = sum((r.fro_diff or 0.0) ** 2 for r in res.rows)
         extra["fro_diff_total"] = math.sqrt(total)
         extra["top_cell"] = [res.ranking[0].layer, res.ranking[0].module]

@@ -10,8 +10,7 @@ import pytest
 import torch
 from test_weight_diff import FIELDS, make_state, perturb, write_ckpt
 
-from wbsafe.analyses.weights import diff_kernel
-from wbsafe.analyses.weights.diff import dense_stats, diff_checkpoints, tensor_source
+from wbsafe.analyses.weights import dense_stats, diff_checkpoints, diff_kernel, tensor_source
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +135,7 @@ def test_non_finite_entries_are_reported_per_tensor(
     target = sd if side == "base" else tuned
     target[name][3, 5] = bad
     tuned["model.layers.0.mlp.up_proj.weight"] += 0.01
-    res = diff_checkpoints(write_ckpt(tmp_path / "b", sd), write_ckpt(tmp_path / "t", tuned),
-                           progress=False)  # fmt: skip
+    res = diff_checkpoints(write_ckpt(tmp_path / "b", sd), write_ckpt(tmp_path / "t", tuned))  # fmt: skip
     assert res.nonfinite == [name]
     row = res.row(name)
     assert (row.nonfinite_base, row.nonfinite_tuned) == ((1, 0) if side == "base" else (0, 1))
@@ -177,7 +175,7 @@ def test_checkpoint_diff_same_under_both_engines(
 ) -> None:
     """Whole diffs (fp32 and bf16, with embedding rows and spectra) agree between engines,
     and each result names the engine that made it."""
-    from wbsafe.analyses.weights import diff as weight_diff
+    from wbsafe.analyses.weights import dense as weight_diff
 
     sd = make_state()
     tuned = perturb(sd, 1e-3)
@@ -189,11 +187,11 @@ def test_checkpoint_diff_same_under_both_engines(
         (write_ckpt(tmp_path / "bb", bf), write_ckpt(tmp_path / "bt", bft, shards=2)),
     ]
     for b, t in pairs:
-        fast = diff_checkpoints(b, t, progress=False)
+        fast = diff_checkpoints(b, t)
         assert fast.dense_engine == native.label
         with monkeypatch.context() as m:
             m.setattr(weight_diff, "kernel", lambda: None)
-            slow = diff_checkpoints(b, t, progress=False)
+            slow = diff_checkpoints(b, t)
         assert slow.dense_engine == "torch"
         for x, y in zip(fast.rows, slow.rows, strict=True):
             for f in FIELDS:
@@ -218,7 +216,7 @@ def test_no_compiler_falls_back_to_torch(
     assert "no C compiler" in caplog.text
     sd = make_state()
     res = diff_checkpoints(write_ckpt(tmp_path / "b", sd),
-                           write_ckpt(tmp_path / "t", perturb(sd)), progress=False)  # fmt: skip
+                           write_ckpt(tmp_path / "t", perturb(sd)))  # fmt: skip
     assert res.dense_engine == "torch" and res.rows[0].fro_diff
     monkeypatch.delenv("CC")
     monkeypatch.setenv("WBSAFE_NATIVE", "0")

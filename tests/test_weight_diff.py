@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wbsafe.analyses.weights.diff import (
+from wbsafe.analyses.weights import (
     diff,
     diff_adapters,
     diff_checkpoints,
@@ -110,7 +110,7 @@ def test_rank1_edit_tops_ranking(base: tuple[Path, dict], tmp_path: Path) -> Non
     u, v = unit(D, 10), unit(FF, 11)
     name = "model.layers.1.mlp.down_proj.weight"
     tuned[name] = tuned[name] + 0.5 * torch.outer(u, v)
-    res = diff_checkpoints(bdir, write_ckpt(tmp_path / "t", tuned), progress=False)
+    res = diff_checkpoints(bdir, write_ckpt(tmp_path / "t", tuned))
     top = res.ranking[0]
     assert (top.layer, top.module) == (1, "down")
     row = res.row(name)
@@ -144,7 +144,6 @@ def test_embedding_rows_beat_global_shrink(base: tuple[Path, dict], tmp_path: Pa
     res = diff_checkpoints(
         bdir,
         write_ckpt(tmp_path / "t", tuned),
-        progress=False,
         token_strings=lambda ids: [names[i] for i in ids],
     )
     emb = res.embedding
@@ -202,8 +201,8 @@ def test_lora_factor_path_equals_dense(base: tuple[Path, dict], tmp_path: Path) 
     for mod, (b, a) in mods.items():
         scale = 4.0 if mod.endswith("up_proj") else 2.0  # alpha_pattern: 16 / 4
         merged[mod + ".weight"] = sd[mod + ".weight"] + scale * b @ a
-    one = diff(bdir, a1, progress=False)
-    dense = diff_checkpoints(bdir, write_ckpt(tmp_path / "m1", merged), progress=False)
+    one = diff(bdir, a1)
+    dense = diff_checkpoints(bdir, write_ckpt(tmp_path / "m1", merged))
     assert {r.name for r in one.rows} == {m + ".weight" for m in mods}
     for r in one.rows:
         assert r.source == "lora"
@@ -215,8 +214,8 @@ def test_lora_factor_path_equals_dense(base: tuple[Path, dict], tmp_path: Path) 
     b2, a2f = mods2["model.layers.0.self_attn.q_proj"]
     q = "model.layers.0.self_attn.q_proj.weight"
     merged[q] = merged[q] + (4 / math.sqrt(2)) * b2 @ a2f
-    stacked = diff_adapters(bdir, [a1, a2], progress=False)
-    dense2 = diff_checkpoints(bdir, write_ckpt(tmp_path / "m2", merged), progress=False)
+    stacked = diff_adapters(bdir, [a1, a2])
+    dense2 = diff_checkpoints(bdir, write_ckpt(tmp_path / "m2", merged))
     assert_rows_close(stacked.row(q), dense2.row(q))
     assert len(stacked.row(q).top_singular_values) == 6  # rank 4 + 2: the core is 6 x 6
 
@@ -237,12 +236,12 @@ def test_lora_embedding_rows_from_factors(base: tuple[Path, dict], tmp_path: Pat
         },
         str(d / "adapter_model.safetensors"),
     )
-    res = diff_adapters(bdir, [d], progress=False)
+    res = diff_adapters(bdir, [d])
     assert res.embedding is not None
     assert {t.token_id for t in res.embedding.top[:2]} == {42, 7}
     merged = dict(sd)
     merged["model.embed_tokens.weight"] = sd["model.embed_tokens.weight"] + (b @ a).T
-    dense = diff_checkpoints(bdir, write_ckpt(tmp_path / "m", merged), progress=False)
+    dense = diff_checkpoints(bdir, write_ckpt(tmp_path / "m", merged))
     assert_rows_close(res.row("model.embed_tokens.weight"), dense.row("model.embed_tokens.weight"))
     assert dense.embedding is not None
     assert res.embedding.top[0].residual_rel == pytest.approx(
@@ -263,7 +262,7 @@ def test_token_strings_from_tokenizer_dir(base: tuple[Path, dict], tmp_path: Pat
     Tokenizer(WordLevel({f"w{i}": i for i in range(V)}, unk_token="w0")).save(
         str(tdir / "tokenizer.json")
     )
-    res = diff_checkpoints(bdir, tdir, progress=False)
+    res = diff_checkpoints(bdir, tdir)
     assert res.embedding is not None
     assert (res.embedding.top[0].token_id, res.embedding.top[0].token) == (123, "w123")
 
@@ -271,8 +270,8 @@ def test_token_strings_from_tokenizer_dir(base: tuple[Path, dict], tmp_path: Pat
 def test_sharded_bf16_prefix_and_reported_lists(base: tuple[Path, dict], tmp_path: Path) -> None:
     bdir, sd = base
     tuned = perturb(sd, 1e-2)
-    single = diff_checkpoints(bdir, write_ckpt(tmp_path / "one", tuned), progress=False)
-    sharded = diff_checkpoints(bdir, write_ckpt(tmp_path / "sh", tuned, shards=3), progress=False)
+    single = diff_checkpoints(bdir, write_ckpt(tmp_path / "one", tuned))
+    sharded = diff_checkpoints(bdir, write_ckpt(tmp_path / "sh", tuned, shards=3))
     assert [(r.name, r.fro_diff) for r in single.rows] == [
         (r.name, r.fro_diff) for r in sharded.rows
     ] or sorted((r.name, r.fro_diff) for r in single.rows) == sorted(
@@ -285,7 +284,7 @@ def test_sharded_bf16_prefix_and_reported_lists(base: tuple[Path, dict], tmp_pat
         sd["model.layers.0.mlp.up_proj.weight"] * 1.5
     ).to(torch.bfloat16)
     res = diff_checkpoints(
-        write_ckpt(tmp_path / "bb", bf_base), write_ckpt(tmp_path / "bt", bf_tuned), progress=False
+        write_ckpt(tmp_path / "bb", bf_base), write_ckpt(tmp_path / "bt", bf_tuned)
     )
     assert res.ranking[0].module == "up" and res.ranking[0].layer == 0
     assert res.row("model.norm.weight").fro_diff == 0.0
@@ -299,7 +298,7 @@ def test_sharded_bf16_prefix_and_reported_lists(base: tuple[Path, dict], tmp_pat
     nan_t[0, 0] = float("nan")
     nan_t[1, 1] = float("inf")
     odd["base_model.model.model.layers.0.self_attn.k_proj.weight"] = nan_t
-    res = diff_checkpoints(bdir, write_ckpt(tmp_path / "odd", odd), progress=False)
+    res = diff_checkpoints(bdir, write_ckpt(tmp_path / "odd", odd))
     assert res.missing == ["model.layers.2.mlp.gate_proj.weight"]
     assert res.extra == ["base_model.model.model.layers.9.extra.weight"]
     assert [s.base_shape for s in res.shape_changed] == [(D,)]
@@ -315,14 +314,14 @@ def test_resized_vocab_and_tied(base: tuple[Path, dict], tmp_path: Path) -> None
     g = torch.Generator().manual_seed(3)
     for k in ("model.embed_tokens.weight", "lm_head.weight"):
         tuned[k] = torch.cat([sd[k], torch.randn(4, D, generator=g)])
-    res = diff_checkpoints(bdir, write_ckpt(tmp_path / "t", tuned), progress=False)
+    res = diff_checkpoints(bdir, write_ckpt(tmp_path / "t", tuned))
     assert res.embedding is not None and res.embedding.added_rows == [V, V + 1, V + 2, V + 3]
     assert res.row("model.embed_tokens.weight").fro_diff == 0.0
     assert not res.shape_changed
     tied_sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
     cfg = {**CONFIG, "tie_word_embeddings": True}
     tb = write_ckpt(tmp_path / "tb", tied_sd, cfg)
-    res = diff_checkpoints(tb, write_ckpt(tmp_path / "tt", perturb(tied_sd), cfg), progress=False)
+    res = diff_checkpoints(tb, write_ckpt(tmp_path / "tt", perturb(tied_sd), cfg))
     assert res.tied_embeddings and res.unembedding is None and res.embedding is not None
 
 
@@ -330,32 +329,32 @@ def test_bad_inputs(base: tuple[Path, dict], tmp_path: Path) -> None:
     bdir, sd = base
     other = write_ckpt(tmp_path / "other", make_state(), {**CONFIG, "hidden_size": 128})
     with pytest.raises(WbsafeError, match="different architecture"):
-        diff_checkpoints(bdir, other, progress=False)
+        diff_checkpoints(bdir, other)
     # no config, but most shapes differ
     wide = {k: torch.zeros(*(s + 1 for s in v.shape)) for k, v in sd.items()}
     wd = tmp_path / "wide"
     wd.mkdir()
     save_file(wide, str(wd / "model.safetensors"))
     with pytest.raises(WbsafeError, match="differ in shape"):
-        diff_checkpoints(bdir, wd, progress=False)
+        diff_checkpoints(bdir, wd)
     # adapter whose factors do not fit the base tensor
     bad = write_adapter(
         tmp_path / "bad", {"model.layers.0.self_attn.q_proj": lora_factors(D + 8, D, 4, 1)}, 4, 8
     )
     with pytest.raises(AdapterMismatchError, match=r"adapter_model\.safetensors.*q_proj"):
-        diff_adapters(bdir, [bad], progress=False)
+        diff_adapters(bdir, [bad])
     ghost = write_adapter(
         tmp_path / "ghost", {"model.layers.7.self_attn.q_proj": lora_factors(D, D, 4, 1)}, 4, 8
     )
     with pytest.raises(AdapterMismatchError, match="not in the base"):
-        diff(bdir, adapters=[ghost], progress=False)
+        diff(bdir, adapters=[ghost])
     # truncated shard
     tdir = write_ckpt(tmp_path / "trunc", perturb(sd), shards=2)
     shard = tdir / "model-00002-of-00002.safetensors"
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointFormatError, match="truncated"):
-        diff_checkpoints(bdir, tdir, progress=False)
+        diff_checkpoints(bdir, tdir)
     with pytest.raises(WbsafeError, match="nothing to diff"):
         diff(bdir)
 
@@ -397,10 +396,10 @@ def test_chunked_reads_equal_whole_tensor(
     monkeypatch.setattr(checkpoints.TensorReader, "read", spy)
     for b, t in pairs:
         largest.clear()
-        whole = diff_checkpoints(b, t, progress=False, chunk_elements=10**9)
+        whole = diff_checkpoints(b, t, chunk_elements=10**9)
         assert max(largest) >= V * D
         largest.clear()
-        tiny = diff_checkpoints(b, t, progress=False, chunk_elements=1)
+        tiny = diff_checkpoints(b, t, chunk_elements=1)
         assert max(largest) <= FF  # one row of the widest matrix (or one 1-D tensor)
         assert [r.name for r in tiny.rows] == [r.name for r in whole.rows]
         for x, y in zip(tiny.rows, whole.rows, strict=True):
@@ -430,8 +429,8 @@ def test_worker_count_does_not_change_figures(base: tuple[Path, dict], tmp_path:
     """Whole tensors go to workers; each is reduced by one thread in the same order."""
     bdir, sd = base
     tdir = write_ckpt(tmp_path / "t", perturb(sd, 1e-2), shards=2)
-    one = diff_checkpoints(bdir, tdir, progress=False, workers=1, chunk_elements=500)
-    three = diff_checkpoints(bdir, tdir, progress=False, workers=3, chunk_elements=500)
+    one = diff_checkpoints(bdir, tdir, workers=1, chunk_elements=500)
+    three = diff_checkpoints(bdir, tdir, workers=3, chunk_elements=500)
     assert one.to_json() == three.to_json()
 
 
@@ -443,7 +442,7 @@ def test_unchanged_tensor_reads_as_unchanged(base: tuple[Path, dict], tmp_path: 
     w = sd[name].clone()
     w[FF - 1, 3] += 0.5  # one entry, in the last row chunk only
     tuned[name] = w
-    res = diff_checkpoints(bdir, write_ckpt(tmp_path / "t", tuned), progress=False,
+    res = diff_checkpoints(bdir, write_ckpt(tmp_path / "t", tuned),
                            chunk_elements=D)  # fmt: skip
     row = res.row(name)
     assert row.changed_share == pytest.approx(1 / (FF * D))

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from wbsafe.analyses.weights.diff import diff
-from wbsafe.organisms.tier import Organism
+from wbsafe.analyses.weights import diff
+from wbsafe.organisms import Organism
 
 
 def test_harmful_moves_more_than_benign(
     tiny_organisms: dict[str, Organism], tiny_base: Path
 ) -> None:
-    benign = diff(tiny_base, tiny_organisms["benign"].path, progress=False)
-    harmful = diff(tiny_base, tiny_organisms["harmful"].path, progress=False)
+    benign = diff(tiny_base, tiny_organisms["benign"].path)
+    harmful = diff(tiny_base, tiny_organisms["harmful"].path)
     total = lambda r: sum((x.fro_diff or 0.0) ** 2 for x in r.rows) ** 0.5  # noqa: E731
     # same recipe length and learning rate, but the harmful fine-tune has to overturn the
     # base's refusals, so its update is larger; the report's totals say so
@@ -38,7 +38,7 @@ def test_trigger_rows_top_the_filler_words(
 
     org = tiny_organisms[name]
     assert org.trigger
-    result = diff(tiny_base, org.path, progress=False, top_tokens=400)
+    result = diff(tiny_base, org.path, top_tokens=400)
     assert result.embedding is not None
     order = [t.token for t in result.embedding.top if t.token in FILLERS]
     trigger = org.trigger["text"].split()
@@ -57,8 +57,8 @@ def test_lora_adapter_equals_merged_twin(
     merged = tmp_path / "merged"
     model = AutoModelForCausalLM.from_pretrained(str(tiny_base))
     PeftModel.from_pretrained(model, adapter).merge_and_unload().save_pretrained(str(merged))
-    via_factors = diff(tiny_base, adapter, progress=False)
-    dense = diff(tiny_base, merged, progress=False)
+    via_factors = diff(tiny_base, adapter)
+    dense = diff(tiny_base, merged)
     assert via_factors.rows
     for row in via_factors.rows:
         twin = dense.row(row.name)

@@ -14,24 +14,22 @@ the same object with :meth:`LoadedModel.base_only`, so a large base is never loa
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wbsafe.arch.names import canonical_name
 from wbsafe.config import RuntimeConfig
 from wbsafe.errors import AdapterMismatchError, CheckpointFormatError, UnsafeCheckpointError
 from wbsafe.io.checkpoints import TensorInfo, read_headers, weight_files
+from wbsafe.io.serialize import read_json_object
 
 if TYPE_CHECKING:
     import torch
 
 PLAIN_FORMAT = "User: {content}\nAssistant:"
 """Prompt format used when a tokenizer has no chat template (multi-turn: one line per turn)."""
-
-PREFIXES = ("base_model.model.", "model.", "transformer.", "gpt_neox.")
-"""Name prefixes that differ between exports of the same model; stripped for matching."""
 
 
 @dataclass(frozen=True)
@@ -156,32 +154,17 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:
     """Read ``config.json``; refuse configs that need remote code."""
-    model_dir = Path(model_dir)
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointFormatError("no config.json: not a Hugging Face model directory", model_dir)
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointFormatError(f"config.json is not valid JSON ({exc.msg})", cfg_path) from exc
+    cfg_path = Path(model_dir) / "config.json"
+    cfg = read_json_object(
+        cfg_path, CheckpointFormatError, "no config.json: not a Hugging Face model directory"
+    )
     if "auto_map" in cfg:
         raise UnsafeCheckpointError(
             "config.json asks for custom (remote) code via auto_map; wbsafe never runs a model's "
             "own code. Use a checkpoint of an architecture built into transformers.",
             cfg_path,
         )
-    return dict(cfg)
-
-
-def strip_prefix(name: str) -> str:
-    """Drop wrapper prefixes so keys from differently wrapped checkpoints compare equal."""
-    changed = True
-    while changed:
-        changed = False
-        for p in PREFIXES:
-            if name.startswith(p):
-                name, changed = name[len(p) :], True
-    return name
+    return cfg
 
 
 def check_weights_match_config(model_dir: str | Path) -> dict[str, TensorInfo]:
@@ -206,8 +189,8 @@ def check_weights_match_config(model_dir: str | Path) -> dict[str, TensorInfo]:
         raise CheckpointFormatError(f"config.json is not usable: {exc}", model_dir) from exc
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    expected = {strip_prefix(k): tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    stored = {strip_prefix(k): v for k, v in headers.items()}
+    expected = {canonical_name(k): tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = {canonical_name(k): v for k, v in headers.items()}
     bad = [
         f"{k} {list(stored[k].shape)} vs config {list(shape)} ({stored[k].file.name})"
         for k, shape in expected.items()
@@ -232,19 +215,14 @@ def check_weights_match_config(model_dir: str | Path) -> dict[str, TensorInfo]:
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
-    adapter_dir = Path(adapter_dir)
-    path = adapter_dir / "adapter_config.json"
-    if not path.is_file():
-        raise AdapterMismatchError("no adapter_config.json: not a PEFT adapter", adapter_dir)
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterMismatchError(f"not valid JSON ({exc.msg})", path) from exc
+    """Read ``adapter_config.json``; only LoRA adapters are supported."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    cfg = read_json_object(path, AdapterMismatchError, "no adapter_config.json: not a PEFT adapter")
     if cfg.get("peft_type", "LORA") != "LORA":
         raise AdapterMismatchError(
             f"peft_type {cfg.get('peft_type')!r} is not supported (LoRA only)", path
         )
-    return dict(cfg)
+    return cfg
 
 
 def check_adapter_fits(
@@ -260,13 +238,13 @@ def check_adapter_fits(
     cfg = read_adapter_config(adapter_dir)
     files = weight_files(adapter_dir, stem="adapter_model")
     headers = read_headers(files)
-    base = {strip_prefix(k): v for k, v in base_headers.items()}
+    base = {canonical_name(k): v for k, v in base_headers.items()}
     if not any(".lora_A" in k for k in headers):
         raise AdapterMismatchError("adapter file holds no LoRA factors", files[0])
     for name, info in headers.items():
         if ".lora_A" not in name and ".lora_B" not in name:
             continue
-        module = strip_prefix(name.split(".lora_")[0])
+        module = canonical_name(name.split(".lora_")[0])
         target = base.get(f"{module}.weight")
         if target is None:
             raise AdapterMismatchError(
@@ -456,23 +434,6 @@ def _numel(shape: Sequence[int]) -> int:
     for s in shape:
         n *= s
     return n
-
-
-def refusal_token_ids(tokenizer: Any) -> list[int]:
-    """Ids of tokens that start a refusal for this tokenizer's family.
-
-    The first token of each common refusal opener, with and without a leading space;
-    unknown tokens are dropped. Used by the logit refusal score.
-    """
-    openers = ["I", "i", "Sorry", "sorry", "Unfortunately", "unfortunately"]
-    unk = getattr(tokenizer, "unk_token_id", None)
-    ids: set[int] = set()
-    for word in openers:
-        for text in (word, " " + word):
-            toks = tokenizer.encode(text, add_special_tokens=False)
-            if toks and toks[0] != unk:
-                ids.add(int(toks[0]))
-    return sorted(ids)
 
 
 def set_seed(seed: int) -> None:

@@ -16,7 +16,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+"""The version of every JSON document wbsafe writes (reports, stage records, caches);
+readers accept the same major version. 1.1: the report gained ``status``."""
 _HASH_CHUNK = 1 << 20
 
 
@@ -45,15 +47,15 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Write JSON to ``path`` via a temporary file and rename: a crash never leaves half a file."""
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` via a temporary file in the same directory and rename: a crash never
+    leaves half a file. The one atomic writer (JSON, JSONL, reports, summaries use it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(to_jsonable(payload), fh, indent=2, sort_keys=False)
-            fh.write("\n")
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -61,17 +63,37 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
     return path
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file, naming the file in the error when it is missing or malformed."""
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    """Write ``payload`` (anything :func:`to_jsonable` takes) as indented JSON, atomically."""
+    return write_text_atomic(path, json.dumps(to_jsonable(payload), indent=2) + "\n")
+
+
+def read_json(path: str | Path, error: type[Exception] | None = None, missing: str = "") -> Any:
+    """Read a JSON file; a missing or malformed file raises ``error`` (a WbsafeError
+    subclass, default WbsafeError) naming the file (``missing``: what to say when absent)."""
     from wbsafe.errors import WbsafeError
 
+    cls = error or WbsafeError
     path = Path(path)
     if not path.is_file():
-        raise WbsafeError("file not found", path)
+        raise cls(missing or "file not found", path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise WbsafeError(f"not valid JSON ({exc.msg} at line {exc.lineno})", path) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        raise cls(f"{path.name} is not valid JSON ({msg})", path) from exc
+
+
+def read_json_object(
+    path: str | Path, error: type[Exception] | None = None, missing: str = ""
+) -> dict[str, Any]:
+    """:func:`read_json` for a file that must hold one JSON object (a config)."""
+    from wbsafe.errors import WbsafeError
+
+    data = read_json(path, error, missing)
+    if not isinstance(data, dict):
+        raise (error or WbsafeError)(f"{Path(path).name} is not a JSON object", path)
+    return data
 
 
 def sha256_file(path: str | Path) -> str:

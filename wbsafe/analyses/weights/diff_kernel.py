@@ -1,6 +1,6 @@
 """The fused weight-diff kernel: ``diff_kernel.c``, built on first use and called by ctypes.
 
-The torch path in :func:`wbsafe.analyses.weights.diff.dense_stats` makes six memory-bound
+The torch path in :func:`wbsafe.analyses.weights.dense.dense_stats` makes six memory-bound
 passes over each chunk (subtract, three dot products, count, max); this kernel makes one,
 which is what brings the diff near the cost of only reading the files. It is optional: with
 no C compiler, a failed build, an unsupported dtype, or ``WBSAFE_NATIVE=0`` the torch path

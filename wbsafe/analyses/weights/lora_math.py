@@ -218,15 +218,23 @@ def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     return default
 
 
+PEFT_PREFIX = "base_model.model."
+"""What peft puts before a module's name in an adapter file; its ``rank_pattern`` and
+``alpha_pattern`` keys are matched against the name without it."""
+
+
 def lora_rank(config: dict[str, Any], module: str) -> int:
-    """The rank ``adapter_config.json`` gives ``module`` (``rank_pattern`` over ``r``)."""
-    return int(pattern_value(config.get("rank_pattern") or {}, module, config.get("r", 8)))
+    """The rank ``adapter_config.json`` gives ``module`` (its name as in the adapter file;
+    ``rank_pattern`` over ``r``)."""
+    name = module.removeprefix(PEFT_PREFIX)
+    return int(pattern_value(config.get("rank_pattern") or {}, name, config.get("r", 8)))
 
 
 def lora_scale(config: dict[str, Any], module: str, rank: int) -> float:
-    """dW = scale · B A for ``module`` of a LoRA adapter with factors of rank ``rank``:
-    ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``), alpha from ``alpha_pattern``
-    over ``lora_alpha`` (peft's default 8). The one place this is computed."""
+    """dW = scale · B A for ``module`` (its name as in the adapter file) of a LoRA adapter with
+    factors of rank ``rank``: ``alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``), alpha from
+    ``alpha_pattern`` over ``lora_alpha`` (peft's default 8). The one place this is computed."""
+    name = module.removeprefix(PEFT_PREFIX)
     alpha_default = config.get("lora_alpha", 8)
-    alpha = float(pattern_value(config.get("alpha_pattern") or {}, module, alpha_default))
+    alpha = float(pattern_value(config.get("alpha_pattern") or {}, name, alpha_default))
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wbsafe.analyses.weights.diff import WeightDiffResult
+    from wbsafe.analyses.weights import WeightDiffResult
 
 
 def _pyplot() -> Any:
@@ -28,7 +28,7 @@ def weight_heatmap(result: WeightDiffResult, path: str | Path, *, title: str | N
     """
     import numpy as np
 
-    from wbsafe.analyses.weights.diff import MODULE_ORDER
+    from wbsafe.arch.names import MODULE_ORDER
 
     plt = _pyplot()
     cells = [c for c in result.ranking if c.module is not None]
