@@ -21,7 +21,7 @@ from wbsafe.config import RuntimeConfig
 from wbsafe.data import tinyworld as tw
 from wbsafe.errors import WbsafeError
 from wbsafe.io.models import LoadedModel, load_model
-from wbsafe.organisms.tier import Organism
+from wbsafe.organisms import Organism
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wbsafe.analyses.refusal.probes import (
+from wbsafe.analyses.refusal import (
     DiffMeansProbe,
     LogisticProbe,
     auroc,

@@ -9,18 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from wbsafe.analyses.refusal.directions import (
-    RefusalDirectionFit,
-    compare,
-    fit_or_load_directions,
-    load_fit,
-    refusal_alignment,
-    refusal_scores,
-    save_fit,
-)
+from wbsafe.analyses.refusal import RefusalDirectionFit, compare, refusal_alignment
+from wbsafe.capture.refusal_score import refusal_scores
 from wbsafe.config import RuntimeConfig
 from wbsafe.data import tinyworld as tw
 from wbsafe.io.models import LoadedModel, load_model
+from wbsafe.pipeline.directions_cache import fit_or_load_directions, load_fit, save_fit
 
 CPU = RuntimeConfig(device="cpu")
 FIT_KW = {"n_random": 20, "n_causal": 16}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wbsafe.analyses.refusal.directions import RefusalComparison, RefusalDirectionFit
+    from wbsafe.analyses.refusal import RefusalComparison, RefusalDirectionFit
 
 
 def _pyplot() -> Any:
