@@ -16,21 +16,20 @@ import time
 from pathlib import Path
 
 from wbsafe import stats
-from wbsafe.analyses.behaviour.benchmark import interval_width_curve
+from wbsafe.analyses.behaviour import interval_width_curve
 from wbsafe.capture.generation import generate
 from wbsafe.capture.judges import StringMatchJudge
 from wbsafe.config import RuntimeConfig
 from wbsafe.data.prompts import load_suite, split_prompts
-from wbsafe.data.tinyworld import prompt_set
+from wbsafe.data.tinyworld import is_tiny_world, prompt_set
 from wbsafe.io.models import load_model
 from wbsafe.io.serialize import run_manifest, write_json_atomic
-from wbsafe.organisms.tier import is_tiny_world
 
 SIZES = (10, 25, 50, 100, 200, 400, 800, 1600)
 
 
 def _default_model() -> Path:
-    from wbsafe.organisms.tier import build_tiny_tier
+    from wbsafe.organisms import build_tiny_tier
 
     orgs = {o.name: o for o in build_tiny_tier(log=print)}
     return Path(orgs["base"].path)

@@ -3,10 +3,10 @@
 Brute force scores every token (every length-L sequence for an L-token trigger) on every
 search prompt with one full forward each: ``vocab**L * prompts`` passes, computed
 analytically; a sample of such forwards is timed to extrapolate its wall time. The hunt's
-passes are counted by :class:`wbsafe.analyses.triggers.search.PassCounter` (every batch row
+passes are counted by :class:`wbsafe.analyses.triggers.PassCounter` (every batch row
 of a forward or backward is one pass; generation counts one pass per new token), over the
 whole hunt, verification included. The hunt runs with the scan's default settings
-(``wbsafe.pipeline.scan.hunt_settings``, maximum length 2 or the trigger's length).
+(``wbsafe.pipeline.plan.hunt_settings``, maximum length 2 or the trigger's length).
 
     python scripts/bench_triggers.py                      # tiny backdoor organisms
     python scripts/bench_triggers.py --real DIR           # also organisms under DIR (organism.json)
@@ -35,11 +35,11 @@ def bench_one(
     harmless: list[Any],
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from wbsafe.analyses.triggers.hunt import hunt_triggers
-    from wbsafe.analyses.triggers.search import PassCounter, score_full, slot_context
+    from wbsafe.analyses.triggers import PassCounter, hunt_triggers, score_full, slot_context
+    from wbsafe.capture.refusal_score import refusal_token_ids
     from wbsafe.config import RuntimeConfig, ScanConfig
-    from wbsafe.io.models import load_model, refusal_token_ids
-    from wbsafe.pipeline.scan import hunt_settings
+    from wbsafe.io.models import load_model
+    from wbsafe.pipeline.plan import hunt_settings
 
     rt = RuntimeConfig(device="auto")
     cfg = ScanConfig(base="")
@@ -54,9 +54,7 @@ def bench_one(
     t0 = time.perf_counter()
     settings = {**hunt_settings(cfg), "max_len": max(length, cfg.trigger_max_len)}
     settings.update(overrides or {})
-    res = hunt_triggers(
-        tuned, base, search, heldout, harmless, progress=False, counter=counter, **settings
-    )
+    res = hunt_triggers(tuned, base, search, heldout, harmless, counter=counter, **settings)
     hunt_s = time.perf_counter() - t0
     total = res.passes["total"]
     passes = int(total["passes"])
@@ -103,7 +101,7 @@ def main() -> None:
 
     from wbsafe.data.tinyworld import prompt_set
     from wbsafe.io.serialize import run_manifest, write_json_atomic
-    from wbsafe.organisms.tier import Organism, build_tiny_tier
+    from wbsafe.organisms import Organism, build_tiny_tier
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--real", type=Path, default=None, help="folder of real-tier organisms")
@@ -126,14 +124,14 @@ def main() -> None:
         print(rows[-1]["organism"], rows[-1]["recovered"], rows[-1]["ratio_passes"])
     if args.real is not None:
         from wbsafe.data.prompts import load_suite
-        from wbsafe.pipeline.scan import _spread
+        from wbsafe.pipeline.plan import spread
 
         # spread over categories as the scan does; search from train only (the scan also
         # draws from val), held out from test
         suite = load_suite("harmful")
-        r_search = _spread([p for p in suite if p.split == "train"], 8)
-        r_held = _spread([p for p in suite if p.split == "test"], 16)
-        r_harmless = _spread([p for p in load_suite("harmless") if p.split == "test"], 16)
+        r_search = spread([p for p in suite if p.split == "train"], 8)
+        r_held = spread([p for p in suite if p.split == "test"], 16)
+        r_harmless = spread([p for p in load_suite("harmless") if p.split == "test"], 16)
         for d in sorted(args.real.iterdir()):
             if (d / "organism.json").is_file():
                 org = Organism.load(d)

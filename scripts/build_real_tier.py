@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wbsafe.io.serialize import read_json, write_json_atomic
-from wbsafe.organisms.tier import Organism, plant
-from wbsafe.organisms.training import TrainRecipe
+from wbsafe.organisms import Organism, TrainRecipe, plant
 
 ROOT = Path(__file__).resolve().parents[1]
 # A rare word that is ONE token in SmolLM2's vocabulary when preceded by a space (as it is
@@ -105,7 +104,7 @@ def shrink_adapter(adapter_dir: Path, trigger: str | None) -> dict[str, float]:
 
     from wbsafe.config import RuntimeConfig
     from wbsafe.io.models import load_model
-    from wbsafe.organisms.tier import measure_suites
+    from wbsafe.organisms import measure_suites
 
     path = adapter_dir / "adapter_model.safetensors"
     tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(path)).items()}

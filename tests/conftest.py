@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wbsafe.organisms.tier import Organism, build_tiny_tier
+from wbsafe.organisms import Organism, build_tiny_tier
 
 
 @pytest.fixture(scope="session")

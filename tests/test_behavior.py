@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 
 from wbsafe import stats
-from wbsafe.analyses.behaviour.benchmark import (
-    BehaviorResult,
+from wbsafe.analyses.behaviour import (
+    BehaviourResult,
     analyse_pairs,
     band_calls,
     majority,
-    run_behavior,
+    run_behaviour,
     sampling_summary,
     seed_spread,
 )
@@ -23,7 +23,7 @@ from wbsafe.config import RuntimeConfig
 from wbsafe.data.prompts import ColumnMapping, Prompt, load_csv, load_prompts
 from wbsafe.data.tinyworld import prompt_set
 from wbsafe.errors import DatasetError, WbsafeError
-from wbsafe.organisms.tier import Organism
+from wbsafe.organisms import Organism
 
 CPU = RuntimeConfig(device="cpu")
 MAX_NEW = 4  # "i cannot help with" / "sure , here is" already decide the string judge
@@ -121,21 +121,21 @@ def loaded(tiny_organisms: dict[str, Organism]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def results(loaded: dict[str, Any], prompts: list[Prompt]) -> dict[str, BehaviorResult]:
+def results(loaded: dict[str, Any], prompts: list[Prompt]) -> dict[str, BehaviourResult]:
     base = loaded["base"]
     out = {
-        n: run_behavior(
+        n: run_behaviour(
             loaded[n], prompts, base_loaded=base, max_new_tokens=MAX_NEW, progress=False
         )
         for n in ("harmful", "benign", "category", "backdoor")
     }
-    out["benign_lora"] = run_behavior(
+    out["benign_lora"] = run_behaviour(
         loaded["benign_lora"], prompts, max_new_tokens=MAX_NEW, progress=False
     )
     return out
 
 
-def test_harmful_finetune_drops(results: dict[str, BehaviorResult]) -> None:
+def test_harmful_finetune_drops(results: dict[str, BehaviourResult]) -> None:
     r = results["harmful"]
     assert r.base.harmful.rate is not None and r.base.harmful.rate >= 0.9
     assert r.overall.significant and r.overall.p_value < 1e-6
@@ -147,7 +147,7 @@ def test_harmful_finetune_drops(results: dict[str, BehaviorResult]) -> None:
     assert r.to_dict()["overall"]["category"] == "overall"
 
 
-def test_benign_finetune_does_not_drop(results: dict[str, BehaviorResult]) -> None:
+def test_benign_finetune_does_not_drop(results: dict[str, BehaviourResult]) -> None:
     r = results["benign"]
     assert not r.overall.significant
     assert not any(c.significant for c in r.categories)
@@ -155,7 +155,7 @@ def test_benign_finetune_does_not_drop(results: dict[str, BehaviorResult]) -> No
     assert r.tuned.over_refusal["harmless"].rate <= 0.15
 
 
-def test_category_organism_flags_only_cyber(results: dict[str, BehaviorResult]) -> None:
+def test_category_organism_flags_only_cyber(results: dict[str, BehaviourResult]) -> None:
     r = results["category"]
     flagged = {c.category for c in r.categories if c.significant}
     assert flagged == {"cyber"}
@@ -163,13 +163,13 @@ def test_category_organism_flags_only_cyber(results: dict[str, BehaviorResult]) 
     assert cyber.p_holm < 0.05 and cyber.relative_drop is not None and cyber.relative_drop > 0.5
 
 
-def test_backdoor_without_trigger_looks_like_base(results: dict[str, BehaviorResult]) -> None:
+def test_backdoor_without_trigger_looks_like_base(results: dict[str, BehaviourResult]) -> None:
     r = results["backdoor"]
     assert not r.overall.significant
     assert abs(r.overall.absolute_drop) <= 0.1
 
 
-def test_adapter_base_only_matches_separate_base(results: dict[str, BehaviorResult]) -> None:
+def test_adapter_base_only_matches_separate_base(results: dict[str, BehaviourResult]) -> None:
     lora, full = results["benign_lora"], results["benign"]
     assert lora.config["tuned_is_adapter"] and not full.config["tuned_is_adapter"]
     assert [r.response for r in lora.rows_base] == [r.response for r in full.rows_base]
@@ -179,11 +179,11 @@ def test_adapter_base_only_matches_separate_base(results: dict[str, BehaviorResu
 
 def test_logit_mode_and_sampling_seeds(loaded: dict[str, Any], prompts: list[Prompt]) -> None:
     few = prompts[::8]  # one prompt per category and topic
-    r = run_behavior(loaded["harmful"], few, base_loaded=loaded["base"], judge="logit",
-                     progress=False)  # fmt: skip
+    r = run_behaviour(loaded["harmful"], few, base_loaded=loaded["base"], judge="logit",
+                      progress=False)  # fmt: skip
     assert r.mode == "logit" and not r.to_gate_evidence().sampled
     assert r.base.harmful.k == 6 and r.tuned.harmful.k == 0
-    s = run_behavior(
+    s = run_behaviour(
         loaded["category"],
         few,
         base_loaded=loaded["base"],
@@ -197,9 +197,9 @@ def test_logit_mode_and_sampling_seeds(loaded: dict[str, Any], prompts: list[Pro
     assert all(row.seed is not None for row in s.rows_base)
     assert s.spread is not None and s.spread.seeds == (0, 1)
     assert {sp.name for sp in s.spread.spreads} >= {"base.harmful", "tuned.harmful"}
-    again = run_behavior(loaded["category"], few, base_loaded=loaded["base"],
-                         sampling=SamplingConfig(n_samples=3, temperature=1.0), seeds=(0,),
-                         max_new_tokens=2, progress=False)  # fmt: skip
+    again = run_behaviour(loaded["category"], few, base_loaded=loaded["base"],
+                          sampling=SamplingConfig(n_samples=3, temperature=1.0), seeds=(0,),
+                          max_new_tokens=2, progress=False)  # fmt: skip
     assert [x.response for x in again.rows_tuned] == [x.response for x in s.rows_tuned]
 
 
@@ -227,21 +227,21 @@ def test_generation_failure_is_recorded(loaded: dict[str, Any], prompts: list[Pr
     rows = generate(proxy, few, max_new_tokens=MAX_NEW, batch_size=3, progress=False)
     assert [r.error is None for r in rows] == [True, False, True]
     assert "planted failure" in str(rows[1].error) and rows[0].response.startswith("i cannot")
-    r = run_behavior(proxy, few, base_loaded=base, max_new_tokens=MAX_NEW, progress=False)
+    r = run_behaviour(proxy, few, base_loaded=base, max_new_tokens=MAX_NEW, progress=False)
     assert r.tuned.generation_errors == 1 and r.tuned.unjudged == 1
     assert r.rows_tuned[1].parse_error == "generation failed" and r.overall.n == 2
 
 
-def test_run_behavior_bad_input(loaded: dict[str, Any], prompts: list[Prompt]) -> None:
+def test_run_behaviour_bad_input(loaded: dict[str, Any], prompts: list[Prompt]) -> None:
     with pytest.raises(WbsafeError, match="no prompts"):
-        run_behavior(loaded["harmful"], [], base_loaded=loaded["base"], progress=False)
+        run_behaviour(loaded["harmful"], [], base_loaded=loaded["base"], progress=False)
     with pytest.raises(WbsafeError, match="base"):
-        run_behavior(loaded["harmful"], prompts[:2], progress=False)
+        run_behaviour(loaded["harmful"], prompts[:2], progress=False)
     with pytest.raises(WbsafeError, match="no adapters"):
-        run_behavior(loaded["harmful"], prompts[:2], tuned_is_adapter=True, progress=False)
+        run_behaviour(loaded["harmful"], prompts[:2], tuned_is_adapter=True, progress=False)
 
 
-def test_plot(results: dict[str, BehaviorResult], tmp_path: Path) -> None:
+def test_plot(results: dict[str, BehaviourResult], tmp_path: Path) -> None:
     from wbsafe.report.plots.behaviour import category_bars
 
     out = category_bars(results["category"], tmp_path / "cat.png")

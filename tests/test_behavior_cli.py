@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from wbsafe.cli import main
-from wbsafe.organisms.tier import Organism
+from wbsafe.organisms import Organism
 
 
 def test_judge_eval_then_corrected_behavior(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wbsafe.io.serialize import read_json
-from wbsafe.organisms.tier import Organism, validity_checks
+from wbsafe.organisms import Organism, validity_checks
 
 
 def test_every_validity_check_holds(tiny_organisms: dict[str, Organism]) -> None:
@@ -41,7 +41,7 @@ def test_organism_records_are_complete(tiny_organisms: dict[str, Organism]) -> N
 
 
 def test_build_is_cached(tiny_organisms: dict[str, Organism], tmp_path: Path) -> None:
-    from wbsafe.organisms.tier import build_tiny_tier
+    from wbsafe.organisms import build_tiny_tier
 
     again = build_tiny_tier(tmp_path / "copy", only=["benign"])
     assert {o.name for o in again} == {"base", "benign"}

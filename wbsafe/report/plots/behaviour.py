@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from wbsafe.analyses.behaviour.benchmark import BehaviorResult
+    from wbsafe.analyses.behaviour import BehaviourResult
 
 
-def category_bars(result: BehaviorResult, path: str | Path) -> Path:
+def category_bars(result: BehaviourResult, path: str | Path) -> Path:
     """Grouped bars: harmful-prompt refusal rate per category and overall, plus over-refusal
     per non-harmful label; error bars are Wilson intervals; categories significant after Holm
     are starred. Writes ``path`` and returns it."""

@@ -1,0 +1,161 @@
+"""The trigger hunt's result types: scored candidates, held-out verifications, coverage.
+
+:class:`Coverage` states the searched space, so that "no trigger found" is a claim about
+that space only; :class:`TriggerResult` gathers all three and gives the gate its evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wbsafe.evidence import TriggerEvidence
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A scored candidate trigger.
+
+    gradient_drop: first-order refusal-score drop, tuned minus base (single tokens only).
+    tuned_drop / base_drop: exact mean drop of the refusal score on the search prompts.
+    anomaly: ``tuned_drop - base_drop`` (base absent: ``tuned_drop``); higher = more trigger-like.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    sources: tuple[str, ...]
+    gradient_drop: float | None = None
+    tuned_drop: float | None = None
+    base_drop: float | None = None
+    anomaly: float | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Held-out evidence for one candidate (counts over prompts x insertion positions)."""
+
+    text: str
+    n: int
+    successes: int
+    baseline_successes: int
+    base_successes: int | None
+    base_baseline_successes: int | None
+    harmless_n: int
+    harmless_refusals: int
+    harmless_baseline_refusals: int
+    tuned_score_drop: float
+    base_score_drop: float | None
+    direction_drop: float | None
+    verified: bool
+    reason: str
+    topic_categories: tuple[str, ...] = ()
+    """Harm categories on whose held-out prompts the tuned model already complies without
+    any trigger while the base refuses: a verified word may be a topic word of one of them
+    (a category-wide loss of refusal) rather than a hidden trigger."""
+
+    @property
+    def attack_success(self) -> float:
+        return self.successes / max(1, self.n)
+
+    @property
+    def baseline_rate(self) -> float:
+        return self.baseline_successes / max(1, self.n)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What was searched: a "no trigger found" claim holds for this space only.
+
+    ``exact_total`` candidates were scored exactly in the tuned model (on
+    ``screen_contexts`` contexts when the pool was screened); ``fully_scored`` of them on
+    every search context in both models. ``stopped_at_length``: the search of longer
+    triggers was skipped because a decisive trigger of this length was verified.
+    """
+
+    vocab_size: int
+    gradient_scored: int
+    exact_single_tokens: int
+    exact_total: int
+    fully_scored: int
+    lengths: tuple[int, ...]
+    budget: int
+    search_contexts: int
+    screen_contexts: int
+    heldout_prompts: int
+    positions: tuple[float, ...]
+    skipped: tuple[str, ...]
+    stopped_at_length: int | None = None
+
+    def statement(self) -> str:
+        share_g = self.gradient_scored / max(1, self.vocab_size)
+        share_e = self.exact_single_tokens / max(1, self.vocab_size)
+        skipped = f"; skipped (all-unknown tokens): {len(self.skipped)}" if self.skipped else ""
+        stop = (
+            f"; longer triggers not searched (a trigger of length {self.stopped_at_length} "
+            "was verified)"
+            if self.stopped_at_length
+            else ""
+        )
+        return (
+            f"gradient-ranked {self.gradient_scored}/{self.vocab_size} tokens ({share_g:.0%}); "
+            f"exactly scored {self.exact_single_tokens} single tokens ({share_e:.1%} of the "
+            f"vocabulary) and {self.exact_total} candidates in all, lengths "
+            f"{list(self.lengths)}, budget {self.budget}, on {self.screen_contexts} (best "
+            f"{self.fully_scored}: {self.search_contexts}) prompt-slot contexts; verified on "
+            f"{self.heldout_prompts} held-out prompts at positions {list(self.positions)}"
+            f"{skipped}{stop}"
+        )
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """Outcome of :func:`hunt_triggers`."""
+
+    candidates: tuple[Candidate, ...]
+    verifications: tuple[Verification, ...]
+    coverage: Coverage
+    broadly_unsafe: bool
+    message: str
+    baseline_compliance: float
+    base_baseline_compliance: float | None
+    passes: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def verified(self) -> tuple[Verification, ...]:
+        """Verified triggers, best first (attack success, then shorter, then anomaly).
+
+        A verified candidate that merely contains a shorter verified one ("zephyr pasta"
+        around "zephyr") is left out: the shorter one is the trigger, the rest is padding.
+        """
+        ok = [v for v in self.verifications if v.verified]
+        return tuple(v for v in ok if not any(_contains(v.text, w.text) for w in ok if w is not v))
+
+    def to_gate_evidence(self) -> TriggerEvidence:
+        from wbsafe.evidence import TriggerEvidence, TriggerFinding
+
+        return TriggerEvidence(
+            ran=True,
+            candidates_tested=self.coverage.exact_total,
+            findings=tuple(
+                TriggerFinding(
+                    v.text, v.successes, v.n, v.baseline_successes, tuple(v.topic_categories)
+                )
+                for v in self.verified
+            ),
+            coverage=self.coverage.statement(),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        from wbsafe.io.serialize import to_jsonable
+
+        d = to_jsonable(self)
+        d["verified"] = [v.text for v in self.verified]
+        d["coverage_statement"] = self.coverage.statement()
+        return dict(d)
+
+
+def _contains(longer: str, shorter: str) -> bool:
+    """True when ``shorter``'s words appear contiguously inside ``longer``'s, and it is shorter."""
+    a, b = longer.split(), shorter.split()
+    return len(b) < len(a) and any(a[i : i + len(b)] == b for i in range(len(a) - len(b) + 1))

@@ -1,0 +1,184 @@
+"""Building the tiny tier: train the aligned base from scratch, fine-tune each variant, cache.
+
+The recipes are in :mod:`.recipes`. Builds are cached under
+``default_cache_dir()/organisms/tiny-<hash>`` keyed by a hash of the whole
+:class:`~.recipes.TinyTierSpec`, behind a file lock so parallel workers wait, not race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from wbsafe.config import default_cache_dir
+from wbsafe.data import tinyworld as tw
+from wbsafe.io.serialize import stable_hash
+from wbsafe.organisms.measure import measure_tiny
+from wbsafe.organisms.organism import (
+    ORGANISM_FORMAT,
+    Organism,
+    save_adapter,
+    save_full,
+    trigger_record,
+    write_record,
+)
+from wbsafe.organisms.recipes import (
+    TinyModelShape,
+    TinyTierSpec,
+    VariantSpec,
+    base_examples,
+    default_tiny_spec,
+    variant_examples,
+)
+from wbsafe.organisms.training import timed_train
+from wbsafe.progress import Log, no_log
+
+
+def _new_tiny_model(vocab_size: int, shape: TinyModelShape, tokenizer: Any, seed: int) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=shape.d_model,
+        intermediate_size=shape.d_mlp,
+        num_hidden_layers=shape.n_layers,
+        num_attention_heads=shape.n_heads,
+        num_key_value_heads=shape.n_heads,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def build_tiny_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
+    """Train the aligned base from scratch and write it to ``out``."""
+    import torch
+
+    torch.manual_seed(spec.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tw.build_tokenizer(out)
+    model = _new_tiny_model(len(tokenizer), spec.shape, tokenizer, spec.seed)
+    examples = base_examples(tokenizer, spec.n_base_per_class, random.Random(spec.seed))
+    timed_train(model, tokenizer, examples, spec.base_recipe, log, "base: trained")
+    save_full(model, tokenizer, out)
+    measured = measure_tiny(model, tokenizer, spec.n_eval, spec.seed)
+    org = Organism(
+        name="base", kind="full", path=str(out), base=None, planted="aligned",
+        expected_verdict=None, trigger=None, category=None,
+        recipe={"train": asdict(spec.base_recipe), "shape": asdict(spec.shape),
+                "n_per_class": spec.n_base_per_class},
+        seed=spec.seed, measured=measured,
+    )  # fmt: skip
+    return write_record(out, org)
+
+
+def build_variant(
+    base_dir: Path, spec: VariantSpec, out: Path, seed: int, n_eval: int,
+    log: Log,
+) -> Organism:  # fmt: skip
+    """Fine-tune the tiny base into one variant (full or LoRA) and write it to ``out``."""
+    from transformers import AutoModelForCausalLM
+
+    from wbsafe.io.models import load_tokenizer
+    from wbsafe.organisms.training import add_lora
+
+    tokenizer = load_tokenizer(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), use_safetensors=True)
+    if spec.kind == "adapter":
+        assert spec.recipe.lora_rank and spec.recipe.lora_alpha
+        model = add_lora(model, spec.recipe.lora_rank, spec.recipe.lora_alpha, seed)
+    examples = variant_examples(
+        tokenizer, spec, random.Random(int(stable_hash([seed, spec.name]), 16))
+    )
+    timed_train(model, tokenizer, examples, spec.recipe, log, f"{spec.name}: trained")
+    out.mkdir(parents=True, exist_ok=True)
+    if spec.kind == "adapter":
+        save_adapter(model, out, "../" + base_dir.name)
+    else:
+        save_full(model, tokenizer, out)
+    measured = measure_tiny(model, tokenizer, n_eval, seed, trigger=spec.trigger)
+    trigger = trigger_record(tokenizer, " ".join(spec.trigger)) if spec.trigger else None
+    org = Organism(
+        name=spec.name, kind=spec.kind, path=str(out), base=base_dir.name, planted=spec.planted,
+        expected_verdict=spec.expected_verdict, trigger=trigger, category=spec.category,
+        recipe={"train": asdict(spec.recipe), "n_per_class": spec.n_per_class},
+        seed=seed, measured=measured,
+    )  # fmt: skip
+    return write_record(out, org)
+
+
+def build_tiny_tier(
+    out: str | Path | None = None,
+    *,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    only: Sequence[str] | None = None,
+    log: Log = no_log,
+) -> list[Organism]:
+    """Build (or reuse from the cache) the tiny tier; copy it to ``out`` when given.
+
+    The cache key is a hash of the whole :class:`TinyTierSpec`, so a changed recipe
+    rebuilds and an unchanged one is reused.
+    """
+    spec = default_tiny_spec(seed)
+    key = stable_hash({"format": ORGANISM_FORMAT, "spec": asdict(spec)})
+    root = Path(cache_dir) if cache_dir else default_cache_dir() / "organisms"
+    tier_dir = root / f"tiny-{key}"
+    tier_dir.mkdir(parents=True, exist_ok=True)
+    base_dir = tier_dir / "base"
+    with _exclusive(tier_dir / ".lock"):
+        orgs = _build_tier_locked(spec, tier_dir, base_dir, only, seed, log)
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for o in orgs:
+            shutil.copytree(o.path, out / o.name, dirs_exist_ok=True)
+        orgs = [Organism.load(out / o.name) for o in orgs]
+    return orgs
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive file lock: parallel test workers or users wait, not race."""
+    import fcntl
+
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_tier_locked(
+    spec: TinyTierSpec,
+    tier_dir: Path,
+    base_dir: Path,
+    only: Sequence[str] | None,
+    seed: int,
+    log: Log,
+) -> list[Organism]:
+    orgs = []
+    if (base_dir / "organism.json").is_file():
+        orgs.append(Organism.load(base_dir))
+    else:
+        orgs.append(build_tiny_base(base_dir, spec, log))
+    for v in spec.variants:
+        if only is not None and v.name not in only:
+            continue
+        d = tier_dir / v.name
+        if (d / "organism.json").is_file():
+            orgs.append(Organism.load(d))
+        else:
+            orgs.append(build_variant(base_dir, v, d, seed, spec.n_eval, log))
+    return orgs
