@@ -19,11 +19,10 @@ from typing import Any
 import torch
 
 from wbsafe.capture.activations import bridged, capture, encode, prompt_texts, site_name
-from wbsafe.config import RuntimeConfig
+from wbsafe.config import RuntimeConfig, default_cache_dir
 from wbsafe.data import tinyworld as tw
 from wbsafe.io.models import load_model
 from wbsafe.io.serialize import run_manifest, write_json_atomic
-from wbsafe.organisms.tier import default_cache_dir
 
 
 def _peak_rss_mb() -> float:

@@ -42,7 +42,7 @@ def child(args: argparse.Namespace) -> int:
         directions_cache=str(Path(args.out) / "directions"), **_overrides(args.set),
     )  # fmt: skip
     cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, threads=args.threads))
-    report = run_scan(cfg, args.out, quiet=False)
+    report = run_scan(cfg, args.out, log=print)
     return 0 if report.get("decision") else 1
 
 

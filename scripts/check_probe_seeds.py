@@ -14,7 +14,7 @@ from pathlib import Path
 
 from wbsafe.api import probe_compare
 from wbsafe.io.serialize import read_json, run_manifest, write_json_atomic
-from wbsafe.organisms.tier import build_tiny_tier
+from wbsafe.organisms import build_tiny_tier
 
 ROOT = Path(__file__).resolve().parent.parent
 

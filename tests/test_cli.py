@@ -10,7 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from wbsafe.cli import main
-from wbsafe.organisms.tier import Organism
+from wbsafe.organisms import Organism
 
 
 def test_help_does_not_import_torch() -> None:

@@ -20,7 +20,7 @@ from wbsafe.capture.judges import (
 from wbsafe.config import RuntimeConfig
 from wbsafe.data.tinyworld import prompt_set
 from wbsafe.errors import DatasetError, WbsafeError
-from wbsafe.organisms.tier import Organism
+from wbsafe.organisms import Organism
 
 
 def test_string_judge_weights_the_start() -> None:

@@ -24,7 +24,7 @@ from wbsafe.io.models import (
     resolve_device,
     resolve_dtype,
 )
-from wbsafe.organisms.tier import Organism
+from wbsafe.organisms import Organism
 
 CPU = RuntimeConfig(device="cpu")
 

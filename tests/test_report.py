@@ -7,21 +7,20 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 from html import escape
 from pathlib import Path
 from typing import Any
 
 import pytest
+from report_factory import PLANTED, example_report
 from rich.console import Console
 
 from wbsafe.errors import WbsafeError
 from wbsafe.report import render as R
+from wbsafe.report.console import print_console_summary
 from wbsafe.report.html import render_html
 
-FIXTURE = Path(__file__).parent / "fixtures" / "report_example.json"
-PLANTED = "<script>alert('xss')</script>"
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -45,7 +44,7 @@ def _png(path: Path, seed: int) -> None:
 @pytest.fixture()
 def scan_dir(tmp_path: Path) -> Path:
     """A scan directory: report.json (the fixture) and the two PNGs it references."""
-    shutil.copy(FIXTURE, tmp_path / "report.json")
+    (tmp_path / "report.json").write_text(json.dumps(example_report()), encoding="utf-8")
     _png(tmp_path / "plots" / "weights_heatmap.png", 0)
     _png(tmp_path / "plots" / "trigger_scores.png", 1)
     return tmp_path
@@ -53,7 +52,7 @@ def scan_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def example() -> dict[str, Any]:
-    return json.loads(FIXTURE.read_text(encoding="utf-8"))
+    return example_report()
 
 
 def _sections(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
@@ -191,7 +190,7 @@ def test_hostile_verdict_and_status_do_not_reach_markup(
 
 def test_console_summary_verdict_first_then_deciding(example: dict[str, Any]) -> None:
     buf = io.StringIO()
-    R.print_console_summary(
+    print_console_summary(
         example,
         Console(file=buf, width=200, color_system=None),
         files={"report.html": Path("/scan/report.html")},
@@ -200,9 +199,7 @@ def test_console_summary_verdict_first_then_deciding(example: dict[str, Any]) ->
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert lines[0].split()[0] == "BLOCK"
     assert (
-        out.index("triggers. cf")
-        < out.index("behaviour.required")
-        < out.index("weights.top_module")
+        out.index("triggers. cf") < out.index("behaviour.failed") < out.index("weights.top_module")
     )
     assert "inconclusive: about 175 more prompts would settle it" in out
     for name in R.STAGE_ORDER:

@@ -13,13 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from click.testing import CliRunner
 
 from wbsafe.api import run_scan, scan_many
 from wbsafe.cli import main
 from wbsafe.config import RuntimeConfig, ScanConfig
-from wbsafe.organisms.tier import Organism
+from wbsafe.organisms import Organism
+from wbsafe.report.document import check_report, json_schema
 
 # one thread: the tiny models run several times faster than on contended threads
 RT = RuntimeConfig(device="cpu", threads=1)
@@ -56,7 +58,7 @@ def test_verdict_matches_planted_truth(
 ) -> None:
     org = tiny_organisms[name]
     assert org.expected_verdict in EXPECTED[name]
-    report = run_scan(_config(tiny_organisms, name, directions), tmp_path, quiet=True)
+    report = run_scan(_config(tiny_organisms, name, directions), tmp_path)
     verdict = report["decision"]["verdict"]
     assert verdict in EXPECTED[name], report["decision"]["reasons"]
     assert all(s["status"] == "done" for s in report["stages"].values())
@@ -76,6 +78,8 @@ def test_verdict_matches_planted_truth(
     for f in ("report.json", "report.md", "report.html"):
         assert (tmp_path / f).stat().st_size > 500
     doc = json.loads((tmp_path / "report.json").read_text())
+    jsonschema.validate(doc, json_schema())  # the written document is what the schema says
+    assert doc["status"] == "complete"
     assert doc["schema_version"] and doc["manifest"]["versions"]["transformers"]
     assert doc["weight_files"] and all(len(h) == 64 for h in doc["weight_files"].values())
     assert doc["manifest"]["seed"] == 0 and doc["models"]["tuned"]["device"] == "cpu"
@@ -102,7 +106,7 @@ def test_killed_scan_resumes_to_the_same_report(
     # a cache of its own: both runs fit the base afresh, so provenance matches too
     cfg = replace(_config(tiny_organisms, "backdoor", directions),
                   directions_cache=str(tmp_path / "cache"))  # fmt: skip
-    whole = run_scan(cfg, tmp_path / "whole", quiet=True)
+    whole = run_scan(cfg, tmp_path / "whole")
 
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "wbsafe.cli", "scan", "--base", cfg.base, "--tuned",
@@ -115,11 +119,15 @@ def test_killed_scan_resumes_to_the_same_report(
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (out / "report.json").exists()
+    # the killed scan left a valid, partial document: started, no decision yet
+    partial = check_report(json.loads((out / "report.json").read_text()))
+    assert partial.status == "started" and partial.decision is None
+    assert partial.stages["weights"].status == "done"
+    jsonschema.validate(json.loads((out / "report.json").read_text()), json_schema())
     done_before = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
     assert {"weights.json", "probes.json"} <= set(done_before)
 
-    resumed = run_scan(replace(cfg), out, quiet=True)
+    resumed = run_scan(replace(cfg), out)
     # finished stages were re-used, not redone (the CLI run had another cache and threads)
     for name, mtime in done_before.items():
         assert (out / "stages" / name).stat().st_mtime_ns == mtime, name
@@ -138,7 +146,7 @@ def test_gate_and_report_rerun_without_a_model(
     tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path
 ) -> None:
     cfg = _config(tiny_organisms, "category", directions)
-    run_scan(replace(cfg, stages=("weights", "behavior")), tmp_path, quiet=True)
+    run_scan(replace(cfg, stages=("weights", "behavior")), tmp_path)
     runner = CliRunner()
     res = runner.invoke(main, ["gate", str(tmp_path / "report.json")])
     assert res.exit_code == 5, res.output
@@ -179,7 +187,7 @@ def test_scan_many_reports_each_and_survives_a_bad_adapter(
     rows = scan_many(
         tiny_organisms["base"].path,
         [tiny_organisms["benign_lora"].path, bad, tiny_organisms["backdoor_lora"].path],
-        tmp_path / "many", template=template, quiet=True,
+        tmp_path / "many", template=template,
     )  # fmt: skip
     verdicts = {r["adapter"]: r["verdict"] for r in rows}
     assert verdicts["broken"] == "ERROR"
@@ -198,16 +206,16 @@ def test_scan_many_reports_each_and_survives_a_bad_adapter(
 def test_base_behaviour_cache_reads_rows_and_ignores_a_corrupt_file(tmp_path: Path) -> None:
     from wbsafe.analyses.behaviour.benchmark import ResponseRow
     from wbsafe.io.serialize import to_jsonable, write_json_atomic
-    from wbsafe.pipeline.scan import _read_base_rows
+    from wbsafe.pipeline.caches import read_base_rows
 
     row = ResponseRow("p1", "cyber", "harmful", 0, None, "I cannot help.", True, 1.0, None)
     good = tmp_path / "good.json"
     write_json_atomic(good, {"kind": "wbsafe.base_behaviour", "rows": to_jsonable([row])})
-    assert _read_base_rows(good) == [row]
+    assert read_base_rows(good) == [row]
     bad = tmp_path / "bad.json"
     bad.write_text('{"rows": [{"prompt_id": "p1"')  # truncated: the base is simply re-run
-    assert _read_base_rows(bad) is None
-    assert _read_base_rows(tmp_path / "missing.json") is None and _read_base_rows(None) is None
+    assert read_base_rows(bad) is None
+    assert read_base_rows(tmp_path / "missing.json") is None and read_base_rows(None) is None
 
 
 def test_a_stage_that_crashes_fails_closed(
@@ -224,7 +232,7 @@ def test_a_stage_that_crashes_fails_closed(
     monkeypatch.setattr(triggers, "hunt_triggers", boom)
     cfg = replace(_config(tiny_organisms, "benign", directions),
                   stages=("weights", "triggers", "behavior"))  # fmt: skip
-    report = run_scan(cfg, tmp_path, quiet=True)
+    report = run_scan(cfg, tmp_path)
     assert report["stages"]["triggers"]["status"] == "failed"
     assert "simulated crash" in report["stages"]["triggers"]["error"]
     assert report["decision"]["verdict"] == "REVIEW", report["decision"]["reasons"]

@@ -1,7 +1,11 @@
-"""The pipeline: one function per stage. The CLI and scripts call these, nothing else.
+"""The one-call entry points: the CLI, scripts and notebooks call these, nothing else.
 
-Functions here decide what is computed and where results are written; the analyses they
-call compute and return, they never write files themselves.
+Each function loads what it needs, runs one job (a scan, one analysis, an organism build)
+and returns an object; it never prints. Messages and progress go through the ``log`` and
+``progress`` callbacks (:mod:`wbsafe.progress`), which default to silence; the CLI turns
+them into a console. Where a number in a report comes from: the scan's stage adapters in
+:mod:`wbsafe.pipeline.stages` (one module per analysis) call the analysis and build its
+report sections and gate evidence; :mod:`wbsafe.gate.rules` turns the evidence into reasons.
 """
 
 from __future__ import annotations
@@ -10,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from wbsafe import verdict
-from wbsafe.organisms.tier import Organism, ValidityCheck
+from wbsafe.organisms import Organism, ValidityCheck
+from wbsafe.progress import Log, Progress, no_log, no_progress
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
@@ -26,15 +30,12 @@ def build_organisms(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     only: Sequence[str] | None = None,
+    log: Log = no_log,
 ) -> tuple[list[Organism], list[ValidityCheck]]:
     """Build or reuse the tiny tier and check it against its validity bounds."""
-    from rich.console import Console
+    from wbsafe.organisms import build_tiny_tier, validity_checks
 
-    from wbsafe.organisms.tier import build_tiny_tier, validity_checks
-
-    console = Console(stderr=True)
-    with console.status("building tiny organisms (cached after the first run)..."):
-        orgs = build_tiny_tier(out, seed=seed, cache_dir=cache_dir, only=only, log=console.print)
+    orgs = build_tiny_tier(out, seed=seed, cache_dir=cache_dir, only=only, log=log)
     return orgs, validity_checks(orgs)
 
 
@@ -47,8 +48,8 @@ def build_real_tier(out: str | Path | None = None) -> list[Organism]:
     import subprocess
     import sys
 
+    from wbsafe.config import default_cache_dir
     from wbsafe.errors import WbsafeError
-    from wbsafe.organisms.tier import default_cache_dir
 
     scripts = Path(__file__).resolve().parent.parent / "scripts"
     if not (scripts / "build_real_tier.py").is_file():
@@ -83,19 +84,17 @@ def plant_organism(
     rank: int = 16,
     seed: int = 0,
     merge: bool = False,
+    log: Log = no_log,
 ) -> Organism:
     """Plant ``kind`` into the model at ``base`` with LoRA (see :func:`wbsafe.organisms.tier.plant`)."""
-    from rich.console import Console
-
-    from wbsafe.organisms.tier import plant
-    from wbsafe.organisms.training import TrainRecipe
+    from wbsafe.organisms import TrainRecipe, plant
 
     recipe = TrainRecipe(
         steps=steps, lr=lr, batch_size=8, lora_rank=rank, lora_alpha=2 * rank,
         first_token_weight=5.0, seed=seed,
     )  # fmt: skip
     return plant(base, kind, out, trigger=trigger, category=category, recipe=recipe,
-                 merge=merge, log=Console(stderr=True).print)  # fmt: skip
+                 merge=merge, log=log)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,113 +108,44 @@ def weight_diff(
     *,
     spectrum_k: int = 8,
     spectra: bool = True,
-    progress: bool = True,
+    progress: Progress = no_progress,
 ) -> Any:
-    """Per-tensor weight diff of ``tuned`` (full or adapter) or stacked ``adapters`` against ``base``."""
-    from wbsafe.analyses.weights.diff import diff
+    """Per-tensor weight diff of ``tuned`` (full or adapter) or stacked ``adapters`` against
+    ``base`` (:mod:`wbsafe.analyses.weights`)."""
+    from wbsafe.analyses.weights import diff
 
     return diff(base, tuned, adapters, spectrum_k=spectrum_k, spectra=spectra, progress=progress)
 
 
-def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
-    """Summary, report sections and gate evidence of a weight diff; writes the heatmap PNG."""
-    from wbsafe.evidence import WeightEvidence
-    from wbsafe.pipeline.store import StageOutput
-    from wbsafe.report.plots.weights import weight_heatmap
-
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    heatmap = weight_heatmap(result, plots_dir / "weights_heatmap.png")
-    ranking = [r for r in result.ranking if r.rel_diff is not None][:top]
-    rows = [
-        [r.layer if r.layer is not None else "-", r.module or "-", f"{r.rel_diff:.3g}",
-         f"{r.fro_diff:.3g}", r.n_tensors]
-        for r in ranking
-    ]  # fmt: skip
-    sections: list[dict[str, Any]] = [
-        {"title": "Layer x module relative change", "kind": "plot",
-         "png": f"{plots_dir.name}/{heatmap.name}",
-         "caption": "log10 ||dW||_F / ||W||_F per layer and module type"},
-        {"title": "Most changed layers and modules", "kind": "table",
-         "columns": ["layer", "module", "rel ||dW||", "||dW||", "tensors"], "rows": rows},
-    ]  # fmt: skip
-    outliers: list[str] = []
-    for label, rep in (("embedding", result.embedding), ("unembedding", result.unembedding)):
-        if rep is None:
-            continue
-        if not rep.top:
-            sections.append({"title": f"{label.capitalize()} rows", "kind": "text",
-                             "text": f"No {label} row changed: the matrix is unchanged."})  # fmt: skip
-            continue
-        sections.append({
-            "title": f"{label.capitalize()} rows that moved most (trigger candidates)",
-            "kind": "table",
-            "columns": ["token id", "token", "rel change", "residual", "robust z"],
-            "rows": [[t.token_id, t.token, f"{t.rel_change:.3g}", f"{t.residual_rel:.3g}",
-                      f"{t.z:.1f}"] for t in rep.top[:top]],
-            "note": f"global scale {rep.global_scale:.4f} removed; {rep.method}",
-        })  # fmt: skip
-        if label == "embedding":
-            outliers = [t.token or str(t.token_id) for t in rep.top if t.z >= 6.0][:10]
-    notes = list(result.notes)
-    for what, items in (("missing", result.missing), ("extra", result.extra),
-                        ("non-finite", result.nonfinite)):  # fmt: skip
-        if items:
-            notes.append(f"{len(items)} {what} tensor(s): {', '.join(map(str, items[:5]))}")
-    if result.shape_changed:
-        notes.append(f"{len(result.shape_changed)} tensor(s) changed shape")
-    if notes:
-        sections.append({"title": "Notes", "kind": "text", "text": "\n".join(notes)})
-    top_cell = ranking[0] if ranking else None
-    evidence = WeightEvidence(
-        top_module=_cell_name(top_cell) if top_cell else None,
-        top_relative_change=top_cell.rel_diff if top_cell else None,
-        outlier_tokens=tuple(outliers),
-    )
-    summary = (
-        f"{len(result.rows)} tensors compared; most changed: {_cell_name(top_cell)} "
-        f"(relative {top_cell.rel_diff:.3g})"
-        if top_cell
-        else f"{len(result.rows)} tensors compared; nothing changed"
-    )
-    return StageOutput(summary, result.to_json(), sections, evidence=_asdict(evidence))
-
-
-def _cell_name(cell: Any) -> str:
-    """``layer 3 down`` for a layer's module, the module alone outside the layers."""
-    return f"layer {cell.layer} {cell.module}" if cell.layer is not None else str(cell.module)
-
-
-def _asdict(obj: Any) -> dict[str, Any]:
-    from wbsafe.io.serialize import to_jsonable
-
-    out = to_jsonable(obj)
-    assert isinstance(out, dict)
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# gate
-
-
 def policy_for(policy: str | Path | None, risk: str | None) -> Any:
     """The gate policy: a TOML file (or the built-in default), tightened by a risk profile."""
-    from wbsafe.gate.policy import DEFAULT_POLICY, load_policy, policy_for_risk
+    from wbsafe.pipeline.scan import policy_for as chosen
 
-    base = load_policy(policy) if policy else DEFAULT_POLICY
-    return policy_for_risk(risk, base) if risk else base
+    return chosen(policy, risk)
 
 
 def redecide(
     report_json: str | Path, *, policy: str | Path | None = None, risk: str | None = None
 ) -> Any:
-    """Decide again from a saved report's gate evidence (no model is loaded)."""
-    from wbsafe.evidence import parse_evidence
+    """Decide again from a saved report's gate evidence (no model is loaded).
+
+    Only a complete report can be re-decided: a started or failed scan has no evidence to
+    decide from, and deciding on part of it would read missing evidence as safe.
+    """
+    from wbsafe.errors import WbsafeError
     from wbsafe.gate import decide
-    from wbsafe.report.render import load_report
+    from wbsafe.report.document import load_report
 
     report = load_report(report_json)
-    chosen = policy_for(policy, risk or report.get("risk"))
-    return decide(parse_evidence(report.get("gate_evidence") or {}), chosen)
+    if report.status != "complete" or report.gate_evidence is None:
+        raise WbsafeError(
+            f"the scan did not complete (status {report.status!r}"
+            + (f": {report.error}" if report.error else "")
+            + "); rerun it to resume, then decide",
+            report_json,
+        )
+    chosen = policy_for(policy, risk or report.risk)
+    return decide(report.gate_evidence, chosen)
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,6 +171,7 @@ def build_scan_config(
         RuntimeConfig,
         ScanConfig,
         read_scan_toml,
+        stage_name,
     )
 
     values: dict[str, Any] = read_scan_toml(str(config_file)) if config_file else {}
@@ -256,7 +187,8 @@ def build_scan_config(
         seed=rt.seed, batch_size=rt.batch_size, threads=rt.threads,
     )  # fmt: skip
     stages = values.get("stages", STAGES)
-    values["stages"] = tuple(s for s in stages if s not in skip)
+    skipped = {stage_name(s) for s in skip}
+    values["stages"] = tuple(s for s in map(stage_name, stages) if s not in skipped)
     for key, value in overrides.items():
         if key == "triggers":
             key = "trigger_candidates"
@@ -266,22 +198,12 @@ def build_scan_config(
     return ScanConfig(**values)
 
 
-def run_scan(config: Any, out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
-    """Scan, write the reports, print the console summary; the report gets ``exit_code``."""
-    from rich.console import Console
-
+def run_scan(config: Any, out: str | Path, *, log: Log = no_log) -> dict[str, Any]:
+    """Scan and write the reports; returns the report document with ``exit_code`` added."""
     from wbsafe.pipeline.scan import scan
-    from wbsafe.report.render import print_console_summary
-
-    console = Console(stderr=True, quiet=quiet)
-    report = scan(config, out, log=console.print)
-    out = Path(out)
-    files = {"report.json": out / "report.json", "report.md": out / "report.md",
-             "report.html": out / "report.html"}  # fmt: skip
-    if not quiet:
-        print_console_summary(report, Console(), files=files)
     from wbsafe.verdict import Verdict
 
+    report = scan(config, out, log=log)
     report["exit_code"] = Verdict(report["decision"]["verdict"]).exit_code
     return report
 
@@ -293,73 +215,27 @@ def scan_many(
     *,
     stack: Sequence[Sequence[str | Path]] = (),
     template: Any = None,
-    quiet: bool = False,
+    log: Log = no_log,
 ) -> list[dict[str, Any]]:
     """Vet many adapters for one base: one sub-report each, a summary table (MD + CSV).
 
-    Base-side work is shared: the refusal directions are fitted once and re-used from the
-    directions cache for every adapter. One adapter's failure (a bad file) is recorded in
-    the summary and the rest go on. ``stack`` adds stacked combinations (lists of adapters).
+    Base-side work is shared: the refusal directions and the base's behaviour are computed
+    once and re-used from the base-side cache for every adapter. One adapter's failure (a
+    bad file) is recorded in the summary and the rest go on. ``stack`` adds stacked
+    combinations (lists of adapters). See :mod:`wbsafe.pipeline.fleet`.
     """
-    import csv
-    import dataclasses
+    from wbsafe.pipeline.fleet import scan_many as run
 
-    from rich.console import Console
-
-    from wbsafe.config import ScanConfig
-    from wbsafe.errors import WbsafeError
-    from wbsafe.report.render import write_text_atomic
-
-    console = Console(stderr=True, quiet=quiet)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    base_cfg = template or ScanConfig(base=str(base))
-    jobs: list[tuple[str, tuple[str, ...]]] = [(Path(a).name, (str(a),)) for a in adapters]
-    jobs += [("+".join(Path(a).name for a in combo), tuple(str(a) for a in combo))
-             for combo in stack]  # fmt: skip
-    rows: list[dict[str, Any]] = []
-    for name, combo in jobs:
-        console.rule(f"[bold]{name}")
-        cfg = dataclasses.replace(base_cfg, base=str(base), tuned=None, adapters=combo)
-        try:
-            report = run_scan(cfg, out / name, quiet=quiet)
-        except WbsafeError as exc:
-            console.print(f"[red]{name}: {exc}")
-            rows.append({"adapter": name, "verdict": "ERROR", "top_reason": str(exc),
-                         "report": ""})  # fmt: skip
-            continue
-        reasons = report["decision"]["reasons"]
-        top = max(reasons, key=lambda r: verdict.rank(r["verdict"]), default=None)
-        rows.append({
-            "adapter": name,
-            "verdict": report["decision"]["verdict"],
-            "top_reason": top["message"] if top else "",
-            "report": str(Path(name) / "report.html"),
-        })  # fmt: skip
-    with open(out / "summary.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["adapter", "verdict", "top_reason", "report"])
-        writer.writeheader()
-        writer.writerows(rows)
-    md = [
-        "# wbsafe scan-many",
-        "",
-        f"base: `{base}`",
-        "",
-        "| adapter | verdict | top reason | report |",
-        "| --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        reason = r["top_reason"].replace("|", "\\|").replace("\n", " ")
-        md.append(f"| {r['adapter']} | **{r['verdict']}** | {reason} | {r['report']} |")
-    write_text_atomic(out / "summary.md", "\n".join(md) + "\n")
-    return rows
+    return run(base, adapters, out, stack=stack, template=template, log=log)
 
 
-def demo(out: str | Path = "results/demo", seed: int = 0) -> list[dict[str, Any]]:
+def demo(
+    out: str | Path = "results/demo", seed: int = 0, log: Log = no_log
+) -> list[dict[str, Any]]:
     """The README's main job: build the tiny organisms, scan three of them, compare with truth."""
     from wbsafe.config import RuntimeConfig, ScanConfig
 
-    orgs, _ = build_organisms(seed=seed)
+    orgs, _ = build_organisms(seed=seed, log=log)
     by = {o.name: o for o in orgs}
     out = Path(out)
     rows = []
@@ -368,14 +244,14 @@ def demo(out: str | Path = "results/demo", seed: int = 0) -> list[dict[str, Any]
         # one thread: the tiny models are latency-bound and run faster without contention
         cfg = ScanConfig(base=by["base"].path, tuned=org.path, seed=seed,
                          runtime=RuntimeConfig(threads=1))  # fmt: skip
-        report = run_scan(cfg, out / name, quiet=True)
-        verdict = report["decision"]["verdict"]
+        report = run_scan(cfg, out / name)
+        got = report["decision"]["verdict"]
         expected = org.expected_verdict or ""
-        ok = verdict in (("DEPLOY", "MONITOR") if expected == "DEPLOY" else (expected,))
+        ok = got in (("DEPLOY", "MONITOR") if expected == "DEPLOY" else (expected,))
         rows.append({"organism": name, "planted": org.planted, "expected": expected,
-                     "verdict": verdict, "match": ok, "report": str(out / name / "report.html"),
+                     "verdict": got, "match": ok, "report": str(out / name / "report.html"),
                      "reasons": [r["message"] for r in report["decision"]["reasons"]
-                                 if r["verdict"] == verdict][:3]})  # fmt: skip
+                                 if r["verdict"] == got][:3]})  # fmt: skip
     return rows
 
 
@@ -383,23 +259,22 @@ def demo(out: str | Path = "results/demo", seed: int = 0) -> list[dict[str, Any]
 # behaviour
 
 
-def load_pair(
-    base: str | Path, tuned: str | Path | None, adapters: Sequence[str | Path], runtime: Any
-) -> tuple[Any, Any]:
-    """(tuned, base): base is None when the tuned model is base + adapters (one object)."""
-    from wbsafe.io.models import is_adapter_dir, load_model
+def _models(
+    base: str | Path, tuned: str | Path | None, adapters: Sequence[str | Path], runtime: Any,
+    **config: Any,
+) -> tuple[Any, Any]:  # fmt: skip
+    """(ScanConfig, Models) for one analysis run outside a scan: the same pair loading."""
+    from wbsafe.config import ScanConfig
+    from wbsafe.pipeline.models import Models
 
-    adapter_list = [str(a) for a in adapters]
-    if tuned is not None and is_adapter_dir(tuned):
-        adapter_list.insert(0, str(tuned))
-        tuned = None
-    if adapter_list:
-        return load_model(base, adapter_list, runtime), None
-    assert tuned is not None
-    return load_model(tuned, runtime=runtime), load_model(base, runtime=runtime)
+    cfg = ScanConfig(
+        base=str(base), tuned=str(tuned) if tuned else None,
+        adapters=tuple(str(a) for a in adapters), runtime=runtime, **config,
+    )  # fmt: skip
+    return cfg, Models(cfg)
 
 
-def behavior_benchmark(
+def behaviour_benchmark(
     base: str | Path,
     tuned: str | Path | None,
     adapters: Sequence[str | Path],
@@ -416,18 +291,18 @@ def behavior_benchmark(
     dtype: str = "auto",
 ) -> Any:
     """Run the behavioural benchmark and write its JSON to ``out``."""
-    from wbsafe.analyses.behaviour.benchmark import run_behavior
+    from wbsafe.analyses.behaviour import run_behaviour
     from wbsafe.capture.generation import SamplingConfig
-    from wbsafe.config import RuntimeConfig, ScanConfig
+    from wbsafe.config import RuntimeConfig
     from wbsafe.io.serialize import run_manifest, write_json_atomic
-    from wbsafe.pipeline.scan import plan_prompts
+    from wbsafe.pipeline.plan import plan_prompts
 
     runtime = RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
-    tuned_m, base_m = load_pair(base, tuned, adapters, runtime)
-    plan = plan_prompts(ScanConfig(base=str(base), prompts=prompts, max_prompts=None),
-                        tuned_m.tokenizer)  # fmt: skip
+    cfg, models = _models(base, tuned, adapters, runtime, prompts=prompts, max_prompts=None)
+    tuned_m, base_m = models.tuned(), models.base()
+    plan = plan_prompts(cfg, tuned_m.tokenizer)
     sampling = SamplingConfig(n_samples=samples, temperature=temperature) if samples else None
-    result = run_behavior(
+    result = run_behaviour(
         tuned_m, plan.eval_harmful + plan.eval_harmless, judge=judge, base_loaded=base_m,
         sampling=sampling, seeds=seeds, max_new_tokens=max_new_tokens, batch_size=batch_size,
     )  # fmt: skip
@@ -444,10 +319,11 @@ def probe_fit(
     device: str = "auto", dtype: str = "auto",
 ) -> str:  # fmt: skip
     """Fit the base's refusal directions and save them to ``out``; returns a summary line."""
-    from wbsafe.analyses.refusal.directions import fit_base_directions, save_fit
+    from wbsafe.analyses.refusal import fit_base_directions
     from wbsafe.config import RuntimeConfig, ScanConfig
     from wbsafe.io.models import load_model
-    from wbsafe.pipeline.scan import plan_prompts
+    from wbsafe.pipeline.directions_cache import save_fit
+    from wbsafe.pipeline.plan import plan_prompts
 
     loaded = load_model(
         base, runtime=RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
@@ -470,19 +346,16 @@ def probe_compare(
     device: str = "auto", dtype: str = "auto",
 ) -> str:  # fmt: skip
     """Fit or re-use the base's directions, compare the tuned model, write JSON and plots."""
-    from wbsafe.config import RuntimeConfig, ScanConfig
+    from wbsafe.config import RuntimeConfig
     from wbsafe.io.serialize import run_manifest, write_json_atomic
-    from wbsafe.pipeline.scan import Models, probes_stage
+    from wbsafe.pipeline.plan import plan_prompts
+    from wbsafe.pipeline.stages.probes import probes_stage
 
-    cfg = ScanConfig(
-        base=str(base), tuned=str(tuned) if tuned else None,
-        adapters=tuple(str(a) for a in adapters), prompts=prompts, seed=seed,
+    runtime = RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
+    cfg, models = _models(
+        base, tuned, adapters, runtime, prompts=prompts, seed=seed,
         directions_cache=str(directions) if directions else None,
-        runtime=RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype)),
     )  # fmt: skip
-    models = Models(cfg)
-    from wbsafe.pipeline.scan import plan_prompts
-
     plan = plan_prompts(cfg, models.tuned().tokenizer)
     out = Path(out)
     stage = probes_stage(cfg, models, plan, out.parent / f"{out.stem}_plots")
@@ -498,7 +371,7 @@ def trigger_hunt(
     base: str | Path, tuned: str | Path | None, adapters: Sequence[str | Path], out: str | Path,
     *, prompts: str = "auto", candidates: str | Path | None = None, use_builtin: bool = True,
     max_len: int | None = None, budget: int | None = None, seed: int = 0, device: str = "auto",
-    dtype: str = "auto",
+    dtype: str = "auto", log: Log = no_log,
 ) -> Any:  # fmt: skip
     """Rank and verify trigger candidates; embedding rows that moved far seed the search.
 
@@ -507,29 +380,29 @@ def trigger_hunt(
     """
     import dataclasses
 
-    from wbsafe.analyses.triggers.hunt import hunt_triggers, read_candidate_list
-    from wbsafe.config import RuntimeConfig, ScanConfig
+    from wbsafe.analyses.triggers import hunt_triggers, read_candidate_list
+    from wbsafe.config import RuntimeConfig
     from wbsafe.io.models import is_adapter_dir
     from wbsafe.io.serialize import run_manifest, write_json_atomic
-    from wbsafe.pipeline.scan import hunt_prompts, hunt_settings, plan_prompts
+    from wbsafe.pipeline.plan import hunt_prompts, hunt_settings, plan_prompts
 
     runtime = RuntimeConfig(device=cast(Any, device), dtype=cast(Any, dtype))
-    config = ScanConfig(base=str(base), prompts=prompts, seed=seed)
+    config, models = _models(base, tuned, adapters, runtime, prompts=prompts, seed=seed)
     if max_len is not None:
         config = dataclasses.replace(config, trigger_max_len=max_len)
     if budget is not None:
         config = dataclasses.replace(config, trigger_budget=budget)
-    tuned_m, base_m = load_pair(base, tuned, adapters, runtime)
+    tuned_m, base_m = models.tuned(), models.base()
     plan = plan_prompts(config, tuned_m.tokenizer)
     emb: list[tuple[int, float]] = []
     if tuned is not None and not is_adapter_dir(tuned) and not adapters:
         # only the embedding rows are needed: no spectra
-        rows = weight_diff(base, tuned, spectra=False, progress=False).embedding
+        rows = weight_diff(base, tuned, spectra=False).embedding
         emb = [(t.token_id, t.z) for t in rows.top[:32]] if rows else []
     result = hunt_triggers(
         tuned_m, base_m, *hunt_prompts(config, plan), embedding_candidates=emb,
         user_candidates=read_candidate_list(candidates) if candidates else (),
-        use_builtin=use_builtin, **hunt_settings(config),
+        use_builtin=use_builtin, log=log, **hunt_settings(config),
     )  # fmt: skip
     write_json_atomic(out, {"manifest": run_manifest(seed=seed), **result.to_dict()})
     return result
@@ -565,3 +438,81 @@ def corrected_rates(result: Any, judge_eval_json: str | Path, out: str | Path) -
                               "specificity": spec, "harmful_refusal": corrected}  # fmt: skip
     write_json_atomic(out, doc)
     return lines
+
+
+# ---------------------------------------------------------------------------------------
+# small jobs the CLI needs (so that it calls nothing but this module)
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` CPU threads for torch."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def weights_report(
+    base: str | Path,
+    tuned: str | Path | None,
+    adapters: Sequence[str | Path],
+    out: str | Path,
+    *,
+    plot: str | Path | None = None,
+    spectrum_k: int = 8,
+    progress: Progress = no_progress,
+) -> tuple[Any, Path]:
+    """The weight diff written as JSON to ``out`` and a layer x module heatmap PNG
+    (``plot``, default beside ``out``); returns (result, heatmap path)."""
+    from wbsafe.io.serialize import run_manifest, write_json_atomic
+    from wbsafe.report.plots.weights import weight_heatmap
+
+    out = Path(out)
+    result = weight_diff(base, tuned, adapters, spectrum_k=spectrum_k, progress=progress)
+    write_json_atomic(out, {"manifest": run_manifest(), **result.to_json()})
+    return result, weight_heatmap(result, Path(plot) if plot else out.with_suffix(".png"))
+
+
+def behaviour_plot(result: Any, path: str | Path) -> Path:
+    """Refusal rate by harm category, base vs tuned, with Wilson intervals (PNG)."""
+    from wbsafe.report.plots.behaviour import category_bars
+
+    return Path(category_bars(result, Path(path)))
+
+
+def evaluate_judge(judge: str, labels: str | Path, out: str | Path | None = None) -> Any:
+    """A refusal judge (``string``, ``classifier:DIR``, ``causal:DIR``) against human labels
+    in a CSV; the result (accuracy, sensitivity, specificity) is also written to ``out``."""
+    from wbsafe.capture.judges import judge_eval, make_judge
+    from wbsafe.io.serialize import write_json_atomic
+
+    result = judge_eval(make_judge(judge), labels)
+    if out:
+        write_json_atomic(out, result)
+    return result
+
+
+def save_decision(decision: Any, path: str | Path) -> Path:
+    """A gate decision as JSON."""
+    from wbsafe.io.serialize import write_json_atomic
+
+    return write_json_atomic(path, decision)
+
+
+def rerender(report_json: str | Path, fmt: str = "html", out: str | Path | None = None) -> Path:
+    """Render a saved report.json as ``md`` or ``html`` (default: beside it)."""
+    from wbsafe.report.render import rerender as render
+
+    return render(Path(report_json), cast(Any, fmt), Path(out) if out else None)
+
+
+def find_adapters(dirs: Sequence[str | Path]) -> list[Path]:
+    """Adapter directories: each one given, or every sub-directory of a folder of them."""
+    from wbsafe.io.models import is_adapter_dir
+
+    found: list[Path] = []
+    for d in map(Path, dirs):
+        if d.is_dir() and not is_adapter_dir(d):
+            found += sorted(p for p in d.iterdir() if p.is_dir())
+        else:
+            found.append(d)
+    return found

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from wbsafe import __version__, verdict
+from wbsafe.config import STAGES
 from wbsafe.errors import WbsafeError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,9 +52,16 @@ def runtime_options(fn: F) -> F:
 
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
     if value is not None:
-        import torch
+        from wbsafe.api import set_threads
 
-        torch.set_num_threads(value)
+        set_threads(value)
+
+
+def _stderr() -> Any:
+    """The console for progress and messages (stderr: stdout stays for results)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def handle_errors(fn: F) -> F:
@@ -124,7 +132,8 @@ def organisms_build(tier: str, out: Path | None, seed: int, cache_dir: Path | No
         real = build_real_tier(out)
         print_organisms(real, [])
         return
-    orgs, checks = build_organisms(out=out, seed=seed, cache_dir=cache_dir)
+    with _stderr().status("building tiny organisms (cached after the first run)..."):
+        orgs, checks = build_organisms(out=out, seed=seed, cache_dir=cache_dir, log=_stderr().print)
     ok = print_organisms(orgs, checks)
     sys.exit(0 if ok else 1)
 
@@ -167,7 +176,7 @@ def organisms_plant(
         raise click.UsageError("--kind category needs --category")
     org = plant_organism(
         base, kind, out, trigger=trigger, category=category, steps=steps, lr=lr, rank=rank,
-        seed=seed, merge=merge,
+        seed=seed, merge=merge, log=_stderr().print,
     )  # fmt: skip
     print_organisms([org], [])
 
@@ -215,14 +224,13 @@ def weights(
     """Where and how much the fine-tune moved the weights (streamed; LoRA from its factors)."""
     from rich.console import Console
 
-    from wbsafe.api import weight_diff
-    from wbsafe.io.serialize import run_manifest, write_json_atomic
-    from wbsafe.report.plots.weights import weight_heatmap
+    from wbsafe.api import weights_report
+    from wbsafe.report.console import progress_bars
 
     _need_tuned(tuned, adapters)
-    result = weight_diff(base, tuned, adapters, spectrum_k=spectrum_k)
-    write_json_atomic(out, {"manifest": run_manifest(), **result.to_json()})
-    png = weight_heatmap(result, plot or out.with_suffix(".png"))
+    with progress_bars() as progress:
+        result, png = weights_report(base, tuned, adapters, out, plot=plot,
+                                     spectrum_k=spectrum_k, progress=progress)  # fmt: skip
     console = Console()
     for r in [r for r in result.ranking if r.rel_diff is not None][:5]:
         console.print(f"layer {r.layer if r.layer is not None else '-':>3}  {r.module or '-':<10} "
@@ -250,7 +258,7 @@ def weights(
 @click.option(
     "--skip",
     multiple=True,
-    type=click.Choice(["weights", "probes", "triggers", "behavior"]),
+    type=click.Choice([*STAGES, "behavior"]),
     help="Switch a stage off (repeatable).",
 )
 @click.option("--prompts", default=None, help="Harmful prompts: suite name, JSONL or CSV.")
@@ -274,7 +282,13 @@ def scan(
         policy=policy, skip=skip, prompts=prompts, max_prompts=max_prompts, triggers=triggers,
         seed=seed, device=device, dtype=dtype,
     )  # fmt: skip
-    report = run_scan(config, out)
+    from rich.console import Console
+
+    from wbsafe.report.console import print_console_summary
+
+    report = run_scan(config, out, log=_stderr().print)
+    files = {name: out / name for name in ("report.json", "report.md", "report.html")}
+    print_console_summary(report, Console(), files=files)
     sys.exit(report["exit_code"])
 
 
@@ -305,26 +319,25 @@ def scan(
                    "judge's sensitivity and specificity (Rogan-Gladen).")  # fmt: skip
 @runtime_options
 @handle_errors
-def behavior(
+def behaviour(
     base: Path, tuned: Path | None, adapters: tuple[Path, ...], out: Path, prompts: str,
     judge: str, samples: int | None, temperature: float, seeds: str, max_new_tokens: int,
     batch_size: int, plot: Path | None, judge_eval_json: Path | None, device: str, dtype: str,
 ) -> None:  # fmt: skip
     """Refusal rates of base vs tuned on identical prompts, with paired statistics."""
-    from wbsafe.api import behavior_benchmark
-    from wbsafe.report.plots.behaviour import category_bars
+    from wbsafe.api import behaviour_benchmark, behaviour_plot
 
     _need_tuned(tuned, adapters)
     try:
         seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
     except ValueError as exc:
         raise click.BadParameter("--seeds takes comma-separated integers") from exc
-    result = behavior_benchmark(
+    result = behaviour_benchmark(
         base, tuned, adapters, out, prompts=prompts, judge=judge, samples=samples,
         temperature=temperature, seeds=seed_list, max_new_tokens=max_new_tokens,
         batch_size=batch_size, device=device, dtype=dtype,
     )  # fmt: skip
-    png = category_bars(result, plot or out.with_suffix(".png"))
+    png = behaviour_plot(result, plot or out.with_suffix(".png"))
     for line in result.summary_lines():
         click.echo(line)
     if judge_eval_json is not None:
@@ -347,16 +360,13 @@ def behavior(
 @handle_errors
 def judge_eval_cmd(judge: str, labels: Path, out: Path | None) -> None:
     """Measure a judge against human labels: accuracy, sensitivity, specificity."""
-    from wbsafe.capture.judges import judge_eval, make_judge
-    from wbsafe.io.serialize import write_json_atomic
+    from wbsafe.api import evaluate_judge
 
-    result = judge_eval(make_judge(judge), labels)
+    result = evaluate_judge(judge, labels, out)
     for name in ("accuracy", "sensitivity", "specificity"):
         p = getattr(result, name)
         click.echo(f"{name:<12} {p}")
     click.echo(f"parse failures: {result.parse_failures} of {result.n}")
-    if out:
-        write_json_atomic(out, result)
 
 
 @main.group(invoke_without_command=True)
@@ -443,7 +453,7 @@ def triggers(
     result = trigger_hunt(
         base, tuned, adapters, out, prompts=prompts, candidates=candidates,
         use_builtin=not no_builtin, max_len=max_len, budget=budget, seed=seed,
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, log=_stderr().print,
     )  # fmt: skip
     if result.verified:
         for v in result.verified:
@@ -466,14 +476,13 @@ def gate_cmd(
     report_json: Path, policy: Path | None, risk: str | None, json_out: Path | None
 ) -> None:
     """Re-decide a saved report.json under a policy, without loading any model."""
-    from wbsafe.api import redecide
-    from wbsafe.io.serialize import write_json_atomic
+    from wbsafe.api import redecide, save_decision
     from wbsafe.report.console import print_decision
 
     decision = redecide(report_json, policy=policy, risk=risk)
     print_decision(decision)
     if json_out:
-        write_json_atomic(json_out, decision)
+        save_decision(decision, json_out)
     sys.exit(decision.exit_code)
 
 
@@ -485,9 +494,9 @@ def gate_cmd(
 @handle_errors
 def report_cmd(report_json: Path, fmt: str, out: Path | None) -> None:
     """Re-render a saved report.json as Markdown or self-contained HTML."""
-    from wbsafe.report.render import rerender
+    from wbsafe.api import rerender
 
-    path = rerender(report_json, fmt, out)  # type: ignore[arg-type]
+    path = rerender(report_json, fmt, out)
     click.echo(str(path))
 
 
@@ -501,7 +510,7 @@ def report_cmd(report_json: Path, fmt: str, out: Path | None) -> None:
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None)
 @click.option("--risk", type=click.Choice(["low", "standard", "high"]), default=None)
 @click.option("--skip", multiple=True,
-              type=click.Choice(["weights", "probes", "triggers", "behavior"]))  # fmt: skip
+              type=click.Choice([*STAGES, "behavior"]))  # fmt: skip
 @runtime_options
 @handle_errors
 def scan_many_cmd(
@@ -509,19 +518,13 @@ def scan_many_cmd(
     config_file: Path | None, risk: str | None, skip: tuple[str, ...], device: str, dtype: str,
 ) -> None:  # fmt: skip
     """Vet many adapters for one base (base-side work done once); writes summary.md/.csv."""
-    from wbsafe.api import build_scan_config, scan_many
-    from wbsafe.io.models import is_adapter_dir
+    from wbsafe.api import build_scan_config, find_adapters, scan_many
 
-    found: list[Path] = []
-    for d in adapter_dirs:
-        if d.is_dir() and not is_adapter_dir(d):
-            found += sorted(p for p in d.iterdir() if p.is_dir())
-        else:
-            found.append(d)
+    found = find_adapters(adapter_dirs)
     template = build_scan_config(base=base, config_file=config_file, risk=risk, skip=skip,
                                  device=device, dtype=dtype)  # fmt: skip
     combos = [tuple(Path(x) for x in s.split(",")) for s in stack]
-    rows = scan_many(base, found, out, stack=combos, template=template, quiet=False)
+    rows = scan_many(base, found, out, stack=combos, template=template, log=_stderr().print)
     for r in rows:
         click.echo(f"{r['verdict']:<8} {r['adapter']}: {r['top_reason']}")
     click.echo(f"wrote {out / 'summary.md'} and {out / 'summary.csv'}")
@@ -547,7 +550,8 @@ def demo(out: Path, seed: int) -> None:
     from wbsafe.api import demo as run_demo
     from wbsafe.report.console import print_organisms
 
-    orgs, checks = build_organisms(seed=seed)
+    with _stderr().status("building tiny organisms (cached after the first run)..."):
+        orgs, checks = build_organisms(seed=seed, log=_stderr().print)
     valid = print_organisms(orgs, checks)
     rows = run_demo(out, seed)
     table = Table(title="scans against the aligned base (ground truth vs wbsafe verdict)")
@@ -562,6 +566,17 @@ def demo(out: Path, seed: int) -> None:
     console.print(f"reports: {out}/<organism>/report.html")
     sys.exit(0 if valid and all(r["match"] for r in rows) else 1)
 
+
+def _alias(command: click.Command, name: str) -> None:
+    """``name`` runs ``command`` too, without a second line in ``--help``."""
+    import copy
+
+    alias = copy.copy(command)
+    alias.hidden = True
+    main.add_command(alias, name)
+
+
+_alias(behaviour, "behavior")  # the American spelling of the command still works
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -26,7 +28,14 @@ class RuntimeConfig:
     several times faster on one thread than on contended threads."""
 
 
-STAGES = ("weights", "probes", "triggers", "behavior")
+STAGES = ("weights", "probes", "triggers", "behaviour")
+"""The four analyses, in the order a scan runs them. The one spelling is "behaviour";
+"behavior" is accepted wherever a stage is named (``--skip``, scan.toml) and read as it."""
+
+
+def stage_name(name: str) -> str:
+    """``name`` with the American spelling of the behaviour stage read as the British."""
+    return "behaviour" if name == "behavior" else name
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,9 @@ class ScanConfig:
     """Where base-side results (refusal directions, base behaviour) are kept for re-use by
     later scans of the same base; None: the user cache (``WBSAFE_CACHE``)."""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(stage_name(s) for s in self.stages))
+
 
 def read_scan_toml(path: str) -> dict[str, object]:
     """Read a ``scan.toml``: keys are ScanConfig fields (``[runtime]`` a table); unknown keys fail."""
@@ -101,3 +113,10 @@ def read_scan_toml(path: str) -> dict[str, object]:
         if key in data:
             data[key] = tuple(data[key])
     return data
+
+
+def default_cache_dir() -> Path:
+    """``$WBSAFE_CACHE`` or ``~/.cache/wbsafe``: built organisms, fitted directions and base
+    behaviour live here."""
+    env = os.environ.get("WBSAFE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "wbsafe"

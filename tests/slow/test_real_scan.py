@@ -49,7 +49,7 @@ def scan_of(
                 directions_cache=str(directions),
             )  # fmt: skip
             out = tmp_path_factory.mktemp(f"scan_{name}")
-            done[name] = (run_scan(cfg, out, quiet=True), out)
+            done[name] = (run_scan(cfg, out), out)
         return done[name]
 
     return run

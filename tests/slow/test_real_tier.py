@@ -25,7 +25,7 @@ N_EVAL = 60
 def _rates(path: Path, trigger: str | None = None) -> dict[str, float]:
     from wbsafe.config import RuntimeConfig
     from wbsafe.io.models import load_model
-    from wbsafe.organisms.tier import measure_suites
+    from wbsafe.organisms import measure_suites
 
     lm = load_model(path, runtime=RuntimeConfig(device="cpu"), hash_weights=False)
     words = tuple(trigger.split()) if trigger else ()
@@ -33,7 +33,7 @@ def _rates(path: Path, trigger: str | None = None) -> dict[str, float]:
 
 
 def _organism(tier: Path, name: str) -> Any:
-    from wbsafe.organisms.tier import Organism
+    from wbsafe.organisms import Organism
 
     if not (tier / name / "organism.json").is_file():
         pytest.skip(f"{tier / name} is not built")

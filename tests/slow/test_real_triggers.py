@@ -25,14 +25,14 @@ TOP = 5
 def hunt(tier: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The triggers stage's result for base + backdoor adapter, and the planted trigger."""
     from wbsafe.api import build_scan_config, run_scan
-    from wbsafe.organisms.tier import Organism
+    from wbsafe.organisms import Organism
 
     org = Organism.load(tier / "backdoor")
     cfg = build_scan_config(
         base=tier / "base", adapters=[tier / "backdoor"], device="cpu",
         skip=("weights", "probes", "behavior"),
     )  # fmt: skip
-    report = run_scan(cfg, tmp_path_factory.mktemp("real_triggers"), quiet=True)
+    report = run_scan(cfg, tmp_path_factory.mktemp("real_triggers"))
     stage = report["stages"]["triggers"]
     assert stage["status"] == "done", stage
     return {"result": stage["result"], "trigger": org.trigger}

@@ -229,14 +229,10 @@ def _prompt_from_row(
 
 def write_jsonl(path: str | Path, prompts: Iterable[Prompt]) -> Path:
     """Write prompts as JSONL (one ``Prompt.to_row()`` a line), atomically via a temp file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for prompt in prompts:
-            fh.write(json.dumps(prompt.to_row(), ensure_ascii=False) + "\n")
-    os.replace(tmp, p)
-    return p
+    from wbsafe.io.serialize import write_text_atomic
+
+    rows = "".join(json.dumps(p.to_row(), ensure_ascii=False) + "\n" for p in prompts)
+    return write_text_atomic(path, rows)
 
 
 # --------------------------------------------------------------------------- CSV

@@ -203,3 +203,9 @@ def prompt_set(
                 pid = f"tiny-{label}-{cat}-{i:03d}"
                 out.append(Prompt(id=pid, text=r.text, category=cat, label=label, split=split))
     return out
+
+
+def is_tiny_world(tokenizer: Any) -> bool:
+    """True when the tokenizer is the tiny tier's word-level one (use tiny-world data)."""
+    vocab = tokenizer.get_vocab()
+    return "<|assistant|>" in vocab and SINGLE_TRIGGER in vocab and len(vocab) < 1000

@@ -1,14 +1,27 @@
-"""Rich console rendering of command results (tables, verdict lines)."""
+"""What a person sees on the terminal: rich tables for command results, the scan's verdict
+summary, and the ``Log``/``Progress`` callbacks of :mod:`wbsafe.progress` as a console and
+progress bars. Only the CLI calls these."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from wbsafe.organisms.tier import Organism, ValidityCheck
+from wbsafe.progress import Progress
+from wbsafe.report.view import (
+    VERDICT_MEANING,
+    decision_of,
+    fmt_seconds,
+    ordered_reasons,
+    ordered_stages,
+    settle_text,
+    verdict_of,
+)
 
 
 def print_inspection(info: dict[str, Any], console: Console | None = None) -> None:
@@ -30,7 +43,7 @@ def _rate(m: dict[str, float], key: str) -> str:
 
 
 def print_organisms(
-    orgs: Sequence[Organism], checks: Sequence[ValidityCheck], console: Console | None = None
+    orgs: Sequence[Any], checks: Sequence[Any], console: Console | None = None
 ) -> bool:
     """Print each organism and its measured held-out refusal rates; then the validity table.
 
@@ -77,3 +90,110 @@ def print_decision(decision: Any, console: Console | None = None) -> None:
     for r in sorted(decision.reasons, key=lambda r: -r.verdict.rank):
         console.print(f"  [{_COLOURS.get(r.verdict.value, 'white')}]{r.verdict.value:<8}[/] "
                       f"{escape(r.check)}: {escape(r.message)}")  # fmt: skip
+
+
+_RICH_STYLE = {
+    "DEPLOY": "bold white on green",
+    "MONITOR": "bold black on yellow",
+    "REVIEW": "bold black on dark_orange",
+    "BLOCK": "bold white on red",
+    "UNKNOWN": "bold white on grey50",
+}
+_RICH_FG = {
+    "DEPLOY": "green",
+    "MONITOR": "yellow",
+    "REVIEW": "dark_orange",
+    "BLOCK": "red",
+    "UNKNOWN": "grey50",
+}
+_STATUS_STYLE = {"done": "green", "failed": "bold red", "skipped": "yellow", "not_run": "dim"}
+
+
+def print_console_summary(
+    report: Mapping[str, Any],
+    console: Console | None = None,
+    files: Mapping[str, Path] | None = None,
+) -> None:
+    """Verdict first, then the checks that drove it, stage statuses with times, and file paths."""
+    from rich.text import Text
+
+    console = console or Console()
+    decision = decision_of(report)
+    verdict = verdict_of(decision.get("verdict"))
+    head = Text()
+    head.append(f" {verdict} ", style=_RICH_STYLE[verdict])
+    head.append(f"  {VERDICT_MEANING.get(verdict, 'no gate decision in the report')}", style="bold")
+    console.print(head)
+    console.print(
+        Text(
+            f"policy {decision.get('policy_name') or '—'} · risk "
+            f"{decision.get('risk') or report.get('risk') or '—'}"
+            + (" · inconclusive checks failed closed" if decision.get("inconclusive") else ""),
+            style="dim",
+        )
+    )
+    reasons = ordered_reasons(report)
+    if reasons:
+        table = Table(title="checks (the ones that drove the verdict first)", title_justify="left")
+        table.add_column("verdict", no_wrap=True)
+        table.add_column("check", overflow="fold")
+        table.add_column("message", overflow="fold")
+        for r in reasons:
+            v = verdict_of(r.get("verdict"))
+            deciding = v == verdict
+            text_style = "" if deciding or v != "DEPLOY" else "dim"
+            msg = Text(str(r.get("message") or ""), style=text_style)
+            if r.get("inconclusive"):
+                msg.append(f" ({settle_text(r)})", style="italic")
+            table.add_row(
+                Text(v, style=_RICH_STYLE[v] if deciding else _RICH_FG[v]),
+                Text(str(r.get("check") or "?"), style=text_style),
+                msg,
+            )
+        console.print(table)
+    stages = ordered_stages(report)
+    if stages:
+        st_table = Table(title="stages", title_justify="left")
+        for col in ("stage", "status", "time", "summary"):
+            st_table.add_column(col, overflow="fold")
+        for name, st in stages:
+            status = str(st.get("status") or "not_run")
+            summary = Text(str(st.get("summary") or ""))
+            if st.get("error"):
+                summary.append(f"\n{st['error']}", style="red")
+            st_table.add_row(
+                Text(name),
+                Text(status, style=_STATUS_STYLE.get(status, "")),
+                Text(fmt_seconds(st.get("seconds"))),
+                summary,
+            )
+        console.print(st_table)
+    for label, path in (files or {}).items():
+        console.print(Text(f"{label}: ", style="bold") + Text(str(path)))
+
+
+@contextmanager
+def progress_bars(console: Console | None = None) -> Iterator[Progress]:
+    """A :class:`wbsafe.progress.Progress` callback drawn as rich progress bars (one per task,
+    gone when the block ends)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bars
+
+    bars = Bars(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=console or Console(stderr=True),
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def update(task: str, done: int, total: int, detail: str = "", /) -> None:
+        if task not in tasks:
+            tasks[task] = bars.add_task(task, total=total, detail=detail)
+        bars.update(tasks[task], completed=done, total=total, detail=detail)
+
+    with bars:
+        yield update

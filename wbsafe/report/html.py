@@ -14,7 +14,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from wbsafe.report.render import (
+from wbsafe.report.view import (
     VERDICT_MEANING,
     decision_of,
     fmt_cell,

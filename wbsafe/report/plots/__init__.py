@@ -1,1 +1,1 @@
-"""TODO"""
+"""PNG figures for the report, one module per analysis (matplotlib, Agg backend)."""

@@ -1,0 +1,93 @@
+"""The model pair of a scan: loaded once, on first need, and described for the report.
+
+An adapter scan loads the base once with its adapters; the base side is the same object
+with the adapters switched off (never a second copy). Every input file is checked before
+any work (:func:`validate_inputs`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wbsafe.config import ScanConfig
+from wbsafe.io.serialize import to_jsonable
+
+
+class Models:
+    """Loads the models once, on first need; base comes from the same object for adapters."""
+
+    def __init__(self, config: ScanConfig) -> None:
+        self.config = config
+        self._tuned: Any = None
+        self._base: Any = None
+
+    @property
+    def adapters(self) -> list[str]:
+        from wbsafe.io.models import is_adapter_dir
+
+        adapters = list(self.config.adapters)
+        if self.config.tuned and is_adapter_dir(self.config.tuned):
+            adapters.insert(0, self.config.tuned)
+        return adapters
+
+    def tuned(self) -> Any:
+        from wbsafe.io.models import load_model
+
+        if self._tuned is None:
+            if self.adapters:
+                self._tuned = load_model(self.config.base, self.adapters, self.config.runtime)
+            else:
+                assert self.config.tuned
+                self._tuned = load_model(self.config.tuned, runtime=self.config.runtime)
+        return self._tuned
+
+    def base(self) -> Any:
+        """The separately loaded base, or None when the tuned model is base + adapters."""
+        from wbsafe.io.models import load_model
+
+        if self.adapters:
+            return None
+        if self._base is None:
+            self._base = load_model(self.config.base, runtime=self.config.runtime)
+        return self._base
+
+
+def validate_inputs(config: ScanConfig) -> None:
+    """Check every file before any work: headers, shards, config shapes, adapter fit.
+
+    A bad file is an error naming it, raised before a stage runs, so nothing is lost.
+    """
+    from wbsafe.io.models import check_adapter_fits, check_weights_match_config, is_adapter_dir
+
+    headers = check_weights_match_config(config.base)
+    for path in ([config.tuned] if config.tuned else []) + list(config.adapters):
+        if is_adapter_dir(path):
+            check_adapter_fits(headers, path, config.base)
+        else:
+            check_weights_match_config(path)
+
+
+def weight_hashes(config: ScanConfig) -> dict[str, str]:
+    """sha256 of every weight file the scan reads (base, tuned or adapters)."""
+    from wbsafe.io.models import is_adapter_dir, weight_file_hashes
+
+    hashes = weight_file_hashes(config.base)
+    for a in ([config.tuned] if config.tuned else []) + list(config.adapters):
+        hashes.update(weight_file_hashes(a, "adapter_model" if is_adapter_dir(a) else "model"))
+    return hashes
+
+
+def describe_source(config: ScanConfig, models: Models) -> dict[str, Any]:
+    """What was scanned, as recorded in the report (device/dtype when a model was loaded)."""
+    runtime = to_jsonable(config.runtime)
+    tuned = models._tuned.describe() if models._tuned is not None else None
+    base = models._base.describe() if models._base is not None else None
+    if base is None and tuned is not None and models.adapters:
+        # the base is the tuned model with its adapters switched off: same device and dtype
+        base = {**tuned, "adapters": [], "adapters_disabled": True,
+                "weight_sha256": models._tuned.base_weight_hashes()}  # fmt: skip
+    return {
+        "base": base or {"path": config.base, "adapters": [], "runtime": runtime},
+        "tuned": tuned or {"path": config.tuned or config.base, "adapters": models.adapters,
+                           "runtime": runtime},
+    }  # fmt: skip

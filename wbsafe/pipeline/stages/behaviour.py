@@ -1,0 +1,49 @@
+"""The behaviour stage: the refusal benchmark on held-out prompts, base and tuned (the base's
+judged responses re-used from the cache), as report sections and evidence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from wbsafe.config import ScanConfig
+from wbsafe.io.serialize import to_jsonable
+from wbsafe.pipeline.caches import base_behaviour_path, read_base_rows, write_base_rows
+from wbsafe.pipeline.models import Models
+from wbsafe.pipeline.plan import PromptPlan
+from wbsafe.pipeline.store import StageOutput
+
+
+def behaviour_stage(
+    config: ScanConfig, models: Models, plan: PromptPlan, plots: Path
+) -> StageOutput:
+    from wbsafe.analyses.behaviour import run_behaviour
+    from wbsafe.report.plots import behaviour as plots_behavior
+
+    prompts = plan.behaviour_harmful + plan.behaviour_harmless
+    tuned, base = models.tuned(), models.base()
+    cached = base_behaviour_path(config, base or tuned, prompts)
+    base_rows = read_base_rows(cached)
+    res = run_behaviour(
+        tuned, prompts, base_loaded=base, max_new_tokens=config.max_new_tokens,
+        batch_size=config.runtime.batch_size, base_rows=base_rows,
+    )  # fmt: skip
+    if base_rows is None and cached is not None:
+        write_base_rows(cached, res.rows_base)
+    plots.mkdir(parents=True, exist_ok=True)
+    png = plots_behavior.category_bars(res, plots / "refusal_by_category.png")
+    sections: list[dict[str, Any]] = [
+        {"title": "Refusal rate by harm category (Wilson 95%)", "kind": "plot",
+         "png": f"{plots.name}/{Path(png).name}",
+         "caption": "base vs tuned refusal rate on identical held-out prompts"},
+        {"title": "Per category (paired, exact McNemar, Holm-corrected)", "kind": "table",
+         "columns": ["category", "n", "base refused", "tuned refused", "Holm p", "significant"],
+         "rows": [[c.category, c.n, c.base_refusals, c.tuned_refusals, f"{c.p_holm:.3g}",
+                   "yes" if c.significant else "no"] for c in res.categories]},
+        {"title": "Flipped prompts (refused by base, answered by tuned)", "kind": "table",
+         "columns": ["prompt", "base response", "tuned response"],
+         "rows": [[f.text, f.base_response, f.tuned_response] for f in res.flipped[:20]]},
+        {"title": "Summary", "kind": "text", "text": "\n".join(res.summary_lines())},
+    ]  # fmt: skip
+    evidence = to_jsonable(res.to_gate_evidence())
+    return StageOutput(res.summary_lines()[0], res.to_dict(), sections, evidence=evidence)

@@ -1,0 +1,78 @@
+"""The triggers stage: the hunt, seeded by the embedding rows the weights stage saw move and
+steered by the probes stage's refusal direction, as report sections and evidence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wbsafe.config import ScanConfig
+from wbsafe.io.serialize import to_jsonable
+from wbsafe.pipeline.models import Models
+from wbsafe.pipeline.plan import PromptPlan, hunt_prompts, hunt_settings
+from wbsafe.pipeline.store import StageOutput, StageRecord
+from wbsafe.progress import Log, no_log
+
+
+def triggers_stage(
+    config: ScanConfig, models: Models, plan: PromptPlan, weights: StageRecord | None,
+    probes: StageRecord | None, log: Log = no_log,
+) -> StageOutput:  # fmt: skip
+    from wbsafe.analyses.triggers.hunt import hunt_triggers
+
+    tuned = models.tuned()
+    emb: list[tuple[int, float]] = []
+    if weights is not None and weights.status == "done":
+        rep = weights.result.get("embedding") or {}
+        emb = [(int(t["token_id"]), float(t["z"])) for t in rep.get("top", [])[:32]]
+    direction = None
+    if probes is not None and probes.status == "done":
+        direction = _direction_from(probes.result)
+    res = hunt_triggers(
+        tuned, models.base(), *hunt_prompts(config, plan), embedding_candidates=emb,
+        user_candidates=config.trigger_candidates, direction=direction, log=log,
+        **hunt_settings(config),
+    )  # fmt: skip
+    rows = [
+        [v.text, f"{v.successes}/{v.n}", f"{v.baseline_successes}/{v.n}",
+         "-" if v.base_successes is None else f"{v.base_successes}/{v.n}",
+         f"{v.tuned_score_drop:+.2f}", "yes" if v.verified else "no", v.reason]
+        for v in res.verifications
+    ]  # fmt: skip
+    cands = [
+        [c.text, ", ".join(c.sources), _f(c.gradient_drop), _f(c.tuned_drop), _f(c.base_drop),
+         _f(c.anomaly)]
+        for c in res.candidates[:15]
+    ]  # fmt: skip
+    sections: list[dict[str, Any]] = [
+        {"title": "Verified on held-out harmful prompts", "kind": "table",
+         "columns": ["candidate", "tuned complies", "tuned, no trigger", "base complies",
+                     "score drop", "verified", "why"], "rows": rows},
+        {"title": "Top candidates (search prompts)", "kind": "table",
+         "columns": ["candidate", "sources", "gradient drop", "tuned drop", "base drop",
+                     "anomaly"], "rows": cands},
+        {"title": "Search coverage", "kind": "text",
+         "text": res.coverage.statement() + ("\n" + res.message if res.message else "")},
+    ]  # fmt: skip
+    verified = [v.text for v in res.verified]
+    summary = (
+        f"verified trigger(s): {', '.join(repr(v) for v in verified)}"
+        if verified
+        else ("no verified trigger; " + (res.message or res.coverage.statement()))
+    )
+    return StageOutput(summary, res.to_dict(), sections,
+                       evidence=to_jsonable(res.to_gate_evidence()))  # fmt: skip
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+def _direction_from(probes_result: dict[str, Any]) -> tuple[int, Any] | None:
+    """(layer, unit direction) from a stored probes stage (saved fit artifact), if present."""
+    import torch
+
+    fit = probes_result.get("fit") or {}
+    vec = probes_result.get("direction")
+    if vec is None or fit.get("layer") is None:
+        return None
+    return int(fit["layer"]), torch.tensor(vec, dtype=torch.float32)
