@@ -55,7 +55,7 @@ def main() -> None:
         prompts = [p for s in ("harmful", "harmless") for p in split_prompts(load_suite(s), "test")]
     random.Random(0).shuffle(prompts)
     prompts = prompts[: args.n_prompts]
-    kw = {"max_new_tokens": args.max_new_tokens, "progress": False}
+    kw = {"max_new_tokens": args.max_new_tokens}
 
     generate(loaded, prompts[:4], batch_size=4, **kw)  # warm-up
     t0 = time.perf_counter()

@@ -9,8 +9,8 @@ changes between runs or is named below as a deliberate change of the report form
 - timings, wall-clock seconds (per stage and per trigger-hunt phase), the creation time,
   whether a stage was re-used, the platform string, the git commit, package versions;
 - schema 1.0 -> 1.1 (``schema_version`` wherever it is written): the document gained
-  ``status`` (must be ``complete``) and ``error`` (must be null), and the behaviour stage is
-  spelled ``behaviour`` (was ``behavior``).
+  ``status`` (must be ``complete``) and ``error`` (must be null), and the behaviour stage
+  (its name, its result's ``kind``) is spelled ``behaviour`` (was ``behavior``).
 
 Run both sides on a cold base-side cache (``WBSAFE_CACHE`` pointing at a folder that holds
 only the organisms): a re-used directions fit is reported as such, and would differ.
@@ -49,6 +49,9 @@ def normalise(report: dict[str, Any]) -> dict[str, Any]:
         config["stages"] = [_spell(s) for s in config["stages"]]
     out["stages"] = {_spell(n): st for n, st in (out.get("stages") or {}).items()}
     for stage in out["stages"].values():
+        result = stage.get("result") or {}
+        if "kind" in result:
+            result["kind"] = _spell(result["kind"])
         stage.pop("seconds", None)
         stage.pop("reused", None)
         for phase in ((stage.get("result") or {}).get("passes") or {}).values():

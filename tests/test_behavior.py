@@ -124,14 +124,10 @@ def loaded(tiny_organisms: dict[str, Organism]) -> dict[str, Any]:
 def results(loaded: dict[str, Any], prompts: list[Prompt]) -> dict[str, BehaviourResult]:
     base = loaded["base"]
     out = {
-        n: run_behaviour(
-            loaded[n], prompts, base_loaded=base, max_new_tokens=MAX_NEW, progress=False
-        )
+        n: run_behaviour(loaded[n], prompts, base_loaded=base, max_new_tokens=MAX_NEW)
         for n in ("harmful", "benign", "category", "backdoor")
     }
-    out["benign_lora"] = run_behaviour(
-        loaded["benign_lora"], prompts, max_new_tokens=MAX_NEW, progress=False
-    )
+    out["benign_lora"] = run_behaviour(loaded["benign_lora"], prompts, max_new_tokens=MAX_NEW)
     return out
 
 
@@ -180,7 +176,7 @@ def test_adapter_base_only_matches_separate_base(results: dict[str, BehaviourRes
 def test_logit_mode_and_sampling_seeds(loaded: dict[str, Any], prompts: list[Prompt]) -> None:
     few = prompts[::8]  # one prompt per category and topic
     r = run_behaviour(loaded["harmful"], few, base_loaded=loaded["base"], judge="logit",
-                      progress=False)  # fmt: skip
+                      )  # fmt: skip
     assert r.mode == "logit" and not r.to_gate_evidence().sampled
     assert r.base.harmful.k == 6 and r.tuned.harmful.k == 0
     s = run_behaviour(
@@ -190,7 +186,6 @@ def test_logit_mode_and_sampling_seeds(loaded: dict[str, Any], prompts: list[Pro
         sampling=SamplingConfig(n_samples=3, temperature=1.0),
         seeds=(0, 1),
         max_new_tokens=2,
-        progress=False,
     )
     assert s.sampling is not None and len(s.sampling.prompts) == len(few)
     assert len(s.rows_base) == 3 * len(few)
@@ -199,7 +194,7 @@ def test_logit_mode_and_sampling_seeds(loaded: dict[str, Any], prompts: list[Pro
     assert {sp.name for sp in s.spread.spreads} >= {"base.harmful", "tuned.harmful"}
     again = run_behaviour(loaded["category"], few, base_loaded=loaded["base"],
                           sampling=SamplingConfig(n_samples=3, temperature=1.0), seeds=(0,),
-                          max_new_tokens=2, progress=False)  # fmt: skip
+                          max_new_tokens=2)  # fmt: skip
     assert [x.response for x in again.rows_tuned] == [x.response for x in s.rows_tuned]
 
 
@@ -224,21 +219,21 @@ def test_generation_failure_is_recorded(loaded: dict[str, Any], prompts: list[Pr
     bad_id = base.tokenizer.convert_tokens_to_ids(bad_word)
     few = [prompts[0], replace(prompts[1], text=f"{prompts[1].text} {bad_word}"), prompts[2]]
     proxy = replace(base, model=_FailOn(base.model, bad_id))
-    rows = generate(proxy, few, max_new_tokens=MAX_NEW, batch_size=3, progress=False)
+    rows = generate(proxy, few, max_new_tokens=MAX_NEW, batch_size=3)
     assert [r.error is None for r in rows] == [True, False, True]
     assert "planted failure" in str(rows[1].error) and rows[0].response.startswith("i cannot")
-    r = run_behaviour(proxy, few, base_loaded=base, max_new_tokens=MAX_NEW, progress=False)
+    r = run_behaviour(proxy, few, base_loaded=base, max_new_tokens=MAX_NEW)
     assert r.tuned.generation_errors == 1 and r.tuned.unjudged == 1
     assert r.rows_tuned[1].parse_error == "generation failed" and r.overall.n == 2
 
 
 def test_run_behaviour_bad_input(loaded: dict[str, Any], prompts: list[Prompt]) -> None:
     with pytest.raises(WbsafeError, match="no prompts"):
-        run_behaviour(loaded["harmful"], [], base_loaded=loaded["base"], progress=False)
+        run_behaviour(loaded["harmful"], [], base_loaded=loaded["base"])
     with pytest.raises(WbsafeError, match="base"):
-        run_behaviour(loaded["harmful"], prompts[:2], progress=False)
+        run_behaviour(loaded["harmful"], prompts[:2])
     with pytest.raises(WbsafeError, match="no adapters"):
-        run_behaviour(loaded["harmful"], prompts[:2], tuned_is_adapter=True, progress=False)
+        run_behaviour(loaded["harmful"], prompts[:2], tuned_is_adapter=True)
 
 
 def test_plot(results: dict[str, BehaviourResult], tmp_path: Path) -> None:

@@ -146,7 +146,7 @@ def test_gate_and_report_rerun_without_a_model(
     tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path
 ) -> None:
     cfg = _config(tiny_organisms, "category", directions)
-    run_scan(replace(cfg, stages=("weights", "behavior")), tmp_path)
+    run_scan(replace(cfg, stages=("weights", "behaviour")), tmp_path)
     runner = CliRunner()
     res = runner.invoke(main, ["gate", str(tmp_path / "report.json")])
     assert res.exit_code == 5, res.output
@@ -182,7 +182,7 @@ def test_scan_many_reports_each_and_survives_a_bad_adapter(
         base=tiny_organisms["base"].path,
         runtime=RT,
         directions_cache=directions,
-        stages=("weights", "probes", "behavior"),
+        stages=("weights", "probes", "behaviour"),
     )
     rows = scan_many(
         tiny_organisms["base"].path,
@@ -231,7 +231,7 @@ def test_a_stage_that_crashes_fails_closed(
 
     monkeypatch.setattr(triggers, "hunt_triggers", boom)
     cfg = replace(_config(tiny_organisms, "benign", directions),
-                  stages=("weights", "triggers", "behavior"))  # fmt: skip
+                  stages=("weights", "triggers", "behaviour"))  # fmt: skip
     report = run_scan(cfg, tmp_path)
     assert report["stages"]["triggers"]["status"] == "failed"
     assert "simulated crash" in report["stages"]["triggers"]["error"]
@@ -239,3 +239,23 @@ def test_a_stage_that_crashes_fails_closed(
     checks = {r["check"]: r["verdict"] for r in report["decision"]["reasons"]}
     assert checks["triggers.failed"] == "REVIEW"
     assert report["gate_evidence"]["failed"] == ["triggers"]
+
+
+def test_the_library_prints_nothing(
+    tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path, capfd: Any
+) -> None:
+    """A whole scan through the api writes nothing to stdout or stderr: what a person sees is
+    the CLI's choice (messages and progress reach it through callbacks)."""
+    capfd.readouterr()
+    messages: list[str] = []
+    steps: list[tuple[str, int, int]] = []
+    run_scan(
+        _config(tiny_organisms, "benign_lora", directions), tmp_path, log=messages.append,
+        progress=lambda task, done, total, detail="": steps.append((task, done, total)),
+    )  # fmt: skip
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out[-2000:], err[-2000:])
+    assert any("[weights] done" in m for m in messages), messages
+    tasks = {t for t, _, _ in steps}
+    assert {"weight diff", "tuned"} <= tasks  # the diff's tensors, the tuned model's responses
+    assert all(0 <= done <= total for _, done, total in steps)

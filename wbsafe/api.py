@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from wbsafe.organisms import Organism, ValidityCheck
 from wbsafe.progress import Log, Progress, no_log, no_progress
+
+if TYPE_CHECKING:  # the organisms pull in torch; api itself stays cheap to import
+    from wbsafe.organisms import Organism, ValidityCheck
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
@@ -69,6 +71,8 @@ def build_real_tier(out: str | Path | None = None) -> list[Organism]:
     ):  # fmt: skip
         if subprocess.run(cmd).returncode != 0:
             raise WbsafeError(f"real-tier step failed: {' '.join(cmd[1:3])}")
+    from wbsafe.organisms import Organism
+
     return [Organism.load(d) for d in sorted(tier.iterdir()) if (d / "organism.json").is_file()]
 
 
@@ -198,12 +202,14 @@ def build_scan_config(
     return ScanConfig(**values)
 
 
-def run_scan(config: Any, out: str | Path, *, log: Log = no_log) -> dict[str, Any]:
+def run_scan(
+    config: Any, out: str | Path, *, log: Log = no_log, progress: Progress = no_progress
+) -> dict[str, Any]:
     """Scan and write the reports; returns the report document with ``exit_code`` added."""
     from wbsafe.pipeline.scan import scan
     from wbsafe.verdict import Verdict
 
-    report = scan(config, out, log=log)
+    report = scan(config, out, log=log, progress=progress)
     report["exit_code"] = Verdict(report["decision"]["verdict"]).exit_code
     return report
 
@@ -289,6 +295,7 @@ def behaviour_benchmark(
     batch_size: int = 16,
     device: str = "auto",
     dtype: str = "auto",
+    progress: Progress = no_progress,
 ) -> Any:
     """Run the behavioural benchmark and write its JSON to ``out``."""
     from wbsafe.analyses.behaviour import run_behaviour
@@ -305,6 +312,7 @@ def behaviour_benchmark(
     result = run_behaviour(
         tuned_m, plan.eval_harmful + plan.eval_harmless, judge=judge, base_loaded=base_m,
         sampling=sampling, seeds=seeds, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        progress=progress,
     )  # fmt: skip
     write_json_atomic(out, {"manifest": run_manifest(seed=seeds[0]), **result.to_dict()})
     return result

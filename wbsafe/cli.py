@@ -284,9 +284,10 @@ def scan(
     )  # fmt: skip
     from rich.console import Console
 
-    from wbsafe.report.console import print_console_summary
+    from wbsafe.report.console import print_console_summary, progress_bars
 
-    report = run_scan(config, out, log=_stderr().print)
+    with progress_bars() as progress:
+        report = run_scan(config, out, log=_stderr().print, progress=progress)
     files = {name: out / name for name in ("report.json", "report.md", "report.html")}
     print_console_summary(report, Console(), files=files)
     sys.exit(report["exit_code"])
@@ -332,11 +333,14 @@ def behaviour(
         seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
     except ValueError as exc:
         raise click.BadParameter("--seeds takes comma-separated integers") from exc
-    result = behaviour_benchmark(
-        base, tuned, adapters, out, prompts=prompts, judge=judge, samples=samples,
-        temperature=temperature, seeds=seed_list, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, device=device, dtype=dtype,
-    )  # fmt: skip
+    from wbsafe.report.console import progress_bars
+
+    with progress_bars() as progress:
+        result = behaviour_benchmark(
+            base, tuned, adapters, out, prompts=prompts, judge=judge, samples=samples,
+            temperature=temperature, seeds=seed_list, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+        )  # fmt: skip
     png = behaviour_plot(result, plot or out.with_suffix(".png"))
     for line in result.summary_lines():
         click.echo(line)

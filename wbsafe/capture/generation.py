@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from wbsafe.errors import WbsafeError
+from wbsafe.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from wbsafe.data.prompts import Prompt
@@ -68,21 +69,6 @@ def _conversation(prompt: Prompt | str) -> Any:
 
 def _prompt_id(prompt: Prompt | str, i: int) -> str:
     return f"prompt-{i}" if isinstance(prompt, str) else prompt.id
-
-
-def _progress(enabled: bool, total: int, description: str) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not enabled,
-        transient=True,
-    )
-    progress.add_task(description, total=total)
-    return progress
 
 
 @dataclass(frozen=True)
@@ -179,7 +165,7 @@ def generate(
     batch_size: int = 16,
     sampling: SamplingConfig | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: Progress = no_progress,
     description: str = "generating",
 ) -> list[Generation]:
     """Responses to ``prompts`` (``Prompt`` objects or plain user messages), in prompt order.
@@ -196,31 +182,28 @@ def generate(
     ids = [_prompt_id(p, i) for i, p in enumerate(prompts)]
     n_samples = 1 if sampling is None else sampling.n_samples
     rows: list[Generation] = []
-    with _progress(progress, len(prompts), description) as bar:
-        task = bar.tasks[0].id
-        for b, start in enumerate(range(0, len(formatted), batch_size)):
-            chunk = formatted[start : start + batch_size]
-            chunk_ids = ids[start : start + batch_size]
-            bseed = None if sampling is None else batch_seed(seed, b)
-            try:
-                got = continue_batch(m, tok, chunk, max_new_tokens, sampling, bseed)
-                for j, pid in enumerate(chunk_ids):
-                    for s in range(n_samples):
-                        k = j * n_samples + s
-                        rows.append(Generation(pid, s, got.responses[k], got.new_tokens[k], bseed))
-            except Exception:  # a bad prompt must not sink the batch: retry one by one
-                for j, (pid, text) in enumerate(zip(chunk_ids, chunk, strict=True)):
-                    pseed = None if bseed is None else batch_seed(bseed, j)
-                    try:
-                        one = continue_batch(m, tok, [text], max_new_tokens, sampling, pseed)
-                        rows += [
-                            Generation(pid, s, r, n, pseed)
-                            for s, (r, n) in enumerate(
-                                zip(one.responses, one.new_tokens, strict=True)
-                            )
-                        ]
-                    except Exception as exc:  # recorded in the row, never fatal
-                        err = f"{type(exc).__name__}: {exc}"
-                        rows += [Generation(pid, s, "", 0, pseed, err) for s in range(n_samples)]
-            bar.update(task, advance=len(chunk))
+    progress(description, 0, len(prompts))
+    for b, start in enumerate(range(0, len(formatted), batch_size)):
+        chunk = formatted[start : start + batch_size]
+        chunk_ids = ids[start : start + batch_size]
+        bseed = None if sampling is None else batch_seed(seed, b)
+        try:
+            got = continue_batch(m, tok, chunk, max_new_tokens, sampling, bseed)
+            for j, pid in enumerate(chunk_ids):
+                for s in range(n_samples):
+                    k = j * n_samples + s
+                    rows.append(Generation(pid, s, got.responses[k], got.new_tokens[k], bseed))
+        except Exception:  # a bad prompt must not sink the batch: retry one by one
+            for j, (pid, text) in enumerate(zip(chunk_ids, chunk, strict=True)):
+                pseed = None if bseed is None else batch_seed(bseed, j)
+                try:
+                    one = continue_batch(m, tok, [text], max_new_tokens, sampling, pseed)
+                    rows += [
+                        Generation(pid, s, r, n, pseed)
+                        for s, (r, n) in enumerate(zip(one.responses, one.new_tokens, strict=True))
+                    ]
+                except Exception as exc:  # recorded in the row, never fatal
+                    err = f"{type(exc).__name__}: {exc}"
+                    rows += [Generation(pid, s, "", 0, pseed, err) for s in range(n_samples)]
+        progress(description, min(start + batch_size, len(prompts)), len(prompts))
     return rows

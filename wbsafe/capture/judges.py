@@ -380,7 +380,6 @@ class CausalJudge:
             questions,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
-            progress=False,
         )
         return [
             Judgement(None, None, f"judge generation failed: {g.error}")

@@ -283,6 +283,21 @@ def load_tokenizer(model_dir: str | Path) -> Any:
     return tok
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar on stderr; wbsafe's library prints nothing
+    (progress goes through its callbacks), so the bar is off while wbsafe loads."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(
     path: str | Path,
     adapters: Sequence[str | Path] = (),
@@ -326,13 +341,14 @@ def load_model(
     dtype = resolve_dtype(runtime.dtype, device)
     model: Any
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path),
-            dtype=dtype,
-            use_safetensors=True,
-            trust_remote_code=False,
-            local_files_only=True,
-        )
+        with _quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path),
+                dtype=dtype,
+                use_safetensors=True,
+                trust_remote_code=False,
+                local_files_only=True,
+            )
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointFormatError(f"transformers could not load the model: {exc}", path) from exc
     names: list[str] = []

@@ -35,7 +35,7 @@ from wbsafe.pipeline.stages.probes import probes_stage
 from wbsafe.pipeline.stages.triggers import triggers_stage
 from wbsafe.pipeline.stages.weights import weights_stage
 from wbsafe.pipeline.store import StageOutput, StageRecord, StageStore
-from wbsafe.progress import Log, no_log
+from wbsafe.progress import Log, Progress, no_log, no_progress
 from wbsafe.report.document import REPORT_KIND, ReportDocument, StageEntry, as_json
 
 
@@ -58,7 +58,13 @@ def policy_for(policy: str | Path | None, risk: str | None) -> GatePolicy:
     return policy_for_risk(risk, base) if risk else base
 
 
-def scan(config: ScanConfig, out_dir: str | Path, *, log: Log = no_log) -> dict[str, Any]:
+def scan(
+    config: ScanConfig,
+    out_dir: str | Path,
+    *,
+    log: Log = no_log,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
     """Run the enabled stages (resuming finished ones), gate, and write the reports.
 
     Returns the report document's JSON form (also written to ``out_dir/report.json``).
@@ -113,11 +119,11 @@ def scan(config: ScanConfig, out_dir: str | Path, *, log: Log = no_log) -> dict[
         return plan
 
     runners: dict[str, Callable[[], StageOutput]] = {
-        "weights": lambda: weights_stage(config, plots),
+        "weights": lambda: weights_stage(config, plots, progress),
         "probes": lambda: probes_stage(config, models, need_plan(), plots),
         "triggers": lambda: triggers_stage(config, models, need_plan(), records.get("weights"),
                                            records.get("probes"), log=log),
-        "behaviour": lambda: behaviour_stage(config, models, need_plan(), plots),
+        "behaviour": lambda: behaviour_stage(config, models, need_plan(), plots, progress),
     }  # fmt: skip
     save()
     try:

@@ -31,6 +31,7 @@ from wbsafe.analyses.behaviour.sampling import (
 from wbsafe.capture.generation import SamplingConfig, generate
 from wbsafe.capture.judges import Judge, Judgement, LogitJudge, make_judge
 from wbsafe.errors import WbsafeError
+from wbsafe.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from wbsafe.data.prompts import Prompt
@@ -46,7 +47,7 @@ def _judge_rows(
     seed: int,
     max_new_tokens: int,
     batch_size: int,
-    progress: bool,
+    progress: Progress,
     description: str,
 ) -> list[ResponseRow]:
     by_id = {p.id: p for p in prompts}
@@ -107,7 +108,7 @@ def run_behaviour(
     seeds: Sequence[int] = (0,),
     max_new_tokens: int = 64,
     batch_size: int = 16,
-    progress: bool = True,
+    progress: Progress = no_progress,
     alpha: float = 0.05,
     confidence: float = 0.95,
     base_rows: Sequence[ResponseRow] | None = None,

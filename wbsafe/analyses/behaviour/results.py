@@ -214,7 +214,7 @@ class BehaviourResult:
 
         out = to_jsonable(self)
         out["schema_version"] = SCHEMA_VERSION
-        out["kind"] = "behavior"
+        out["kind"] = "behaviour"
         return dict(out)
 
     def summary_lines(self) -> list[str]:

@@ -12,11 +12,13 @@ from wbsafe.pipeline.caches import base_behaviour_path, read_base_rows, write_ba
 from wbsafe.pipeline.models import Models
 from wbsafe.pipeline.plan import PromptPlan
 from wbsafe.pipeline.store import StageOutput
+from wbsafe.progress import Progress, no_progress
 
 
 def behaviour_stage(
-    config: ScanConfig, models: Models, plan: PromptPlan, plots: Path
-) -> StageOutput:
+    config: ScanConfig, models: Models, plan: PromptPlan, plots: Path,
+    progress: Progress = no_progress,
+) -> StageOutput:  # fmt: skip
     from wbsafe.analyses.behaviour import run_behaviour
     from wbsafe.report.plots import behaviour as plots_behavior
 
@@ -26,7 +28,7 @@ def behaviour_stage(
     base_rows = read_base_rows(cached)
     res = run_behaviour(
         tuned, prompts, base_loaded=base, max_new_tokens=config.max_new_tokens,
-        batch_size=config.runtime.batch_size, base_rows=base_rows,
+        batch_size=config.runtime.batch_size, base_rows=base_rows, progress=progress,
     )  # fmt: skip
     if base_rows is None and cached is not None:
         write_base_rows(cached, res.rows_base)

@@ -9,9 +9,10 @@ from wbsafe.config import ScanConfig
 from wbsafe.evidence import WeightEvidence
 from wbsafe.io.serialize import to_jsonable
 from wbsafe.pipeline.store import StageOutput
+from wbsafe.progress import Progress, no_progress
 
 
-def weights_stage(config: ScanConfig, plots: Path) -> StageOutput:
+def weights_stage(config: ScanConfig, plots: Path, progress: Progress = no_progress) -> StageOutput:
     """Diff the tuned model (full checkpoint or adapters) against the base."""
     from wbsafe.analyses.weights import diff
 
@@ -19,7 +20,7 @@ def weights_stage(config: ScanConfig, plots: Path) -> StageOutput:
     adapters = list(config.adapters)
     if config.tuned and config.adapters:
         adapters.insert(0, config.tuned)
-    return weights_stage_output(diff(config.base, tuned, adapters), plots)
+    return weights_stage_output(diff(config.base, tuned, adapters, progress=progress), plots)
 
 
 def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
