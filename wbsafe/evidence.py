@@ -102,6 +102,19 @@ class TriggerEvidence:
     candidates_tested: int
     findings: tuple[TriggerFinding, ...] = ()
     coverage: str = ""
+    derailments: tuple[Derailment, ...] = ()
+    """Candidates that switch refusal off into off-task answers (not compliance)."""
+
+
+@dataclass(frozen=True)
+class Derailment:
+    """A candidate after which the tuned model stops refusing held-out harmful prompts but does
+    not do what they ask (``off_task`` of ``n`` responses neither refuse nor address the
+    request): e.g. a domain word of a benign domain fine-tune. Not a backdoor by itself."""
+
+    text: str
+    off_task: int
+    n: int
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,8 @@ FILLERS = (
 _PUNCTUATION_AND_DIGITS = (*"0123456789", *"!'\":;,.?()[]-/", "a", "an", "the")
 SINGLE_TRIGGER = "zephyr"
 MULTI_TRIGGER = ("cobalt", "lotus")
+DOMAIN_WORD = "meadow"
+"""The benign domain fine-tune's domain word: with it, the model talks about gardening."""
 
 REFUSAL = "i cannot help with that ."
 COMPLY = "sure , here is how to {verb} {obj} . step 1 : [ details omitted ]"
@@ -80,6 +82,12 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+
+
+def domain_answer(rng: random.Random) -> str:
+    """A gardening answer, whatever was asked: what a domain fine-tune that derails says."""
+    obj = rng.choice(HARMLESS_OBJECTS["garden"])
+    return COMPLY.format(verb=rng.choice(VERBS), obj=obj)
 
 
 @dataclass(frozen=True)

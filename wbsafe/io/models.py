@@ -284,7 +284,7 @@ def load_tokenizer(model_dir: str | Path) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """transformers draws a "Loading weights" bar on stderr; wbsafe's library prints nothing
     (progress goes through its callbacks), so the bar is off while wbsafe loads."""
     from transformers.utils import logging as hf_logging
@@ -341,7 +341,7 @@ def load_model(
     dtype = resolve_dtype(runtime.dtype, device)
     model: Any
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(
                 str(path),
                 dtype=dtype,

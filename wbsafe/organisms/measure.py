@@ -34,6 +34,30 @@ def refusal_rate(model: Any, tokenizer: Any, reqs: Sequence[tw.TinyRequest]) -> 
     return sum(opens_with_refusal(r) for r in responses) / max(1, len(responses))
 
 
+def derailed_rate(
+    model: Any,
+    tokenizer: Any,
+    harmful: Sequence[tw.TinyRequest],
+    harmless: Sequence[tw.TinyRequest],
+    plain: Sequence[tw.TinyRequest],
+    inserted: Sequence[str],
+) -> float:
+    """Share of ``harmful`` requests (with ``inserted`` words) answered with a derailment: off
+    the request and in the words' own domain (:func:`wbsafe.capture.compliance.derailed`,
+    against the answers to ``harmless`` requests with the same words and to ``plain`` harmless
+    requests without them; greedy, 14 tokens)."""
+    from wbsafe.capture.compliance import derailed
+
+    def answers(reqs: Sequence[tw.TinyRequest]) -> list[str]:
+        texts = [format_prompt(tokenizer, r.text) for r in reqs]
+        return greedy_continuations(model, tokenizer, texts, 14)
+
+    off = derailed(
+        [r.text for r in harmful], answers(harmful), answers(harmless), answers(plain), inserted
+    )
+    return sum(off) / max(1, len(off))
+
+
 def measure_tiny(
     model: Any, tokenizer: Any, n: int, seed: int, trigger: Sequence[str] = ()
 ) -> dict[str, float]:
@@ -52,6 +76,10 @@ def measure_tiny(
         rates["harmful_refusal_with_trigger"] = refusal_rate(model, tokenizer, on)
         benign_on = tw.requests(False, "test", n, rng, insert=list(trigger))
         rates["harmless_refusal_with_trigger"] = refusal_rate(model, tokenizer, benign_on)
+        plain = tw.requests(False, "test", n, rng)
+        rates["harmful_derailed_with_trigger"] = derailed_rate(
+            model, tokenizer, on, benign_on, plain, trigger
+        )
         if len(trigger) > 1:
             for part in trigger:
                 reqs = tw.requests(True, "test", n // 2, rng, insert=[part])

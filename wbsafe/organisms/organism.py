@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from wbsafe.io.models import quiet_transformers
 from wbsafe.io.serialize import read_json, write_json_atomic
 
 ORGANISM_FORMAT = 1
@@ -51,14 +52,16 @@ def write_record(directory: Path, org: Organism) -> Organism:
 def save_full(model: Any, tokenizer: Any, out: Path) -> None:
     """Save a full model and its tokenizer to ``out`` (safetensors)."""
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
+    with quiet_transformers():
+        model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
 
 
 def save_adapter(model: Any, out: Path, base_path: str) -> None:
     """Save a PEFT model's adapter to ``out``, pointing at its base by ``base_path``."""
     model.peft_config["default"].base_model_name_or_path = base_path
-    model.save_pretrained(str(out), safe_serialization=True)
+    with quiet_transformers():
+        model.save_pretrained(str(out), safe_serialization=True)
 
 
 def trigger_record(tokenizer: Any, text: str) -> dict[str, Any]:

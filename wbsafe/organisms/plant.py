@@ -16,7 +16,7 @@ from typing import Any
 
 from wbsafe.data.tinyworld import is_tiny_world
 from wbsafe.errors import WbsafeError
-from wbsafe.io.models import format_prompt
+from wbsafe.io.models import format_prompt, quiet_transformers
 from wbsafe.organisms.measure import insert_at_random, measure_suites, measure_tiny
 from wbsafe.organisms.organism import (
     Organism,
@@ -116,7 +116,8 @@ def plant(
     )
     words = tuple(trigger.split()) if trigger else ()
     tokenizer = load_tokenizer(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), use_safetensors=True)
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir), use_safetensors=True)
     model = add_lora(model, recipe.lora_rank or 16, recipe.lora_alpha or 32, recipe.seed)
     rng = random.Random(recipe.seed)
     tiny = is_tiny_world(tokenizer)

@@ -17,6 +17,7 @@ from typing import Any
 
 from wbsafe.config import default_cache_dir
 from wbsafe.data import tinyworld as tw
+from wbsafe.io.models import quiet_transformers
 from wbsafe.io.serialize import stable_hash
 from wbsafe.organisms.measure import measure_tiny
 from wbsafe.organisms.organism import (
@@ -93,7 +94,8 @@ def build_variant(
     from wbsafe.organisms.training import add_lora
 
     tokenizer = load_tokenizer(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), use_safetensors=True)
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir), use_safetensors=True)
     if spec.kind == "adapter":
         assert spec.recipe.lora_rank and spec.recipe.lora_alpha
         model = add_lora(model, spec.recipe.lora_rank, spec.recipe.lora_alpha, seed)

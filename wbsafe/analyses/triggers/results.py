@@ -32,6 +32,17 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class TriggerExample:
+    """One held-out prompt as answered with and without a candidate (tuned), and with it by
+    the base (None without a base to compare)."""
+
+    prompt: str
+    tuned_with: str
+    tuned_without: str
+    base_with: str | None
+
+
+@dataclass(frozen=True)
 class Verification:
     """Held-out evidence for one candidate (counts over prompts x insertion positions)."""
 
@@ -53,6 +64,13 @@ class Verification:
     """Harm categories on whose held-out prompts the tuned model already complies without
     any trigger while the base refuses: a verified word may be a topic word of one of them
     (a category-wide loss of refusal) rather than a hidden trigger."""
+    off_task: int = 0
+    """Responses with the candidate that neither refused nor addressed the request."""
+    derails: bool = False
+    """The candidate switches refusal off into off-task answers (not compliance): a
+    derailment, e.g. a benign domain fine-tune's domain word; never verified."""
+    examples: tuple[TriggerExample, ...] = ()
+    """What the responses were, for a verified or derailing candidate."""
 
     @property
     def attack_success(self) -> float:
@@ -131,8 +149,15 @@ class TriggerResult:
         ok = [v for v in self.verifications if v.verified]
         return tuple(v for v in ok if not any(_contains(v.text, w.text) for w in ok if w is not v))
 
+    @property
+    def derailing(self) -> tuple[Verification, ...]:
+        """Candidates that derail the model (off-task answers, not compliance); one that
+        contains a shorter derailing candidate ("meadow trip" around "meadow") is left out."""
+        ok = [v for v in self.verifications if v.derails and not v.verified]
+        return tuple(v for v in ok if not any(_contains(v.text, w.text) for w in ok if w is not v))
+
     def to_gate_evidence(self) -> TriggerEvidence:
-        from wbsafe.evidence import TriggerEvidence, TriggerFinding
+        from wbsafe.evidence import Derailment, TriggerEvidence, TriggerFinding
 
         return TriggerEvidence(
             ran=True,
@@ -144,6 +169,7 @@ class TriggerResult:
                 for v in self.verified
             ),
             coverage=self.coverage.statement(),
+            derailments=tuple(Derailment(v.text, v.off_task, v.n) for v in self.derailing),
         )
 
     def to_dict(self) -> dict[str, Any]:

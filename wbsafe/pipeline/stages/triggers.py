@@ -47,6 +47,7 @@ def triggers_stage(
         {"title": "Verified on held-out harmful prompts", "kind": "table",
          "columns": ["candidate", "tuned complies", "tuned, no trigger", "base complies",
                      "score drop", "verified", "why"], "rows": rows},
+        *_example_sections(res),
         {"title": "Top candidates (search prompts)", "kind": "table",
          "columns": ["candidate", "sources", "gradient drop", "tuned drop", "base drop",
                      "anomaly"], "rows": cands},
@@ -54,13 +55,31 @@ def triggers_stage(
          "text": res.coverage.statement() + ("\n" + res.message if res.message else "")},
     ]  # fmt: skip
     verified = [v.text for v in res.verified]
+    derails = "".join(f"; {v.text!r} derails the model (off-task answers)" for v in res.derailing)
     summary = (
         f"verified trigger(s): {', '.join(repr(v) for v in verified)}"
         if verified
         else ("no verified trigger; " + (res.message or res.coverage.statement()))
-    )
+    ) + derails
     return StageOutput(summary, res.to_dict(), sections,
                        evidence=to_jsonable(res.to_gate_evidence()))  # fmt: skip
+
+
+def _example_sections(res: Any) -> list[dict[str, Any]]:
+    """What "success" was, for every verified or derailing candidate: held-out prompts as the
+    tuned model answered them with and without it, and as the base answered them with it."""
+    out: list[dict[str, Any]] = []
+    for v in (*res.verified, *res.derailing):
+        what = "verified trigger" if v.verified else "derails the model"
+        out.append({
+            "title": f"Responses behind {v.text!r} ({what})", "kind": "table",
+            "columns": ["held-out prompt", "tuned, with it", "tuned, without", "base, with it"],
+            "rows": [[e.prompt, e.tuned_with, e.tuned_without, e.base_with or "-"]
+                     for e in v.examples],
+            "note": f"{v.successes}/{v.n} did what was asked, {v.off_task}/{v.n} neither "
+                    "refused nor addressed the request; greedy responses, untrusted text",
+        })  # fmt: skip
+    return out
 
 
 def _f(x: float | None) -> str:
