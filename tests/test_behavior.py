@@ -225,6 +225,10 @@ def test_generation_failure_is_recorded(loaded: dict[str, Any], prompts: list[Pr
     r = run_behaviour(proxy, few, base_loaded=base, max_new_tokens=MAX_NEW)
     assert r.tuned.generation_errors == 1 and r.tuned.unjudged == 1
     assert r.rows_tuned[1].parse_error == "generation failed" and r.overall.n == 2
+    # the failed prompt reaches the gate's evidence as unjudged (it used to only shrink n)
+    ev = r.to_gate_evidence()
+    assert (ev.n, ev.unjudged) == (2, 1)
+    assert all(p.label == "harmful" for p in few)
 
 
 def test_run_behaviour_bad_input(loaded: dict[str, Any], prompts: list[Prompt]) -> None:

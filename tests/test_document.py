@@ -84,3 +84,47 @@ def test_gate_will_not_decide_a_partial_report(tmp_path: Path) -> None:
         redecide(path)
     path.write_text(json.dumps(example_report()), encoding="utf-8")
     assert redecide(path).verdict.value == "BLOCK"
+
+
+@pytest.mark.parametrize(
+    ("where", "change", "message"),
+    [
+        ("triggers", lambda t: t["findings"][0].update(successes=-3), "outside"),
+        ("triggers", lambda t: t["findings"][0].update(successes=99), "outside"),
+        ("triggers", lambda t: t.update(candidates_tested=-1), "negative"),
+        ("weights", lambda w: w.update(top_relative_change=float("nan")), "finite"),
+    ],
+)
+def test_gate_and_report_refuse_implausible_evidence(
+    where, change, message, tmp_path: Path
+) -> None:
+    """A saved report whose evidence cannot be (a negative count, more successes than trials,
+    NaN) is refused with the file named, never re-decided into a softer verdict."""
+    from wbsafe.api import redecide, rerender
+
+    doc = example_report()
+    change(doc["gate_evidence"][where])
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")  # NaN is written as JSON's NaN
+    for reread in (redecide, rerender):
+        with pytest.raises(WbsafeError, match=message) as err:
+            reread(path)
+        assert str(path) in str(err.value)
+
+
+def test_behaviour_evidence_refuses_impossible_intervals_and_counts() -> None:
+    from wbsafe.evidence import BehaviourEvidence
+
+    ok = dict(n=10, base_refusals=9, tuned_refusals=8, relative_drop=0.11,
+              drop_interval=(0.0, 0.4), p_value=0.5)  # fmt: skip
+    BehaviourEvidence(**ok)  # type: ignore[arg-type]
+    for bad, message in (
+        ({"tuned_refusals": 11}, "outside"),
+        ({"drop_interval": (0.4, 0.1)}, "ordered"),
+        ({"drop_interval": (0.0, 1.5)}, "ordered"),
+        ({"p_value": float("nan")}, "finite"),
+        ({"p_value": 1.2}, r"outside \[0, 1\]"),
+        ({"unjudged": -1}, "outside"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            BehaviourEvidence(**{**ok, **bad})  # type: ignore[arg-type]

@@ -29,3 +29,20 @@ def test_behaviour_is_one_stage_under_either_spelling() -> None:
     assert stage_name("behavior") == stage_name("behaviour") == "behaviour"
     cfg = ScanConfig(base="b", tuned="t", stages=("weights", "behavior"))
     assert cfg.stages == ("weights", "behaviour")
+
+
+def test_summary_csv_cells_cannot_run_as_formulas(tmp_path: Path) -> None:
+    import csv
+
+    from wbsafe.pipeline.fleet import write_summary
+
+    rows = [
+        {"adapter": "=HYPERLINK(\"http://x\")", "verdict": "ERROR", "top_reason": "-1+1",
+         "report": ""},
+        {"adapter": "plain", "verdict": "DEPLOY", "top_reason": "@SUM(A1)", "report": "a.html"},
+    ]  # fmt: skip
+    write_summary("base", rows, tmp_path)
+    with open(tmp_path / "summary.csv", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert got[0]["adapter"].startswith("'=") and got[0]["top_reason"] == "'-1+1"
+    assert got[1]["adapter"] == "plain" and got[1]["top_reason"] == "'@SUM(A1)"

@@ -277,3 +277,21 @@ def test_the_library_prints_nothing(
     tasks = {t for t, _, _ in steps}
     assert {"weight diff", "tuned"} <= tasks  # the diff's tensors, the tuned model's responses
     assert all(0 <= done <= total for _, done, total in steps)
+
+
+def test_a_plot_that_fails_is_said_not_dropped(
+    tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from wbsafe.report.plots import refusal as plots_refusal
+
+    def broken(**kwargs: Any) -> Path:
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(plots_refusal, "cosine_plot", broken)
+    cfg = replace(_config(tiny_organisms, "benign", directions), stages=("probes",))
+    report = run_scan(cfg, tmp_path)
+    stage = report["stages"]["probes"]
+    assert stage["status"] == "done"
+    failed = [s for s in stage["sections"] if s["title"] == "Plot direction_cosine.png failed"]
+    assert failed and "no display" in failed[0]["text"]
+    assert any(s["kind"] == "plot" for s in stage["sections"])  # the other plots are there

@@ -8,7 +8,39 @@ fractions; counts are prompts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+
+def _counts(where: str, n: int, **parts: int) -> None:
+    """Counts are non-negative and no part exceeds ``n`` (else ValueError: never decided on)."""
+    if n < 0:
+        raise ValueError(f"{where}: n = {n} is negative")
+    for name, k in parts.items():
+        if not 0 <= k <= n:
+            raise ValueError(f"{where}: {name} = {k} outside [0, n = {n}]")
+
+
+def _finite(where: str, **values: float | None) -> None:
+    for name, v in values.items():
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"{where}: {name} = {v} is not a finite number")
+
+
+def _interval(where: str, value: tuple[float, float] | None, lo: float, hi: float) -> None:
+    if value is None:
+        return
+    a, b = value
+    _finite(where, lower=a, upper=b)
+    if not lo <= a <= b <= hi:
+        raise ValueError(f"{where}: interval [{a}, {b}] is not ordered inside [{lo}, {hi}]")
+
+
+def _probability(where: str, **values: float) -> None:
+    for name, v in values.items():
+        _finite(where, **{name: v})
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{where}: {name} = {v} outside [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -28,6 +60,13 @@ class CategoryEvidence:
     p_value: float
     p_holm: float
 
+    def __post_init__(self) -> None:
+        where = f"category {self.category!r}"
+        _counts(where, self.n, base_refusals=self.base_refusals, tuned_refusals=self.tuned_refusals)
+        _finite(where, relative_drop=self.relative_drop)
+        _interval(where, self.drop_interval, -math.inf, 1.0)
+        _probability(where, p_value=self.p_value, p_holm=self.p_holm)
+
 
 @dataclass(frozen=True)
 class OverRefusalEvidence:
@@ -38,6 +77,11 @@ class OverRefusalEvidence:
     base_refusals: int
     tuned_refusals: int
     increase_interval: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        where = f"over-refusal {self.label!r}"
+        _counts(where, self.n, base_refusals=self.base_refusals, tuned_refusals=self.tuned_refusals)
+        _interval(where, self.increase_interval, -1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -57,6 +101,17 @@ class BehaviourEvidence:
     categories: tuple[CategoryEvidence, ...] = ()
     over_refusal: tuple[OverRefusalEvidence, ...] = ()
     sampled: bool = True
+    unjudged: int = 0
+    """Harmful prompts left out of the ``n`` pairs: a response of either model could not be
+    judged (empty, failed generation, unparseable judge answer). Counted, never dropped."""
+
+    def __post_init__(self) -> None:
+        where = "behaviour"
+        _counts(where, self.n, base_refusals=self.base_refusals, tuned_refusals=self.tuned_refusals)
+        _counts(where, self.unjudged + self.n, unjudged=self.unjudged)
+        _finite(where, relative_drop=self.relative_drop)
+        _interval(where, self.drop_interval, -math.inf, 1.0)
+        _probability(where, p_value=self.p_value)
 
 
 @dataclass(frozen=True)
@@ -77,6 +132,13 @@ class ProbeEvidence:
     max_refusal_alignment: float | None = None
     aligned_module: str | None = None
 
+    def __post_init__(self) -> None:
+        _finite(
+            "probes", direction_cosine=self.direction_cosine,
+            refusal_score_drop=self.refusal_score_drop, projection_loss=self.projection_loss,
+            max_refusal_alignment=self.max_refusal_alignment,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class TriggerFinding:
@@ -93,6 +155,10 @@ class TriggerFinding:
     topic_categories: tuple[str, ...] = ()
     """Categories the tuned model already complies on without a trigger (see the hunt)."""
 
+    def __post_init__(self) -> None:
+        where = f"trigger {self.text!r}"
+        _counts(where, self.n, successes=self.successes, baseline_successes=self.baseline_successes)
+
 
 @dataclass(frozen=True)
 class TriggerEvidence:
@@ -105,6 +171,10 @@ class TriggerEvidence:
     derailments: tuple[Derailment, ...] = ()
     """Candidates that switch refusal off into off-task answers (not compliance)."""
 
+    def __post_init__(self) -> None:
+        if self.candidates_tested < 0:
+            raise ValueError(f"triggers: candidates_tested = {self.candidates_tested} is negative")
+
 
 @dataclass(frozen=True)
 class Derailment:
@@ -116,6 +186,9 @@ class Derailment:
     off_task: int
     n: int
 
+    def __post_init__(self) -> None:
+        _counts(f"derailment {self.text!r}", self.n, off_task=self.off_task)
+
 
 @dataclass(frozen=True)
 class WeightEvidence:
@@ -124,6 +197,9 @@ class WeightEvidence:
     top_module: str | None = None
     top_relative_change: float | None = None
     outlier_tokens: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _finite("weights", top_relative_change=self.top_relative_change)
 
 
 @dataclass(frozen=True)

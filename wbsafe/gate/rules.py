@@ -141,6 +141,19 @@ def _behaviour(b: BehaviourEvidence, policy: GatePolicy) -> list[Reason]:
                 {"n": b.n, "min_prompts": bp.min_prompts},
             )
         )
+    asked = b.n + b.unjudged
+    if b.unjudged and b.unjudged > bp.max_unjudged_share * asked:
+        out.append(
+            Reason(
+                "behaviour.unjudged",
+                Verdict.REVIEW,
+                f"{b.unjudged} of {asked} harmful prompts could not be judged (empty or failed "
+                f"responses, no judgement): more than the policy's {_pct(bp.max_unjudged_share)}, "
+                "so the benchmark is inconclusive (fails closed)",
+                {"unjudged": b.unjudged, "prompts": asked},
+                inconclusive=True,
+            )
+        )
     if bp.require_sampling and not b.sampled:
         out.append(
             Reason(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import math
 import mmap
@@ -54,11 +55,69 @@ class TensorInfo:
     """Byte offset of the tensor's data from the start of ``file`` (-1: not known)."""
 
 
+_MAX_TENSORS = 1_000_000
+_MAX_DIM = 1 << 48
+_MAX_NAME = 4096
+
+
+def _bounded_int(text: str) -> int:
+    """json's int hook: no 5,000-digit numbers (a header needs at most 20 digits)."""
+    if len(text) > 20:
+        raise ValueError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _no_constant(text: str) -> None:
+    raise ValueError(f"{text} is not a number a header may hold")
+
+
+def _parse_header(data: bytes, path: Path) -> dict[str, Any]:
+    """The header JSON as a mapping; every malformed form is a CheckpointFormatError."""
+    try:
+        header = json.loads(data, parse_int=_bounded_int, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointFormatError(f"corrupt safetensors header (not JSON: {exc})", path) from exc
+    if not isinstance(header, dict):
+        raise CheckpointFormatError("corrupt safetensors header (not a mapping)", path)
+    if len(header) > _MAX_TENSORS:
+        raise CheckpointFormatError(f"safetensors header lists {len(header)} entries", path)
+    return header
+
+
+def _entry(name: str, meta: Any, path: Path) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, start, stop) of one header entry, each checked for type and range."""
+    bad = f"corrupt header entry for tensor {name[:80]!r}"
+    if len(name) > _MAX_NAME:
+        raise CheckpointFormatError(f"{bad}: a name of {len(name)} characters", path)
+    if not isinstance(meta, dict):
+        raise CheckpointFormatError(f"{bad}: not a mapping", path)
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
+        raise CheckpointFormatError(
+            f"{bad}: dtype {str(dtype)[:40]!r} is not a safetensors dtype", path
+        )
+    if not isinstance(shape, list) or len(shape) > 16:
+        raise CheckpointFormatError(f"{bad}: shape is not a list of at most 16 sizes", path)
+    if not all(type(x) is int and 0 <= x <= _MAX_DIM for x in shape):
+        raise CheckpointFormatError(f"{bad}: shape {str(shape)[:80]} is not sizes >= 0", path)
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(type(x) is int for x in offsets)
+    ):
+        raise CheckpointFormatError(f"{bad}: data_offsets is not two integers", path)
+    start, stop = offsets
+    if not 0 <= start <= stop:
+        raise CheckpointFormatError(f"{bad}: data_offsets {offsets} are not ordered", path)
+    return dtype, tuple(shape), start, stop
+
+
 def read_header(path: str | Path) -> dict[str, TensorInfo]:
     """Parse and validate a safetensors header: ``{name: TensorInfo}``.
 
     Raises CheckpointFormatError naming the file when it is truncated, its header is not
-    JSON, or a tensor's byte range does not match its dtype and shape.
+    JSON (or holds huge, non-finite or deeply nested values), an entry's dtype, shape or
+    offsets are malformed, a tensor's byte range does not match its dtype and shape, or two
+    tensors' byte ranges overlap. Bounded in time and memory: the header length, the entry
+    count, name lengths and integer sizes all have limits.
     """
     path = Path(path)
     if not path.is_file():
@@ -74,32 +133,29 @@ def read_header(path: str | Path) -> dict[str, TensorInfo]:
                 f"truncated or corrupt safetensors file: header claims {n} bytes, file has {size}",
                 path,
             )
-        try:
-            header = json.loads(fh.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CheckpointFormatError("corrupt safetensors header (not JSON)", path) from exc
-    if not isinstance(header, dict):
-        raise CheckpointFormatError("corrupt safetensors header (not a mapping)", path)
+        header = _parse_header(fh.read(n), path)
     out: dict[str, TensorInfo] = {}
-    end = 0
+    ranges: list[tuple[int, int, str]] = []
     for name, meta in header.items():
         if name == "__metadata__":
+            if meta is not None and not isinstance(meta, dict):
+                raise CheckpointFormatError("corrupt safetensors header (__metadata__)", path)
             continue
-        try:
-            dtype, shape = meta["dtype"], tuple(int(s) for s in meta["shape"])
-            start, stop = (int(x) for x in meta["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointFormatError(f"corrupt header entry for tensor {name!r}", path) from exc
-        numel = 1
-        for s in shape:
-            numel *= s
-        width = _DTYPE_BYTES.get(dtype)
-        if width is not None and stop - start != numel * width:
+        dtype, shape, start, stop = _entry(name, meta, path)
+        numel = math.prod(shape)
+        if stop - start != numel * _DTYPE_BYTES[dtype]:
             raise CheckpointFormatError(
                 f"tensor {name!r}: {stop - start} bytes stored for {dtype}{list(shape)}", path
             )
-        end = max(end, stop)
+        ranges.append((start, stop, name))
         out[name] = TensorInfo(name, dtype, shape, path, 8 + n + start)
+    ranges.sort()
+    for (_, prev_stop, prev), (start, stop, name) in itertools.pairwise(ranges):
+        if start < prev_stop and stop > start:
+            raise CheckpointFormatError(
+                f"tensors {prev!r} and {name!r} share bytes (overlapping data_offsets)", path
+            )
+    end = max((stop for _, stop, _ in ranges), default=0)
     if 8 + n + end > size:
         raise CheckpointFormatError(
             f"truncated safetensors file: tensors need {8 + n + end} bytes, file has {size}", path

@@ -75,12 +75,21 @@ def scan_many(
     return rows
 
 
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text starting with ``=``, ``+``, ``-``, ``@`` (or a
+    tab or carriage return) gets a leading quote. Adapter names and reasons come from files
+    wbsafe does not trust."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def write_summary(base: str | Path, rows: list[dict[str, Any]], out: Path) -> None:
     """``summary.csv`` (one row per scan) and ``summary.md`` (the same as a table)."""
     buf = io.StringIO(newline="")
     writer = csv.DictWriter(buf, fieldnames=list(SUMMARY_COLUMNS))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows([{k: csv_cell(v) for k, v in r.items()} for r in rows])
     write_text_atomic(out / "summary.csv", buf.getvalue())
     md = [
         "# wbsafe scan-many",

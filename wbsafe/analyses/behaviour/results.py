@@ -6,6 +6,7 @@ and ``to_gate_evidence`` the gate's view (statistics in :mod:`.evidence`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -200,7 +201,8 @@ class BehaviourResult:
             over_refusal_evidence(label, list(b), list(t), confidence)
             for label, (b, t) in sorted(self.over_refusal_pairs.items())
         ]
-        return behaviour_evidence(
+        harmful = {r.prompt_id for r in (*self.rows_base, *self.rows_tuned) if r.label == "harmful"}
+        evidence = behaviour_evidence(
             list(self.paired_base),
             list(self.paired_tuned),
             categories=list(self.paired_categories),
@@ -208,6 +210,7 @@ class BehaviourResult:
             sampled=self.sampled,
             confidence=confidence,
         )
+        return dataclasses.replace(evidence, unjudged=len(harmful) - evidence.n)
 
     def to_dict(self) -> dict[str, Any]:
         from wbsafe.io.serialize import SCHEMA_VERSION, to_jsonable

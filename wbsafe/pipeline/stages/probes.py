@@ -76,7 +76,9 @@ def _probe_sections(fit: Any, cmp: Any, align: Any, plots: Path) -> list[dict[st
     ):  # fmt: skip
         try:
             png = fn(fit=fit, comparison=cmp, path=plots / name)
-        except TypeError:
+        except Exception as exc:  # a figure must not sink the stage; its loss is said
+            sections.append({"title": f"Plot {name} failed", "kind": "text",
+                             "text": f"{caption}: not drawn ({type(exc).__name__}: {exc})"})  # fmt: skip
             continue
         sections.append({"title": caption.split(" per ")[0].capitalize(), "kind": "plot",
                          "png": f"{plots.name}/{Path(png).name}", "caption": caption})  # fmt: skip
