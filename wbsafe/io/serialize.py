@@ -50,15 +50,24 @@ def to_jsonable(obj: Any) -> Any:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` via a temporary file in the same directory and rename: a crash never
     leaves half a file. The one atomic writer (JSON, JSONL, reports, summaries use it)."""
+    from wbsafe.errors import WbsafeError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise WbsafeError(f"cannot write here: {exc.strerror or exc}", path) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk, a read-only folder: said, not a traceback
+            raise WbsafeError(
+                f"cannot write: {exc.strerror or exc}; files already written are kept", path
+            ) from exc
         raise
     return path
 
