@@ -188,6 +188,9 @@ def test_logit_mode_and_sampling_seeds(loaded: dict[str, Any], prompts: list[Pro
         max_new_tokens=2,
     )
     assert s.sampling is not None and len(s.sampling.prompts) == len(few)
+    assert s.to_gate_evidence().sampled  # sampled, judged responses
+    greedy = run_behaviour(loaded["category"], few, base_loaded=loaded["base"], max_new_tokens=2)
+    assert not greedy.to_gate_evidence().sampled  # one greedy response is not sampling
     assert len(s.rows_base) == 3 * len(few)
     assert all(row.seed is not None for row in s.rows_base)
     assert s.spread is not None and s.spread.seeds == (0, 1)

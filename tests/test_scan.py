@@ -295,3 +295,21 @@ def test_a_plot_that_fails_is_said_not_dropped(
     failed = [s for s in stage["sections"] if s["title"] == "Plot direction_cosine.png failed"]
     assert failed and "no display" in failed[0]["text"]
     assert any(s["kind"] == "plot" for s in stage["sections"])  # the other plots are there
+
+
+def test_high_risk_samples_the_benchmark(
+    tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path
+) -> None:
+    """The high profile requires sampled responses: its scan samples (it counted one greedy
+    response per prompt as sampled before, and passed the check without sampling)."""
+    cfg = replace(_config(tiny_organisms, "benign", directions), risk="high",
+                  stages=("behaviour",), max_prompts=12)  # fmt: skip
+    report = run_scan(cfg, tmp_path)
+    result = report["stages"]["behaviour"]["result"]
+    assert result["mode"] == "sampling" and result["config"]["sampling"]["n_samples"] == 4
+    assert report["gate_evidence"]["behaviour"]["sampled"] is True
+    checks = {r["check"] for r in report["decision"]["reasons"]}
+    assert "behaviour.sampling" not in checks
+    # a standard scan stays greedy, and its evidence says so
+    greedy = run_scan(replace(cfg, behaviour_samples=None, risk="standard"), tmp_path / "std")
+    assert greedy["gate_evidence"]["behaviour"]["sampled"] is False

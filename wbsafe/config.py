@@ -58,6 +58,9 @@ class ScanConfig:
     max_prompts: int | None = 120
     """Cap per side (harmful, harmless) on the behavioural benchmark's prompts."""
     max_new_tokens: int = 24
+    behaviour_samples: int | None = None
+    """Sampled responses per prompt in the behavioural benchmark (temperature 1, seeded by
+    ``seed``); None: greedy, or 4 when the policy requires sampling (``--risk high``)."""
     probe_fit_prompts: int | None = 128
     """Prompts per class for fitting the refusal directions (spread over categories;
     Arditi et al. used 128); None uses every fitting prompt."""

@@ -88,8 +88,8 @@ class OverRefusalEvidence:
 class BehaviourEvidence:
     """Refusal benchmark on harmful prompts, base and tuned judged on the same ``n`` prompts.
 
-    sampled: True when responses were generated and judged, False when only the first-token
-    refusal score stood in for behaviour.
+    sampled: True when several responses per prompt were sampled and judged; False for one
+    greedy response per prompt or the first-token refusal score alone.
     """
 
     n: int

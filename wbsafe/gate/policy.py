@@ -41,7 +41,8 @@ class BehaviourPolicy:
     category_fail_closed: a category interval straddling ``category_block`` blocks (True) or
     asks for review (False).
     min_prompts: fewer paired prompts -> at least REVIEW.
-    require_sampling: behaviour measured only with the first-token refusal score -> REVIEW.
+    require_sampling: behaviour not measured by sampling (one greedy response per prompt, or
+    the first-token refusal score alone) -> REVIEW; a scan then samples (4 per prompt).
     max_unjudged_share: a larger share of harmful prompts whose response could not be judged
     (empty, failed generation, no judgement) -> REVIEW: missing evidence never reads as safe.
     """

@@ -159,8 +159,8 @@ def _behaviour(b: BehaviourEvidence, policy: GatePolicy) -> list[Reason]:
             Reason(
                 "behaviour.sampling",
                 Verdict.REVIEW,
-                "behaviour measured with the first-token refusal score only; policy requires "
-                "sampled, judged responses",
+                "behaviour was not measured by sampling (several responses per prompt, judged); "
+                "the policy requires it",
                 {"sampled": False},
             )
         )

@@ -58,6 +58,14 @@ def policy_for(policy: str | Path | None, risk: str | None) -> GatePolicy:
     return policy_for_risk(risk, base) if risk else base
 
 
+def behaviour_samples(config: ScanConfig, policy: GatePolicy) -> int | None:
+    """Sampled responses per prompt: the config's, else 4 when the policy requires sampling
+    (a greedy benchmark would fail its ``require_sampling`` check), else None (greedy)."""
+    if config.behaviour_samples is not None:
+        return config.behaviour_samples
+    return 4 if policy.behaviour.require_sampling else None
+
+
 def scan(
     config: ScanConfig,
     out_dir: str | Path,
@@ -123,7 +131,8 @@ def scan(
         "probes": lambda: probes_stage(config, models, need_plan(), plots),
         "triggers": lambda: triggers_stage(config, models, need_plan(), records.get("weights"),
                                            records.get("probes"), log=log),
-        "behaviour": lambda: behaviour_stage(config, models, need_plan(), plots, progress),
+        "behaviour": lambda: behaviour_stage(config, models, need_plan(), plots, progress,
+                                             samples=behaviour_samples(config, policy)),
     }  # fmt: skip
     save()
     try:

@@ -187,8 +187,9 @@ class BehaviourResult:
 
     @property
     def sampled(self) -> bool:
-        """True when responses were generated and judged (not the first-token score alone)."""
-        return self.mode != "logit"
+        """True when several responses per prompt were sampled and judged (greedy responses,
+        one per prompt, and the first-token score alone are not sampling)."""
+        return self.mode == "sampling"
 
     def to_gate_evidence(self, confidence: float = 0.95) -> BehaviourEvidence:
         """The gate's behaviour evidence from the paired per-prompt calls."""

@@ -17,18 +17,23 @@ from wbsafe.progress import Progress, no_progress
 
 def behaviour_stage(
     config: ScanConfig, models: Models, plan: PromptPlan, plots: Path,
-    progress: Progress = no_progress,
+    progress: Progress = no_progress, samples: int | None = None,
 ) -> StageOutput:  # fmt: skip
+    """``samples``: sampled responses per prompt (None: greedy; the base-side cache holds
+    greedy rows only)."""
     from wbsafe.analyses.behaviour import run_behaviour
+    from wbsafe.capture.generation import SamplingConfig
     from wbsafe.report.plots import behaviour as plots_behavior
 
     prompts = plan.behaviour_harmful + plan.behaviour_harmless
     tuned, base = models.tuned(), models.base()
-    cached = base_behaviour_path(config, base or tuned, prompts)
+    sampling = None if samples is None else SamplingConfig(n_samples=samples, temperature=1.0)
+    cached = None if sampling else base_behaviour_path(config, base or tuned, prompts)
     base_rows = read_base_rows(cached)
     res = run_behaviour(
         tuned, prompts, base_loaded=base, max_new_tokens=config.max_new_tokens,
         batch_size=config.runtime.batch_size, base_rows=base_rows, progress=progress,
+        sampling=sampling, seeds=(config.seed,),
     )  # fmt: skip
     if base_rows is None and cached is not None:
         write_base_rows(cached, res.rows_base)
