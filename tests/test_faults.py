@@ -141,3 +141,89 @@ def test_a_full_disk_loses_nothing_finished(
     monkeypatch.setattr(os, "replace", real_replace)
     resumed = run_scan(cfg, out)
     assert resumed["status"] == "complete" and resumed["stages"]["weights"]["reused"]
+
+
+def test_a_damaged_stage_record_fails_that_stage_not_the_scan(
+    scan_config: ScanConfig, tmp_path: Path
+) -> None:
+    cfg = replace(scan_config, directions_cache=str(tmp_path / "cache"),
+                  stages=("weights", "behaviour"))  # fmt: skip
+    out = tmp_path / "scan"
+    first = run_scan(cfg, out)
+    assert first["stages"]["behaviour"]["status"] == "done"
+    behaviour = out / "stages" / "behaviour.json"
+    record = json.loads(behaviour.read_text())
+    # evidence that cannot be (more refusals than prompts), under a key that still matches
+    record["evidence"]["tuned_refusals"] = record["evidence"]["n"] + 7
+    behaviour.write_text(json.dumps(record))
+    # and a weights record that does not parse at all: it is redone
+    weights = out / "stages" / "weights.json"
+    broken = json.loads(weights.read_text())
+    broken["seconds"] = "soon"
+    weights.write_text(json.dumps(broken))
+
+    again = run_scan(cfg, out)
+    assert again["status"] == "complete"
+    assert again["stages"]["weights"]["status"] == "done"
+    assert again["stages"]["weights"]["reused"] is False  # redone, not trusted
+    stage = again["stages"]["behaviour"]
+    assert stage["status"] == "failed" and "outside" in stage["error"]
+    checks = {r["check"]: r for r in again["decision"]["reasons"]}
+    assert checks["behaviour.failed"]["verdict"] == "REVIEW"
+    assert again["decision"]["verdict"] in ("REVIEW", "BLOCK")
+
+
+def test_scan_many_gives_every_bad_adapter_an_error_row(
+    tiny_organisms: dict[str, Organism], tmp_path: Path
+) -> None:
+    """Good adapters get their verdicts; each bad one (truncated, another base's shapes,
+    an unreadable config, no weights, a symlink loop) an ERROR row naming the cause."""
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from wbsafe.api import scan_many
+
+    good = tiny_organisms["benign_lora"].path
+    root = tmp_path / "adapters"
+    made: dict[str, str] = {}
+
+    def copy(name: str) -> Path:
+        d = root / name
+        shutil.copytree(good, d)
+        return d
+
+    d = copy("truncated")
+    data = (d / "adapter_model.safetensors").read_bytes()
+    (d / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    made["truncated"] = "truncated"
+    d = copy("other_base")  # factors of a wider model: they cannot fit this base
+    tensors = load_file(str(d / "adapter_model.safetensors"))
+    tensors = {k: torch.zeros(v.shape[0], v.shape[1] + 8) if "lora_A" in k else v
+               for k, v in tensors.items()}  # fmt: skip
+    save_file(tensors, str(d / "adapter_model.safetensors"))
+    made["other_base"] = "another base"
+    d = copy("bad_config")
+    (d / "adapter_config.json").write_text("{not json")
+    made["bad_config"] = "JSON"
+    d = copy("no_weights")
+    (d / "adapter_model.safetensors").unlink()
+    made["no_weights"] = "adapter"
+    d = copy("loop")
+    (d / "adapter_model.safetensors").unlink()
+    os.symlink("adapter_model.safetensors", d / "adapter_model.safetensors")
+    made["loop"] = "adapter"
+    template = ScanConfig(base=tiny_organisms["base"].path, stages=("weights",),
+                          runtime=RuntimeConfig(device="cpu", threads=1))  # fmt: skip
+    adapters = [good, tiny_organisms["backdoor_lora"].path, *sorted(root.iterdir())]
+    rows = {r["adapter"]: r for r in scan_many(template.base, adapters, tmp_path / "out",
+                                               template=template)}  # fmt: skip
+    assert rows["benign_lora"]["verdict"] != "ERROR"
+    assert rows["backdoor_lora"]["verdict"] != "ERROR"
+    for name, cause in made.items():
+        assert rows[name]["verdict"] == "ERROR", rows[name]
+        assert cause.lower() in rows[name]["top_reason"].lower(), rows[name]
+    summary = (tmp_path / "out" / "summary.csv").read_text()
+    assert summary.count("ERROR") == len(made)

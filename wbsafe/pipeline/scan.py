@@ -155,13 +155,19 @@ def scan(
 
 def gate_evidence(records: dict[str, StageRecord]) -> GateEvidence:
     """What the gate reads: each stage's evidence (None when it did not run) and the
-    analyses that were asked for and failed."""
+    analyses that were asked for and failed. A stage whose evidence does not parse (a
+    record edited or damaged on disk) is marked failed, with the error: the others stand."""
+    from wbsafe.errors import WbsafeError
+
+    for name, rec in records.items():
+        if rec.status == "done" and rec.evidence is not None:
+            try:
+                parse_evidence({name: rec.evidence}, where=f"{name} stage evidence")
+            except WbsafeError as exc:
+                records[name] = dataclasses.replace(rec, status="failed", error=str(exc))
     return parse_evidence(
         {
-            "weights": records["weights"].evidence,
-            "probes": records["probes"].evidence,
-            "triggers": records["triggers"].evidence,
-            "behaviour": records["behaviour"].evidence,
+            **{n: (r.evidence if r.status == "done" else None) for n, r in records.items()},
             "failed": [n for n, r in records.items() if r.status == "failed"],
         }
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from wbsafe.errors import WbsafeError
 from wbsafe.io.serialize import read_json, to_jsonable, write_json_atomic
+from wbsafe.io.typed import adapter
 
 STAGE_FORMAT = 1
 
@@ -77,12 +78,17 @@ class StageStore:
             data = read_json(p)
         except WbsafeError:
             return None
+        if not isinstance(data, dict):
+            return None
         if data.get("format") != STAGE_FORMAT or data.get("key") != key:
             return None
         if data.get("status") != "done":
             return None
         data.pop("format", None)
-        rec = StageRecord(**data)
+        try:  # a record that does not parse is redone, not trusted and not fatal
+            rec: StageRecord = adapter(StageRecord).validate_python(data)
+        except ValueError:
+            return None
         rec.reused = True
         return rec
 
