@@ -219,3 +219,35 @@ def test_device_and_dtype_policy() -> None:
         assert resolve_device("auto") == "cpu"
         with pytest.raises(WbsafeError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "unsafe"),  # Python internals
+        ("{{ cycler.__init__.__globals__.os.system('true') }}", "unsafe"),
+        ("{% for i in range(10**9) %}x{% endfor %}", "range"),  # the sandbox's own limit
+        ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+         "{{ messages[0]['content'] }}", "within"),  # a loop that would run for hours
+        ("x" * 200_000, "characters refused"),
+    ],
+)  # fmt: skip
+def test_a_hostile_chat_template_is_refused(
+    tiny_base: Path, tmp_path: Path, template: str, message: str
+) -> None:
+    """A chat template is code from the checkpoint: it renders only in transformers' Jinja
+    sandbox, and one that reaches for Python internals, loops, or is huge is refused with
+    the folder named, in bounded time."""
+    import shutil
+    import time
+
+    from wbsafe.io.models import load_tokenizer
+
+    d = tmp_path / "model"
+    shutil.copytree(tiny_base, d)
+    (d / "chat_template.jinja").write_text(template)  # where transformers keeps it
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointFormatError, match=message) as err:
+        load_tokenizer(d)
+    assert time.perf_counter() - t0 < 30
+    assert str(d) in str(err.value)

@@ -132,9 +132,17 @@ def format_prompt(tokenizer: Any, conversation: Sequence[dict[str, str]] | str) 
         else list(conversation)
     )
     if getattr(tokenizer, "chat_template", None):
-        return str(
-            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        )
+        try:
+            return str(
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            )
+        except CheckpointFormatError:
+            raise
+        except Exception as exc:  # the sandbox's SecurityError, a template's own errors
+            raise CheckpointFormatError(
+                f"the chat template failed to render ({type(exc).__name__}: {exc})",
+                getattr(tokenizer, "name_or_path", None) or None,
+            ) from exc
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages[:-1]]
     lines.append(PLAIN_FORMAT.format(content=messages[-1]["content"]))
     return "\n".join(lines)
@@ -280,7 +288,56 @@ def load_tokenizer(model_dir: str | Path) -> Any:
         raise CheckpointFormatError(f"cannot load the tokenizer: {exc}", model_dir) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    check_chat_template(tok, Path(model_dir))
     return tok
+
+
+MAX_TEMPLATE_CHARS = 100_000
+TEMPLATE_SECONDS = 5.0
+
+
+def check_chat_template(tokenizer: Any, where: Path) -> None:
+    """Refuse a chat template that is oversized, that the Jinja sandbox stops (reaching for
+    Python internals, huge ranges), or that does not finish a sample conversation within
+    ``TEMPLATE_SECONDS`` (loops): a template is untrusted code, rendered only in
+    transformers' sandbox and only once it has passed here."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return
+    if not isinstance(template, str) or len(template) > MAX_TEMPLATE_CHARS:
+        size = len(template) if isinstance(template, str) else "?"
+        raise CheckpointFormatError(f"chat template of {size} characters refused", where)
+    with _time_limit(TEMPLATE_SECONDS, where):
+        format_prompt(tokenizer, "hello")  # one user turn: what every scan formats
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float, where: Path) -> Iterator[None]:
+    """SIGALRM-bounded block on the main thread (elsewhere: unbounded, the sandbox's own
+    limits only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "setitimer"
+    ):
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise CheckpointFormatError(
+            f"chat template did not render a sample conversation within {seconds:g} s "
+            "(a loop?); refused",
+            where,
+        )
+
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 @contextlib.contextmanager
