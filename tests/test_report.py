@@ -306,3 +306,44 @@ def test_html_renders_in_headless_chromium(
     top = np.asarray(mpimg.imread(shot))[150:300, 150:1100, :3]
     red = (top[..., 0] > 0.6) & (top[..., 1] < 0.3) & (top[..., 2] < 0.3)
     assert red.mean() > 0.5
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("WBSAFE_REQUIRE_BROWSER"),
+    reason="headless render test needs /usr/bin/chromium (CI installs it and sets "
+    "WBSAFE_REQUIRE_BROWSER=1 so this test cannot skip there)",
+)
+def test_planted_payloads_do_not_run_in_chromium(
+    scan_dir: Path, example: dict[str, Any], tmp_path: Path
+) -> None:
+    """Script, event-handler, style and URL payloads in prompts, responses, trigger strings
+    and file names are shown as text: after Chromium loads the page, none has run (the title
+    is the report's, no injected element exists, no style or link took effect)."""
+    payloads = [
+        "<script>document.title='PWNED-script'</script>",
+        "<img src=x onerror=\"document.title='PWNED-img'\">",
+        "<style>body{display:none}</style><b id=pwned-style>x</b>",
+        "<a id=pwned-link href=\"javascript:document.title='PWNED-link'\">click</a>",
+        "javascript:document.title='PWNED-url'",
+    ]
+    table = next(s for st in example["stages"].values() for s in st["sections"]
+                 if s["kind"] == "table")  # fmt: skip
+    table["rows"] = [[p] * len(table["columns"]) for p in payloads]
+    example["weight_files"] = {f"{p}.safetensors": "0" * 64 for p in payloads}
+    example["models"]["tuned"]["path"] = payloads[1]
+    html_path = R.write_reports(example, scan_dir)["html"]
+    cmd = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+        html_path.resolve().as_uri(),
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    dom = res.stdout
+    assert "<html" in dom.lower(), res.stderr[-2000:]
+    title = dom.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert "PWNED" not in title
+    for marker in ('id="pwned-style"', 'id="pwned-link"', '<img src="x"', "<script>document"):
+        assert marker not in dom, marker
+    assert "&lt;script&gt;document.title" in dom  # shown, as text
