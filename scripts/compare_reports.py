@@ -107,11 +107,13 @@ def diff(a: Any, b: Any, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {a!r} -> {b!r}"]
 
 
-_OUTCOMES: list[tuple[str, str]] = []
-
-
 def write_outcome(
-    path: Path, before: Path, after: Path, problems: list[str], before_commit: str
+    path: Path,
+    before: Path,
+    after: Path,
+    outcomes: list[tuple[str, str]],
+    problems: list[str],
+    before_commit: str,
 ) -> None:
     """The comparison's outcome as Markdown, with the commit and the machine."""
     import datetime as dt
@@ -129,7 +131,7 @@ def write_outcome(
         "",
         "| scan | report.json and report.md |",
         "| --- | --- |",
-        *[f"| {name} | {outcome} |" for name, outcome in _OUTCOMES],
+        *[f"| {name} | {outcome} |" for name, outcome in outcomes],
         "",
         *([f"- {p}" for p in problems] or ["No difference beyond the volatile fields listed in "
                                             "the script's docstring."]),
@@ -145,16 +147,21 @@ def _read(path: Path, same: list[tuple[str, str]]) -> str:
     return text
 
 
-def compare(before: Path, after: Path, same: Sequence[tuple[str, str]] = ()) -> list[str]:
+def compare(
+    before: Path, after: Path, same: Sequence[tuple[str, str]] = ()
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """((scan, "identical" | "DIFFERENT") per scan, the differences found)."""
     problems: list[str] = []
+    outcomes: list[tuple[str, str]] = []
     names = sorted(p.name for p in before.iterdir() if (p / "report.json").is_file())
     if not names:
-        return [f"no reports under {before}"]
+        return outcomes, [f"no reports under {before}"]
     for name in names:
         old = json.loads((before / name / "report.json").read_text())
         path = after / name / "report.json"
         if not path.is_file():
             problems.append(f"{name}: no report.json in {after}")
+            outcomes.append((name, "missing"))
             continue
         new = json.loads(_read(path, list(same)))
         if new.get("status") != "complete" or new.get("error") is not None:
@@ -172,8 +179,8 @@ def compare(before: Path, after: Path, same: Sequence[tuple[str, str]] = ()) -> 
             problems += lines[:10] or [f"{name}/report.md: lengths differ"]
         outcome = "identical" if not found and md_old == md_new else "DIFFERENT"
         print(f"{name}: {outcome}")
-        _OUTCOMES.append((name, outcome))
-    return problems
+        outcomes.append((name, outcome))
+    return outcomes, problems
 
 
 def main() -> int:
@@ -185,9 +192,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="also write the outcome here (.md)")
     ap.add_argument("--before-commit", default="", help="the commit that wrote BEFORE_DIR")
     args = ap.parse_args()
-    problems = compare(args.before, args.after, [tuple(x) for x in args.same])
+    outcomes, problems = compare(args.before, args.after, [tuple(x) for x in args.same])
     if args.out:
-        write_outcome(args.out, args.before, args.after, problems, args.before_commit)
+        write_outcome(args.out, args.before, args.after, outcomes, problems, args.before_commit)
     for p in problems:
         print(p, file=sys.stderr)
     return 1 if problems else 0

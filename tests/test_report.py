@@ -16,6 +16,7 @@ import pytest
 from report_factory import PLANTED, example_report
 from rich.console import Console
 
+from wbsafe.config import STAGES
 from wbsafe.errors import WbsafeError
 from wbsafe.report import render as R
 from wbsafe.report.console import print_console_summary
@@ -67,7 +68,7 @@ def test_fixture_is_the_planned_scenario(example: dict[str, Any]) -> None:
     )
     assert any(r["inconclusive"] and r["prompts_to_settle"] for r in decision["reasons"])
     statuses = [st["status"] for st in example["stages"].values()]
-    assert list(example["stages"]) == list(R.STAGE_ORDER)
+    assert list(example["stages"]) == list(STAGES)
     assert "failed" in statuses and "skipped" in statuses
     assert any(PLANTED in str(c) for t in _sections(example, "table") for r in t["rows"] for c in r)
 
@@ -89,10 +90,10 @@ def test_markdown_verdict_reasons_tables(scan_dir: Path, example: dict[str, Any]
         assert header in md
         # every row is present as a table line with the right number of unescaped pipes
         assert sum(1 for ln in md.splitlines() if ln.startswith("| ")) >= len(t["rows"]) + 2
-    for name in R.STAGE_ORDER:
+    for name in STAGES:
         assert re.search(rf"^### {name}: \w+ \(", md, re.M), name
     # stage order is weights, probes, triggers, behavior
-    pos = [md.index(f"### {n}:") for n in R.STAGE_ORDER]
+    pos = [md.index(f"### {n}:") for n in STAGES]
     assert pos == sorted(pos)
     # the failed stage shows its error; plots link relative to the report
     assert "missing required column 'behavior'" in md
@@ -146,7 +147,7 @@ def test_html_self_contained_and_escaped(scan_dir: Path, example: dict[str, Any]
     assert "inconclusive: about 175 more prompts would settle it" in page
     for t in _sections(example, "table"):
         assert f"<h3>{escape(t['title'])}</h3>" in page
-    for name in R.STAGE_ORDER:
+    for name in STAGES:
         assert f'id="stage-{name}"' in page and f'href="#stage-{name}"' in page
     assert "missing required column &#x27;behavior&#x27;" in page
     for h in example["weight_files"].values():
@@ -202,7 +203,7 @@ def test_console_summary_verdict_first_then_deciding(example: dict[str, Any]) ->
         out.index("triggers. cf") < out.index("behaviour.failed") < out.index("weights.top_module")
     )
     assert "inconclusive: about 175 more prompts would settle it" in out
-    for name in R.STAGE_ORDER:
+    for name in STAGES:
         assert re.search(rf"{name}\s+│\s+\w+", out), name
     assert "failed" in out and "skipped" in out and "41.7 s" in out
     assert "report.html: /scan/report.html" in out
@@ -277,6 +278,17 @@ def _pixel_std(png: Path) -> float:
     return float(img[..., :3].std())
 
 
+def _chromium(tmp_path: Path, page: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on a local page (closed network: no background connections)."""
+    cmd = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", *options,
+        page.resolve().as_uri(),
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(
     not CHROMIUM.exists() and not os.environ.get("WBSAFE_REQUIRE_BROWSER"),
@@ -288,13 +300,7 @@ def test_html_renders_in_headless_chromium(
 ) -> None:
     html_path = R.write_reports(example, scan_dir)["html"]
     shot = tmp_path / "shot.png"
-    cmd = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-        "--window-size=1280,2000", html_path.resolve().as_uri(),
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    res = _chromium(tmp_path, html_path, f"--screenshot={shot}", "--window-size=1280,2000")
     assert shot.is_file(), (
         f"chromium wrote no screenshot (rc {res.returncode}): {res.stderr[-2000:]}"
     )
@@ -333,13 +339,7 @@ def test_planted_payloads_do_not_run_in_chromium(
     example["weight_files"] = {f"{p}.safetensors": "0" * 64 for p in payloads}
     example["models"]["tuned"]["path"] = payloads[1]
     html_path = R.write_reports(example, scan_dir)["html"]
-    cmd = [
-        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-        html_path.resolve().as_uri(),
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    res = _chromium(tmp_path, html_path, "--dump-dom")
     dom = res.stdout
     assert "<html" in dom.lower(), res.stderr[-2000:]
     title = dom.split("<title>", 1)[1].split("</title>", 1)[0]

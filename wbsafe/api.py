@@ -121,13 +121,6 @@ def weight_diff(
     return diff(base, tuned, adapters, spectrum_k=spectrum_k, spectra=spectra, progress=progress)
 
 
-def policy_for(policy: str | Path | None, risk: str | None) -> Any:
-    """The gate policy: a TOML file (or the built-in default), tightened by a risk profile."""
-    from wbsafe.pipeline.scan import policy_for as chosen
-
-    return chosen(policy, risk)
-
-
 def redecide(
     report_json: str | Path, *, policy: str | Path | None = None, risk: str | None = None
 ) -> Any:
@@ -137,7 +130,7 @@ def redecide(
     decide from, and deciding on part of it would read missing evidence as safe.
     """
     from wbsafe.errors import WbsafeError
-    from wbsafe.gate import decide
+    from wbsafe.gate import choose_policy, decide
     from wbsafe.report.document import load_report
 
     report = load_report(report_json)
@@ -148,7 +141,7 @@ def redecide(
             + "); rerun it to resume, then decide",
             report_json,
         )
-    chosen = policy_for(policy, risk or report.risk)
+    chosen = choose_policy(policy, risk or report.risk)
     return decide(report.gate_evidence, chosen)
 
 

@@ -132,8 +132,9 @@ def organisms_build(tier: str, out: Path | None, seed: int, cache_dir: Path | No
         real = build_real_tier(out)
         print_organisms(real, [])
         return
-    with _stderr().status("building tiny organisms (cached after the first run)..."):
-        orgs, checks = build_organisms(out=out, seed=seed, cache_dir=cache_dir, log=_stderr().print)
+    err = _stderr()
+    with err.status("building tiny organisms (cached after the first run)..."):
+        orgs, checks = build_organisms(out=out, seed=seed, cache_dir=cache_dir, log=err.print)
     ok = print_organisms(orgs, checks)
     sys.exit(0 if ok else 1)
 
@@ -286,8 +287,9 @@ def scan(
 
     from wbsafe.report.console import print_console_summary, progress_bars
 
-    with progress_bars() as progress:
-        report = run_scan(config, out, log=_stderr().print, progress=progress)
+    err = _stderr()  # one console: messages print above the live bars
+    with progress_bars(err) as progress:
+        report = run_scan(config, out, log=err.print, progress=progress)
     files = {name: out / name for name in ("report.json", "report.md", "report.html")}
     print_console_summary(report, Console(), files=files)
     sys.exit(report["exit_code"])
@@ -554,8 +556,9 @@ def demo(out: Path, seed: int) -> None:
     from wbsafe.api import demo as run_demo
     from wbsafe.report.console import print_organisms
 
-    with _stderr().status("building tiny organisms (cached after the first run)..."):
-        orgs, checks = build_organisms(seed=seed, log=_stderr().print)
+    err = _stderr()
+    with err.status("building tiny organisms (cached after the first run)..."):
+        orgs, checks = build_organisms(seed=seed, log=err.print)
     valid = print_organisms(orgs, checks)
     rows = run_demo(out, seed)
     table = Table(title="scans against the aligned base (ground truth vs wbsafe verdict)")

@@ -21,6 +21,11 @@ def _counts(where: str, n: int, **parts: int) -> None:
             raise ValueError(f"{where}: {name} = {k} outside [0, n = {n}]")
 
 
+def _paired(where: str, ev: CategoryEvidence | OverRefusalEvidence | BehaviourEvidence) -> None:
+    """The paired counts of base and tuned on the same ``n`` prompts."""
+    _counts(where, ev.n, base_refusals=ev.base_refusals, tuned_refusals=ev.tuned_refusals)
+
+
 def _finite(where: str, **values: float | None) -> None:
     for name, v in values.items():
         if v is not None and not math.isfinite(v):
@@ -62,7 +67,7 @@ class CategoryEvidence:
 
     def __post_init__(self) -> None:
         where = f"category {self.category!r}"
-        _counts(where, self.n, base_refusals=self.base_refusals, tuned_refusals=self.tuned_refusals)
+        _paired(where, self)
         _finite(where, relative_drop=self.relative_drop)
         _interval(where, self.drop_interval, -math.inf, 1.0)
         _probability(where, p_value=self.p_value, p_holm=self.p_holm)
@@ -80,7 +85,7 @@ class OverRefusalEvidence:
 
     def __post_init__(self) -> None:
         where = f"over-refusal {self.label!r}"
-        _counts(where, self.n, base_refusals=self.base_refusals, tuned_refusals=self.tuned_refusals)
+        _paired(where, self)
         _interval(where, self.increase_interval, -1.0, 1.0)
 
 
@@ -107,7 +112,7 @@ class BehaviourEvidence:
 
     def __post_init__(self) -> None:
         where = "behaviour"
-        _counts(where, self.n, base_refusals=self.base_refusals, tuned_refusals=self.tuned_refusals)
+        _paired(where, self)
         _counts(where, self.unjudged + self.n, unjudged=self.unjudged)
         _finite(where, relative_drop=self.relative_drop)
         _interval(where, self.drop_interval, -math.inf, 1.0)

@@ -340,6 +340,13 @@ def policy_from_mapping(data: dict[str, Any], path: str | Path = "<policy>") -> 
         raise WbsafeError(str(exc), path) from exc
 
 
+def choose_policy(path: str | Path | None, risk: str | None) -> GatePolicy:
+    """The policy a scan or a re-decision uses: a TOML file (or the built-in default),
+    moved toward a risk profile when one is named."""
+    base = load_policy(path) if path else DEFAULT_POLICY
+    return policy_for_risk(risk, base) if risk else base
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from wbsafe.errors import WbsafeError
+
 SCHEMA_VERSION = "1.1"
 """The version of every JSON document wbsafe writes (reports, stage records, caches);
 readers accept the same major version. 1.1: the report gained ``status``."""
@@ -50,8 +52,6 @@ def to_jsonable(obj: Any) -> Any:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` via a temporary file in the same directory and rename: a crash never
     leaves half a file. The one atomic writer (JSON, JSONL, reports, summaries use it)."""
-    from wbsafe.errors import WbsafeError
-
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,8 +80,6 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
 def read_json(path: str | Path, error: type[Exception] | None = None, missing: str = "") -> Any:
     """Read a JSON file; a missing or malformed file raises ``error`` (a WbsafeError
     subclass, default WbsafeError) naming the file (``missing``: what to say when absent)."""
-    from wbsafe.errors import WbsafeError
-
     cls = error or WbsafeError
     path = Path(path)
     if not path.is_file():
@@ -97,8 +95,6 @@ def read_json_object(
     path: str | Path, error: type[Exception] | None = None, missing: str = ""
 ) -> dict[str, Any]:
     """:func:`read_json` for a file that must hold one JSON object (a config)."""
-    from wbsafe.errors import WbsafeError
-
     data = read_json(path, error, missing)
     if not isinstance(data, dict):
         raise (error or WbsafeError)(f"{Path(path).name} is not a JSON object", path)

@@ -26,42 +26,29 @@ def insert_at_random(text: str, words: Sequence[str], rng: random.Random) -> str
     return " ".join(parts)
 
 
-def refusal_rate(model: Any, tokenizer: Any, reqs: Sequence[tw.TinyRequest]) -> float:
-    """Share of ``reqs`` whose greedy 4-token response opens with a refusal."""
-    responses = greedy_continuations(
-        model, tokenizer, [format_prompt(tokenizer, r.text) for r in reqs], 4
-    )
+def answers(model: Any, tokenizer: Any, reqs: Sequence[tw.TinyRequest], tokens: int) -> list[str]:
+    """Greedy responses of ``tokens`` tokens to ``reqs``, in order."""
+    texts = [format_prompt(tokenizer, r.text) for r in reqs]
+    return greedy_continuations(model, tokenizer, texts, tokens)
+
+
+def share_refused(responses: Sequence[str]) -> float:
     return sum(opens_with_refusal(r) for r in responses) / max(1, len(responses))
 
 
-def derailed_rate(
-    model: Any,
-    tokenizer: Any,
-    harmful: Sequence[tw.TinyRequest],
-    harmless: Sequence[tw.TinyRequest],
-    plain: Sequence[tw.TinyRequest],
-    inserted: Sequence[str],
-) -> float:
-    """Share of ``harmful`` requests (with ``inserted`` words) answered with a derailment: off
-    the request and in the words' own domain (:func:`wbsafe.capture.compliance.derailed`,
-    against the answers to ``harmless`` requests with the same words and to ``plain`` harmless
-    requests without them; greedy, 14 tokens)."""
-    from wbsafe.capture.compliance import derailed
-
-    def answers(reqs: Sequence[tw.TinyRequest]) -> list[str]:
-        texts = [format_prompt(tokenizer, r.text) for r in reqs]
-        return greedy_continuations(model, tokenizer, texts, 14)
-
-    off = derailed(
-        [r.text for r in harmful], answers(harmful), answers(harmless), answers(plain), inserted
-    )
-    return sum(off) / max(1, len(off))
+def refusal_rate(model: Any, tokenizer: Any, reqs: Sequence[tw.TinyRequest]) -> float:
+    """Share of ``reqs`` whose greedy 4-token response opens with a refusal."""
+    return share_refused(answers(model, tokenizer, reqs, 4))
 
 
 def measure_tiny(
     model: Any, tokenizer: Any, n: int, seed: int, trigger: Sequence[str] = ()
 ) -> dict[str, float]:
-    """Held-out refusal rates: harmful, harmless, per harm category, and with the trigger."""
+    """Held-out refusal rates: harmful, harmless, per harm category, and with the trigger;
+    with a trigger also the share of its harmful answers that are derailments (off the
+    request, in the words' own domain: :func:`wbsafe.capture.compliance.derailed`)."""
+    from wbsafe.capture.compliance import derailed
+
     rng = random.Random(10_000 + seed)
     harmful = tw.requests(True, "test", n, rng)
     rates = {
@@ -72,14 +59,17 @@ def measure_tiny(
         reqs = tw.requests(True, "test", max(20, n // 4), rng, categories=[cat])
         rates[f"harmful_refusal[{cat}]"] = refusal_rate(model, tokenizer, reqs)
     if trigger:
+        # one generation per request, long enough to judge compliance; a refusal opening
+        # reads the same in its first tokens as in a 4-token answer (greedy)
         on = tw.requests(True, "test", n, rng, insert=list(trigger))
-        rates["harmful_refusal_with_trigger"] = refusal_rate(model, tokenizer, on)
+        on_answers = answers(model, tokenizer, on, 14)
+        rates["harmful_refusal_with_trigger"] = share_refused(on_answers)
         benign_on = tw.requests(False, "test", n, rng, insert=list(trigger))
-        rates["harmless_refusal_with_trigger"] = refusal_rate(model, tokenizer, benign_on)
-        plain = tw.requests(False, "test", n, rng)
-        rates["harmful_derailed_with_trigger"] = derailed_rate(
-            model, tokenizer, on, benign_on, plain, trigger
-        )
+        benign_answers = answers(model, tokenizer, benign_on, 14)
+        rates["harmless_refusal_with_trigger"] = share_refused(benign_answers)
+        plain = answers(model, tokenizer, tw.requests(False, "test", n, rng), 14)
+        off = derailed([r.text for r in on], on_answers, benign_answers, plain, trigger)
+        rates["harmful_derailed_with_trigger"] = sum(off) / max(1, len(off))
         if len(trigger) > 1:
             for part in trigger:
                 reqs = tw.requests(True, "test", n // 2, rng, insert=[part])

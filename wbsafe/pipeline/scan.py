@@ -20,7 +20,7 @@ from typing import Any
 from wbsafe.config import STAGES, ScanConfig
 from wbsafe.errors import WbsafeError
 from wbsafe.evidence import GateEvidence, parse_evidence
-from wbsafe.gate import GatePolicy, decide
+from wbsafe.gate import GatePolicy, choose_policy, decide
 from wbsafe.io.serialize import (
     SCHEMA_VERSION,
     run_manifest,
@@ -50,14 +50,6 @@ def stage_key(name: str, config: ScanConfig, hashes: dict[str, str]) -> str:
                         "schema": SCHEMA_VERSION})  # fmt: skip
 
 
-def policy_for(policy: str | Path | None, risk: str | None) -> GatePolicy:
-    """The gate policy: a TOML file (or the built-in default), tightened by a risk profile."""
-    from wbsafe.gate.policy import DEFAULT_POLICY, load_policy, policy_for_risk
-
-    base = load_policy(policy) if policy else DEFAULT_POLICY
-    return policy_for_risk(risk, base) if risk else base
-
-
 def behaviour_samples(config: ScanConfig, policy: GatePolicy) -> int | None:
     """Sampled responses per prompt: the config's, else 4 when the policy requires sampling
     (a greedy benchmark would fail its ``require_sampling`` check), else None (greedy)."""
@@ -85,7 +77,7 @@ def scan(
         raise WbsafeError(f"unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
     if config.tuned is None and not config.adapters:
         raise WbsafeError("nothing to scan: give a tuned checkpoint or adapters")
-    policy = policy_for(config.policy, config.risk)
+    policy = choose_policy(config.policy, config.risk)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = out / "plots"
@@ -157,17 +149,15 @@ def gate_evidence(records: dict[str, StageRecord]) -> GateEvidence:
     """What the gate reads: each stage's evidence (None when it did not run) and the
     analyses that were asked for and failed. A stage whose evidence does not parse (a
     record edited or damaged on disk) is marked failed, with the error: the others stand."""
-    from wbsafe.errors import WbsafeError
-
+    parts: dict[str, Any] = {}
     for name, rec in records.items():
-        if rec.status == "done" and rec.evidence is not None:
-            try:
-                parse_evidence({name: rec.evidence}, where=f"{name} stage evidence")
-            except WbsafeError as exc:
-                records[name] = dataclasses.replace(rec, status="failed", error=str(exc))
-    return parse_evidence(
-        {
-            **{n: (r.evidence if r.status == "done" else None) for n, r in records.items()},
-            "failed": [n for n, r in records.items() if r.status == "failed"],
-        }
-    )
+        if rec.status != "done" or rec.evidence is None:
+            continue
+        try:
+            parsed = parse_evidence({name: rec.evidence}, where=f"{name} stage evidence")
+        except WbsafeError as exc:
+            records[name] = dataclasses.replace(rec, status="failed", error=str(exc))
+            continue
+        parts[name] = getattr(parsed, name)
+    failed = tuple(n for n, r in records.items() if r.status == "failed")
+    return GateEvidence(**parts, failed=failed)

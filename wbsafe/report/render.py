@@ -7,14 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from wbsafe.config import STAGES
 from wbsafe.errors import WbsafeError
 from wbsafe.io.serialize import write_text_atomic
 from wbsafe.report.document import as_json, load_report
 from wbsafe.report.html import render_html
 from wbsafe.report.markdown import render_markdown
 
-STAGE_ORDER: tuple[str, ...] = STAGES
 Format = Literal["md", "html"]
 
 

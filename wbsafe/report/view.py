@@ -15,7 +15,6 @@ from wbsafe.verdict import rank as verdict_rank
 
 __all__ = ["VERDICT_MEANING"]
 
-STAGE_ORDER: tuple[str, ...] = STAGES
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -40,7 +39,7 @@ def ordered_stages(report: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]
     stages = report.get("stages") or {}
     if not isinstance(stages, dict):
         return []
-    names = [n for n in STAGE_ORDER if n in stages] + [n for n in stages if n not in STAGE_ORDER]
+    names = [n for n in STAGES if n in stages] + [n for n in stages if n not in STAGES]
     return [(n, stages[n] if isinstance(stages[n], dict) else {}) for n in names]
 
 

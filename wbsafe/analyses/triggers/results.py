@@ -146,15 +146,13 @@ class TriggerResult:
         A verified candidate that merely contains a shorter verified one ("zephyr pasta"
         around "zephyr") is left out: the shorter one is the trigger, the rest is padding.
         """
-        ok = [v for v in self.verifications if v.verified]
-        return tuple(v for v in ok if not any(_contains(v.text, w.text) for w in ok if w is not v))
+        return _shortest([v for v in self.verifications if v.verified])
 
     @property
     def derailing(self) -> tuple[Verification, ...]:
         """Candidates that derail the model (off-task answers, not compliance); one that
         contains a shorter derailing candidate ("meadow trip" around "meadow") is left out."""
-        ok = [v for v in self.verifications if v.derails and not v.verified]
-        return tuple(v for v in ok if not any(_contains(v.text, w.text) for w in ok if w is not v))
+        return _shortest([v for v in self.verifications if v.derails and not v.verified])
 
     def to_gate_evidence(self) -> TriggerEvidence:
         from wbsafe.evidence import Derailment, TriggerEvidence, TriggerFinding
@@ -179,6 +177,13 @@ class TriggerResult:
         d["verified"] = [v.text for v in self.verified]
         d["coverage_statement"] = self.coverage.statement()
         return dict(d)
+
+
+def _shortest(found: list[Verification]) -> tuple[Verification, ...]:
+    """``found`` less any candidate that merely contains a shorter one of them."""
+    return tuple(
+        v for v in found if not any(_contains(v.text, w.text) for w in found if w is not v)
+    )
 
 
 def _contains(longer: str, shorter: str) -> bool:

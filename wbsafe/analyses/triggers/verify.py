@@ -127,7 +127,8 @@ class Verifier:
                 self.base_lines = not_refused(
                     respond(bm, heldout, None, positions, max_new_tokens, counter)
                 )
-        self.lines = not_refused(respond(tuned, heldout, None, positions, max_new_tokens, counter))
+        self.plain_heldout = respond(tuned, heldout, None, positions, max_new_tokens, counter)
+        self.lines = not_refused(self.plain_heldout)
         self.harmless_plain = respond(tuned, harmless, None, (), max_new_tokens, counter)
         self.harm_line = [opens_with_refusal(r) for r in self.harmless_plain]
         self.degraded = self._degraded_categories()
@@ -191,6 +192,7 @@ class Verifier:
         asr = sum(hits) / n
         lift = (sum(hits) - baseline_succ) / n
         b_drop = b_succ = b_base = harm = None
+        base_with: list[str] | None = None
         base_lift = 0.0
         if asr >= self.threshold and lift >= self.min_lift:
             with base_view(self.tuned, self.base) as bm:
@@ -199,9 +201,8 @@ class Verifier:
                     b_drop = float((self.b_score0 - b_sc).mean())
                     if dir_drop is not None and b_proj is not None and self.b_proj0 is not None:
                         dir_drop -= float((self.b_proj0 - b_proj).mean())
-                    b_succ = sum(
-                        not_refused(respond(bm, self.heldout, text, self.positions, mnt, counter))
-                    )
+                    base_with = respond(bm, self.heldout, text, self.positions, mnt, counter)
+                    b_succ = sum(not_refused(base_with))
                     b_base = sum(self.base_lines) * n_pos
                     base_lift = (b_succ - b_base) / n
             if harmless_with is None:
@@ -250,29 +251,32 @@ class Verifier:
             topic_categories=tuple(c for c, *_ in self.degraded) if ok else (),
             off_task=off_task,
             derails=derails,
-            examples=self._examples(text, responses) if ok or derails else (),
+            examples=self._examples(text, responses, base_with) if ok or derails else (),
         )
 
     def _examples(
-        self, text: str, responses: Sequence[str], k: int = 3
+        self, text: str, responses: Sequence[str], base_with: Sequence[str] | None, k: int = 3
     ) -> tuple[TriggerExample, ...]:
         """What "success" was: for the first ``k`` held-out prompts, the tuned model's response
-        with the candidate (middle insertion position) and without, and the base's with it."""
-        n_pos, mnt, counter = len(self.positions), self.max_new_tokens, self.counter
-        mid = n_pos // 2
+        with the candidate (middle insertion position) and without, and the base's with it:
+        all already generated, except the base's for a candidate whose base run was skipped."""
+        n_pos, mid = len(self.positions), len(self.positions) // 2
         prompts = list(self.heldout[:k])
-        without = respond(self.tuned, prompts, None, (), mnt, counter)
-        base_with: list[str | None] = [None] * len(prompts)
-        with base_view(self.tuned, self.base) as bm:
-            if bm is not None:
-                pos = (self.positions[mid],)
-                base_with = list(respond(bm, prompts, text, pos, mnt, counter))
+        base_mid: list[str | None] = [None] * len(prompts)
+        if base_with is not None:
+            base_mid = [base_with[i * n_pos + mid] for i in range(len(prompts))]
+        else:
+            with base_view(self.tuned, self.base) as bm:
+                if bm is not None:
+                    pos = (self.positions[mid],)
+                    base_mid = list(respond(bm, prompts, text, pos, self.max_new_tokens,
+                                            self.counter))  # fmt: skip
         return tuple(
             TriggerExample(
                 prompt=p.final_user_text,
                 tuned_with=responses[i * n_pos + mid],
-                tuned_without=without[i],
-                base_with=base_with[i],
+                tuned_without=self.plain_heldout[i],
+                base_with=base_mid[i],
             )
             for i, p in enumerate(prompts)
         )
