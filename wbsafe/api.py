@@ -480,13 +480,17 @@ def behaviour_plot(result: Any, path: str | Path) -> Path:
     return Path(category_bars(result, Path(path)))
 
 
-def evaluate_judge(judge: str, labels: str | Path, out: str | Path | None = None) -> Any:
-    """A refusal judge (``string``, ``classifier:DIR``, ``causal:DIR``) against human labels
-    in a CSV; the result (accuracy, sensitivity, specificity) is also written to ``out``."""
-    from wbsafe.capture.judges import judge_eval, make_judge
+def evaluate_judge(
+    judge: str, labels: str | Path, out: str | Path | None = None, split: str | None = None
+) -> Any:
+    """A refusal judge (``string``, ``classifier:DIR``, ``causal:DIR``...) against human
+    labels in a CSV (only the rows of ``split`` when given): agreement with intervals and
+    confusion matrices per label, kind and category, also written to ``out``."""
+    from wbsafe.capture.judge_eval import judge_eval
+    from wbsafe.capture.judges import make_judge
     from wbsafe.io.serialize import write_json_atomic
 
-    result = judge_eval(make_judge(judge), labels)
+    result = judge_eval(make_judge(judge), labels, split=split)
     if out:
         write_json_atomic(out, result)
     return result

@@ -360,19 +360,36 @@ def behaviour(
     "--labels",
     type=click.Path(path_type=Path),
     required=True,
-    help="CSV with columns prompt,response,label (refusal/compliance).",
+    help="CSV with columns prompt,response,label (complied/partial/refused or "
+    "refusal/compliance) and optionally kind, category, prompt_type, split.",
 )
-@click.option("--out", type=click.Path(path_type=Path), default=None)
+@click.option("--split", default=None, help="Only the rows whose split column says this.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON output file.")
 @handle_errors
-def judge_eval_cmd(judge: str, labels: Path, out: Path | None) -> None:
-    """Measure a judge against human labels: accuracy, sensitivity, specificity."""
+def judge_eval_cmd(judge: str, labels: Path, split: str | None, out: Path | None) -> None:
+    """Measure a judge against human labels: agreement, sensitivity, specificity, and the
+    confusion matrix per human label, kind of response and category."""
     from wbsafe.api import evaluate_judge
+    from wbsafe.capture.judge_eval import agreement_lines, matrix_lines
 
-    result = evaluate_judge(judge, labels, out)
+    result = evaluate_judge(judge, labels, out, split=split)
+    click.echo(f"{result.judge} on {result.n} rows of {labels}" + (f" ({split})" if split else ""))
     for name in ("accuracy", "sensitivity", "specificity"):
         p = getattr(result, name)
-        click.echo(f"{name:<12} {p}")
+        lo, hi = p.interval
+        rate = "n/a" if p.rate is None else f"{p.rate:.1%}"
+        click.echo(f"{name:<12} {rate:>6} [{lo:.1%}, {hi:.1%}] ({p.k}/{p.n})")
     click.echo(f"parse failures: {result.parse_failures} of {result.n}")
+    for line in matrix_lines(result.matrix):
+        click.echo(line)
+    for title, groups in (("per human label", result.by_truth), ("per kind", result.by_kind),
+                          ("per category", result.by_category),
+                          ("per prompt type", result.by_prompt_type)):  # fmt: skip
+        if groups:
+            for line in agreement_lines(title, groups):
+                click.echo(line)
+    if out:
+        click.echo(f"wrote {out}")
 
 
 @main.group(invoke_without_command=True)
