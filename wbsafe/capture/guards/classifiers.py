@@ -85,6 +85,8 @@ class _GenerativeGuard:
     batch_size: int
     max_new_tokens: int
     _guard: GuardModel
+    add_bos = False
+    """True for formats published without the BOS the tokenizer adds (HarmBench)."""
 
     def prompt_text(self, prompt: Any, response: str) -> str:
         raise NotImplementedError
@@ -97,7 +99,9 @@ class _GenerativeGuard:
         out: list[Judgement] = [GuardJudgement(None, None, "empty response")] * len(responses)
         todo = [i for i, r in enumerate(responses) if r.strip()]
         texts = [self.prompt_text(prompts[i], responses[i]) for i in todo]
-        answers = greedy_answers(self._guard, texts, self.max_new_tokens, self.batch_size)
+        answers = greedy_answers(
+            self._guard, texts, self.max_new_tokens, self.batch_size, self.add_bos
+        )
         for i, (answer, error) in zip(todo, answers, strict=True):
             if error is not None or answer is None:
                 out[i] = GuardJudgement(None, None, error or "no answer")
@@ -210,8 +214,10 @@ class HarmBenchJudge(_GenerativeGuard):
         if self.variant not in formats.HARMBENCH_VARIANTS:
             raise WbsafeError(f"HarmBench variant {self.variant!r}: use auto, llama2 or mistral")
 
+    add_bos = True  # called as published: the tokenizer puts <s> in front of the text
+
     def prompt_text(self, prompt: Any, response: str) -> str:
-        return "<s>" + formats.harmbench_prompt(request_text(prompt), response, self.variant)
+        return formats.harmbench_prompt(request_text(prompt), response, self.variant)
 
     def parse(self, answer: str) -> GuardJudgement:
         return from_harm(formats.parse_harmbench(answer), answer)

@@ -103,48 +103,86 @@ def require_single_tokens(guard: GuardModel, tokens: Sequence[str], family: str)
     return ids
 
 
-def too_long(guard: GuardModel, texts: Sequence[str], room: int) -> list[bool]:
+def too_long(
+    guard: GuardModel, texts: Sequence[str], room: int, add_special_tokens: bool = False
+) -> list[bool]:
     """Per formatted prompt: would it, plus ``room`` new tokens, overrun the context?"""
     limit = guard.max_tokens
     if limit is None or not texts:
         return [False] * len(texts)
-    lengths = [
-        len(ids) for ids in guard.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    ]
-    return [n + room > limit for n in lengths]
+    enc = guard.tokenizer(list(texts), add_special_tokens=add_special_tokens)
+    return [len(ids) + room > limit for ids in enc["input_ids"]]
+
+
+def encode_left(guard: GuardModel, texts: Sequence[str], add_special_tokens: bool) -> Any:
+    """One left-padded batch on the model's device (``add_special_tokens``: let the tokenizer
+    put its own BOS in front, for formats published as text without it)."""
+    tok = guard.tokenizer
+    old = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok(list(texts), return_tensors="pt", padding=True,
+                  add_special_tokens=add_special_tokens)  # fmt: skip
+    finally:
+        tok.padding_side = old
+    return {k: v.to(guard.model.device) for k, v in enc.items() if k != "token_type_ids"}
+
+
+def _generate(
+    guard: GuardModel, texts: Sequence[str], max_new_tokens: int, add_special_tokens: bool
+) -> list[str]:
+    """Greedy continuations of one batch, each cut at its first special token, stripped."""
+    import torch
+
+    enc = encode_left(guard, texts, add_special_tokens)
+    tok = guard.tokenizer
+    with torch.no_grad():
+        out = guard.model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=tok.pad_token_id,
+        )
+    specials = {int(i) for i in tok.all_special_ids}
+    rows = []
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():  # [batch, new tokens]
+        cut = next((k for k, t in enumerate(row) if t in specials), len(row))
+        rows.append(row[:cut])
+    return [t.strip() for t in tok.batch_decode(rows, skip_special_tokens=True)]
 
 
 def greedy_answers(
-    guard: GuardModel, texts: Sequence[str], max_new_tokens: int, batch_size: int
+    guard: GuardModel,
+    texts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    add_special_tokens: bool = False,
 ) -> list[tuple[str | None, str | None]]:
     """``(answer, error)`` per formatted prompt: the greedy continuation (left-padded batches,
     ending at the first special token) or why there is none (prompt longer than the judge's
     context, generation failure). A failing batch is retried prompt by prompt."""
-    from wbsafe.capture.generation import continue_batch
-
     if batch_size < 1 or max_new_tokens < 1:
         raise WbsafeError("batch_size and max_new_tokens must be >= 1")
-    long = too_long(guard, texts, max_new_tokens)
-    out: list[tuple[str | None, str | None]] = [
-        (None, f"prompt longer than the judge's {guard.max_tokens}-token context")
-        if x
-        else ("", None)
-        for x in long
-    ]
+    long = too_long(guard, texts, max_new_tokens, add_special_tokens)
+    too = f"prompt longer than the judge's {guard.max_tokens}-token context"
+    out: list[tuple[str | None, str | None]] = [(None, too) if x else ("", None) for x in long]
     todo = [i for i, x in enumerate(long) if not x]
     for start in range(0, len(todo), batch_size):
         idx = todo[start : start + batch_size]
         try:
-            got = continue_batch(
-                guard.model, guard.tokenizer, [texts[i] for i in idx], max_new_tokens
-            )
-            for i, r in zip(idx, got.responses, strict=True):
+            got = _generate(guard, [texts[i] for i in idx], max_new_tokens, add_special_tokens)
+            for i, r in zip(idx, got, strict=True):
                 out[i] = (r, None)
         except Exception:  # one bad prompt must not sink the batch: retry one by one
             for i in idx:
                 try:
-                    one = continue_batch(guard.model, guard.tokenizer, [texts[i]], max_new_tokens)
-                    out[i] = (one.responses[0], None)
+                    out[i] = (
+                        _generate(guard, [texts[i]], max_new_tokens, add_special_tokens)[0],
+                        None,
+                    )
                 except Exception as exc:  # recorded as that row's error, never fatal
                     out[i] = (None, f"judge generation failed: {type(exc).__name__}: {exc}")
     return out
@@ -155,17 +193,9 @@ def next_token_logits(guard: GuardModel, texts: Sequence[str], batch_size: int) 
     (left padding, so the last position is every row's own last token)."""
     import torch
 
-    tok = guard.tokenizer
     rows = []
     for start in range(0, len(texts), batch_size):
-        old = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(list(texts[start : start + batch_size]), return_tensors="pt",
-                      padding=True, add_special_tokens=False)  # fmt: skip
-        finally:
-            tok.padding_side = old
-        enc = {k: v.to(guard.model.device) for k, v in enc.items() if k != "token_type_ids"}
+        enc = encode_left(guard, texts[start : start + batch_size], add_special_tokens=False)
         with torch.no_grad():
             rows.append(guard.model(**enc).logits[:, -1, :].float().cpu())  # [batch, vocab]
     return torch.cat(rows) if rows else torch.zeros(0, 0)
