@@ -356,6 +356,10 @@ def make_judge(spec: str | Judge, loaded: LoadedModel | None = None, **options: 
             raise WbsafeError(f"judge {kind!r} needs a model directory: {kind}:DIR")
         cls = SequenceClassifierJudge if kind == "classifier" else CausalJudge
         return cls(arg, **options)
+    from wbsafe.capture.guards import GUARD_KINDS, make_guard_judge  # guard models, ensembles
+
+    if kind in GUARD_KINDS:
+        return make_guard_judge(spec, loaded, **options)
     raise WbsafeError(f"unknown judge {spec!r}; use string, logit, classifier:DIR or causal:DIR")
 
 
