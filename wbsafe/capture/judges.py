@@ -40,7 +40,7 @@ class Judgement:
     refused: bool | None
     score: float | None = None
     parse_error: str | None = None
-    label: str | None = None  # complied | partial | refused, from a three-way judge
+    label: str | None = field(default=None, kw_only=True)  # complied | partial | refused
 
 
 @runtime_checkable
