@@ -1,6 +1,9 @@
-"""Agreement of the refusal judges with people, on the hand-labelled set in probes/.
+"""Agreement of the refusal judges with people, on the hand-labelled sets in probes/.
 
-For each split (dev: what the string judge was tuned on; test: held back from that tuning),
+Two sets, by two authors, written blind to the judge: ``judge_labels.csv`` (from phrase
+pools; splits dev and test share the pools) and ``judge_labels_free.csv`` (free-form, every
+response written individually; halves free_dev and free_test by a hash of the prompt). The
+string judge was tuned on dev and free_dev only. For each split,
 the default string judge (structure of a refusal, three-way) beside the first-words rule it
 replaced as the benchmark default: binary agreement (partial counts as refused) with a Wilson
 interval, sensitivity, specificity, the three-way confusion matrix and agreement per kind of
@@ -46,7 +49,7 @@ def _pct(p: Any) -> str:
 
 def _section(ev: JudgeEval) -> list[str]:
     lines = [
-        f"### {ev.judge}, split {ev.split}",
+        f"### {ev.judge}, {Path(ev.labels_file).name} split {ev.split}",
         "",
         f"- agreement {_pct(ev.accuracy)}",
         f"- sensitivity (refusals and partial refusals caught) {_pct(ev.sensitivity)}",
@@ -66,23 +69,32 @@ def _section(ev: JudgeEval) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--labels", type=Path, default=probes_dir() / "judge_labels.csv")
+    ap.add_argument(
+        "--labels",
+        type=Path,
+        nargs="+",
+        default=[probes_dir() / "judge_labels.csv", probes_dir() / "judge_labels_free.csv"],
+    )
     ap.add_argument("--out", type=Path, default=Path("results"))
     args = ap.parse_args()
-    rows = read_labels(args.labels)
-    splits = sorted({r.split for r in rows if r.split}) or [None]
-    evals = [
-        judge_eval(judge, args.labels, split=split)
-        for split in splits
-        for judge in (StringMatchJudge(), FirstWordsJudge())
-    ]
+    evals, sizes = [], []
+    for labels in args.labels:
+        rows = read_labels(labels)
+        sizes.append(f"`{labels.name}` ({len(rows)} rows)")
+        splits = sorted({r.split for r in rows if r.split}) or [None]
+        evals += [
+            judge_eval(judge, labels, split=split)
+            for split in splits
+            for judge in (StringMatchJudge(), FirstWordsJudge())
+        ]
     manifest = run_manifest()
     write_json_atomic(args.out / "judge_agreement.json", {"manifest": manifest, "evals": evals})
     md = [
         "# Refusal judges against human labels",
         "",
-        f"Labels: `{args.labels.name}` ({len(rows)} rows; see probes/judge_labels.md). "
-        "Written by `scripts/bench_judges.py`; binary agreement counts partial as refused.",
+        f"Labels: {', '.join(sizes)}; see probes/judge_labels*.md. The string judge was tuned "
+        "on the dev and free_dev splits only; test shares dev's phrase pools, free_test does "
+        "not. Written by `scripts/bench_judges.py`; binary agreement counts partial as refused.",
         f"Commit {manifest['git_commit']}, {manifest['platform']}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}.",
         "",
@@ -91,7 +103,7 @@ def main() -> None:
         md += _section(ev)
     write_text_atomic(args.out / "judge_agreement.md", "\n".join(md))
     for ev in evals:
-        print(f"{ev.judge:<12} {ev.split}: agreement {_pct(ev.accuracy)}")
+        print(f"{ev.judge:<12} {ev.split:<10}: agreement {_pct(ev.accuracy)}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS_CSV = ROOT / "probes" / "judge_labels.csv"
+FREE_CSV = ROOT / "probes" / "judge_labels_free.csv"  # the second author's free-form set
+SETS = [(LABELS_CSV, {"dev", "test"}, 450), (FREE_CSV, {"free_dev", "free_test"}, 220)]
 COLUMNS = ["id", "split", "prompt_type", "category", "kind", "label", "prompt", "response"]
 LABELS = {"complied", "partial", "refused"}
 SPLITS = {"dev", "test"}
@@ -25,10 +27,10 @@ PROMPT_TYPES = {"safe", "unsafe"}
 PROMPT_COLUMNS = ("prompt", "Behavior", "prompts_final")
 
 
-def _rows() -> list[dict[str, str]]:
-    with LABELS_CSV.open(encoding="utf-8", newline="") as f:
+def _rows(path: Path = LABELS_CSV) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == COLUMNS, f"{LABELS_CSV}: columns {reader.fieldnames}"
+        assert reader.fieldnames == COLUMNS, f"{path}: columns {reader.fieldnames}"
         return list(reader)
 
 
@@ -36,12 +38,14 @@ def _normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def test_columns_and_values() -> None:
-    rows = _rows()
-    assert len(rows) >= 450
+@pytest.mark.parametrize(("path", "splits", "least"), SETS)
+def test_columns_and_values(path: Path, splits: set[str], least: int) -> None:
+    rows = _rows(path)
+    assert len(rows) >= least
+    assert {row["label"] for row in rows} == LABELS and {row["split"] for row in rows} == splits
     for row in rows:
         assert row["label"] in LABELS, row["id"]
-        assert row["split"] in SPLITS, row["id"]
+        assert row["split"] in splits, row["id"]
         assert row["prompt_type"] in PROMPT_TYPES, row["id"]
         assert row["category"].strip() and row["kind"].strip(), row["id"]
         assert row["prompt"].strip() and row["response"].strip(), row["id"]
@@ -69,10 +73,11 @@ def test_both_splits_cover_every_label_and_kind() -> None:
     assert {row["label"] for row in rows} == LABELS
 
 
-def test_split_is_by_prompt() -> None:
+@pytest.mark.parametrize("path", [LABELS_CSV, FREE_CSV])
+def test_split_is_by_prompt(path: Path) -> None:
     """All responses to one prompt sit in one split, so the test split holds unseen prompts."""
     split_of: dict[str, set[str]] = {}
-    for row in _rows():
+    for row in _rows(path):
         split_of.setdefault(row["prompt"], set()).add(row["split"])
     assert all(len(s) == 1 for s in split_of.values())
 
@@ -89,17 +94,18 @@ def _shared_datasets() -> Path:
     )
 
 
-def test_no_prompt_copied_from_public_sets() -> None:
+@pytest.mark.parametrize("path", [LABELS_CSV, FREE_CSV])
+def test_no_prompt_copied_from_public_sets(path: Path) -> None:
     public: set[str] = set()
     files = sorted(_shared_datasets().glob("*.csv"))
     assert files
-    for path in files:
-        with path.open(encoding="utf-8", newline="") as f:
+    for public_file in files:
+        with public_file.open(encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             columns = [c for c in PROMPT_COLUMNS if c in (reader.fieldnames or [])]
-            assert columns, f"{path}: no prompt column among {PROMPT_COLUMNS}"
+            assert columns, f"{public_file}: no prompt column among {PROMPT_COLUMNS}"
             for row in reader:
                 public.update(_normalise(row[c]) for c in columns if row[c])
     assert len(public) > 1000
-    copied = sorted({row["prompt"] for row in _rows() if _normalise(row["prompt"]) in public})
+    copied = sorted({row["prompt"] for row in _rows(path) if _normalise(row["prompt"]) in public})
     assert not copied
