@@ -55,11 +55,18 @@ class LoadedModel:
 
     @property
     def n_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
+        return int(self._text_config.num_hidden_layers)
 
     @property
     def d_model(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self._text_config.hidden_size)
+
+    @property
+    def _text_config(self) -> Any:
+        """The language model's config (a multimodal model's ``text_config``)."""
+        cfg = self.model.config
+        get = getattr(cfg, "get_text_config", None)
+        return get() if callable(get) else cfg
 
     def format(self, conversation: Sequence[dict[str, str]] | str) -> str:
         """Turn a conversation (or a single user message) into the model's prompt text."""
@@ -238,12 +245,17 @@ def check_adapter_fits(
 ) -> dict[str, Any]:
     """Check that every LoRA factor targets a base matrix with matching shapes.
 
-    ``lora_A`` is ``(r, in_features)`` and ``lora_B`` is ``(out_features, r)`` for a base
-    weight of shape ``(out_features, in_features)``. Raises AdapterMismatchError naming the
+    ``lora_A`` is ``(r, in_features)`` and ``lora_B`` is ``(out_features, r)``; the base
+    weight is ``(out_features, in_features)`` for ``nn.Linear`` and ``(in_features,
+    out_features)`` for GPT-2's ``Conv1D`` (the layout comes from the family table,
+    :func:`wbsafe.arch.families.storage_of`). Raises AdapterMismatchError naming the
     adapter file and the first offending tensor. Returns the adapter config.
     """
+    from wbsafe.arch.families import CONV1D, storage_of, try_family
+
     adapter_dir = Path(adapter_dir)
     cfg = read_adapter_config(adapter_dir)
+    family = try_family(read_config(base_dir))
     files = weight_files(adapter_dir, stem="adapter_model")
     headers = read_headers(files)
     base = {canonical_name(k): v for k, v in base_headers.items()}
@@ -260,7 +272,10 @@ def check_adapter_fits(
                 "(is this adapter for another base?)",
                 info.file,
             )
-        out_f, in_f = target.shape[0], target.shape[-1]
+        conv1d = family is not None and storage_of(family, module + ".weight") == CONV1D
+        out_f, in_f = (
+            (target.shape[-1], target.shape[0]) if conv1d else (target.shape[0], target.shape[-1])
+        )
         ok = info.shape[-1] == in_f if ".lora_A" in name else info.shape[0] == out_f
         if not ok:
             raise AdapterMismatchError(
