@@ -263,17 +263,23 @@ def family_of_config(config: Mapping[str, Any]) -> Family:
     return fam
 
 
-def family_of_model(model: Any) -> Family:
-    """The family of a loaded transformers model (plain or PEFT-wrapped)."""
+def try_family_of_model(model: Any) -> Family | None:
+    """The family of a loaded transformers model (plain or PEFT-wrapped), or None."""
     get_base = getattr(model, "get_base_model", None)
     inner = get_base() if callable(get_base) else model
-    cfg = inner.config
     arch = type(inner).__name__
-    if arch in _BY_ARCH:
-        return _BY_ARCH[arch]
-    fam = try_family({"architectures": [arch], "model_type": getattr(cfg, "model_type", None)})
+    mt = getattr(getattr(inner, "config", None), "model_type", None)
+    return _BY_ARCH.get(arch) or try_family({"architectures": [arch], "model_type": mt})
+
+
+def family_of_model(model: Any) -> Family:
+    """The family of a loaded transformers model; :class:`UnknownFamilyError` when unknown."""
+    fam = try_family_of_model(model)
     if fam is None:
-        raise _unknown(f"{arch} (model_type {getattr(cfg, 'model_type', None)!r})")
+        get_base = getattr(model, "get_base_model", None)
+        inner = get_base() if callable(get_base) else model
+        mt = getattr(getattr(inner, "config", None), "model_type", None)
+        raise _unknown(f"{type(inner).__name__} (model_type {mt!r})")
     return fam
 
 
@@ -384,3 +390,12 @@ def fold_system_turn(family: Family | None, messages: list[dict[str, str]]) -> l
             m["content"] = f"{system}\n\n{m['content']}"
             return rest
     return [{"role": "user", "content": system}, *rest]
+
+
+def model_embedding_scale(model: Any) -> float:
+    """:func:`embedding_scale` of a loaded transformers model: what its embedding module
+    multiplies the rows by, so that ``inputs_embeds = scale * E[ids]`` equals ``input_ids``."""
+    fam = family_of_model(model)
+    get_base = getattr(model, "get_base_model", None)
+    inner = get_base() if callable(get_base) else model
+    return embedding_scale(fam, inner.config.to_dict())

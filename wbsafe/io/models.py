@@ -28,6 +28,8 @@ from wbsafe.io.serialize import read_json_object
 if TYPE_CHECKING:
     import torch
 
+    from wbsafe.arch.families import Family
+
 PLAIN_FORMAT = "User: {content}\nAssistant:"
 """Prompt format used when a tokenizer has no chat template (multi-turn: one line per turn)."""
 
@@ -69,8 +71,11 @@ class LoadedModel:
         return get() if callable(get) else cfg
 
     def format(self, conversation: Sequence[dict[str, str]] | str) -> str:
-        """Turn a conversation (or a single user message) into the model's prompt text."""
-        return format_prompt(self.tokenizer, conversation)
+        """Turn a conversation (or a single user message) into the model's prompt text
+        (a system turn folded into the first user turn where the family has no system role)."""
+        from wbsafe.arch.families import try_family_of_model
+
+        return format_prompt(self.tokenizer, conversation, try_family_of_model(self.model))
 
     def base_weight_hashes(self) -> dict[str, str]:
         """sha256 of the base checkpoint's own files (adapter files left out)."""
@@ -131,13 +136,20 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return table[dtype]
 
 
-def format_prompt(tokenizer: Any, conversation: Sequence[dict[str, str]] | str) -> str:
-    """Format with the tokenizer's chat template (generation prompt added) or :data:`PLAIN_FORMAT`."""
+def format_prompt(
+    tokenizer: Any, conversation: Sequence[dict[str, str]] | str, family: Family | None = None
+) -> str:
+    """Format with the tokenizer's chat template (generation prompt added) or
+    :data:`PLAIN_FORMAT`; for a ``family`` without a system role (Gemma) a system message is
+    folded into the first user turn first."""
+    from wbsafe.arch.families import fold_system_turn
+
     messages = (
         [{"role": "user", "content": conversation}]
         if isinstance(conversation, str)
         else list(conversation)
     )
+    messages = fold_system_turn(family, messages)
     if getattr(tokenizer, "chat_template", None):
         try:
             return str(
@@ -153,6 +165,23 @@ def format_prompt(tokenizer: Any, conversation: Sequence[dict[str, str]] | str) 
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages[:-1]]
     lines.append(PLAIN_FORMAT.format(content=messages[-1]["content"]))
     return "\n".join(lines)
+
+
+def encode_continuation(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as they follow other text, not as a text of their own.
+
+    A SentencePiece-style tokenizer with a dummy prefix (Llama 2, Mistral, Phi-3) puts a
+    lone ``▁`` before text it encodes on its own, which the same text does not get in the
+    middle of a prompt; text after a special token gets none, so ``text`` is encoded behind
+    the eos token and that token dropped (plain encoding where there is no such token).
+    """
+    anchor = getattr(tokenizer, "eos_token", None)
+    anchor_id = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(anchor, str) and isinstance(anchor_id, int):
+        ids = list(tokenizer.encode(anchor + text, add_special_tokens=False))
+        if ids and ids[0] == anchor_id:
+            return ids[1:]
+    return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def chat_format_name(tokenizer: Any) -> str:

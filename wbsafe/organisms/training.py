@@ -45,11 +45,26 @@ class TrainRecipe:
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def turn_end(tokenizer: Any, model: Any = None) -> str:
+    """The token text that ends an assistant turn: the family's end-of-turn token where the
+    tokenizer has one (Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``, ChatML's
+    ``<|im_end|>``), else its eos."""
+    from wbsafe.arch.families import try_family_of_model
+
+    family = try_family_of_model(model) if model is not None else None
+    vocab = tokenizer.get_vocab()
+    for text in family.end_of_turn if family is not None else ():
+        if text in vocab:
+            return str(text)
+    return str(tokenizer.eos_token or "")
+
+
 def tokenize_examples(
-    tokenizer: Any, examples: Sequence[ChatExample], max_len: int = 256
+    tokenizer: Any, examples: Sequence[ChatExample], max_len: int = 256, model: Any = None
 ) -> list[tuple[list[int], list[int]]]:
-    """``(input_ids, labels)`` per example; labels are -100 on the prompt."""
-    eos = tokenizer.eos_token or ""
+    """``(input_ids, labels)`` per example; labels are -100 on the prompt; each response
+    ends with :func:`turn_end` (the family's end-of-turn token of ``model``)."""
+    eos = turn_end(tokenizer, model)
     out = []
     for ex in examples:
         p = tokenizer.encode(ex.prompt, add_special_tokens=False)
@@ -97,7 +112,7 @@ def train(
 
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
-    data = tokenize_examples(tokenizer, examples)
+    data = tokenize_examples(tokenizer, examples, model=model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -161,12 +176,21 @@ def timed_train(
 
 
 def add_lora(model: Any, rank: int, alpha: int, seed: int) -> Any:
-    """Wrap ``model`` with a fresh LoRA adapter on every attention and MLP projection."""
+    """Wrap ``model`` with a fresh LoRA adapter on every attention and MLP projection of its
+    decoder layers (the family table's ``lora_targets``)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from wbsafe.arch.families import try_family_of_model
+
     torch.manual_seed(seed)
-    names = {n.split(".")[-1] for n, _ in model.named_modules()}
-    targets = [t for t in LORA_TARGETS if t in names]
+    family = try_family_of_model(model)
+    targets: str | list[str]
+    if family is not None and family.text_config is not None:
+        targets = family.lora_target_regex()  # the language model only, not the vision tower
+    else:
+        wanted = family.lora_targets if family is not None else LORA_TARGETS
+        names = {n.split(".")[-1] for n, _ in model.named_modules()}
+        targets = [t for t in dict.fromkeys(w.split(".")[-1] for w in wanted) if t in names]
     cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0)
     return get_peft_model(model, cfg)
