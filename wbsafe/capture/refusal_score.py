@@ -10,6 +10,7 @@ judge and the refusal-direction fit's causal tests both measure refusal with it.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -63,13 +64,22 @@ def refusal_start_sequences(tokenizer: Any) -> list[tuple[int, ...]]:
     return sorted(seqs)
 
 
+def _normalised(text: str) -> str:
+    """Whitespace collapsed and none around apostrophes (a word-level decode spells
+    "I can ' t")."""
+    return re.sub(r"\s*'\s*", "'", " ".join(text.split()))
+
+
 def is_refusal_start(tokenizer: Any, response_ids: Sequence[int]) -> bool:
-    """Whether a response's token ids (blank leading pieces ignored) begin with a whole
-    refusal opener: "I can't ..." and "Sorry ..." do, "I'd be happy ..." and " " do not."""
-    ids = [int(i) for i in response_ids]
-    while ids and _is_blank(tokenizer, ids[0]):
-        ids = ids[1:]
-    return any(tuple(ids[: len(seq)]) == seq for seq in refusal_start_sequences(tokenizer))
+    """Whether a response (its token ids) opens with a whole refusal opener of
+    :data:`REFUSAL_OPENERS`, followed by a word boundary: "I can't ..." and "Sorry, ..."
+    do; "I'd be happy ...", "I" and a bare space do not."""
+    text = _normalised(tokenizer.decode(list(response_ids), skip_special_tokens=True)).lower()
+    for opener in REFUSAL_OPENERS:
+        o = opener.lower()
+        if text.startswith(o) and (len(text) == len(o) or not text[len(o)].isalnum()):
+            return True
+    return False
 
 
 def refusal_token_ids(tokenizer: Any) -> list[int]:

@@ -219,8 +219,12 @@ class _Prefix:
 def _prefix_cache(model: Any, ids: Sequence[int], phase: PhaseCount) -> _Prefix:
     import torch
 
+    from transformers import DynamicCache
+
     x = torch.tensor([list(ids)], device=_device(model))
-    out = model(input_ids=x, use_cache=True)
+    # a cache without the config keeps every key: a sliding-window layer's default cache
+    # (Gemma 2 / 3) drops keys beyond its window, which the expanded copy below cannot carry
+    out = model(input_ids=x, use_cache=True, past_key_values=DynamicCache())
     phase.forward_calls += 1
     phase.passes += 1
     phase.sequences += 1
