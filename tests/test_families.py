@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
 from family_models import (
     BYTE_BPE,
     SP_DUMMY,
@@ -33,6 +32,7 @@ from family_models import (
     build_family_model,
     build_fast_tokenizer,
 )
+
 from wbsafe.arch.families import (
     CONV1D,
     FAMILIES,
@@ -138,7 +138,7 @@ def test_detect_load_and_inspect(name: str, built: dict[str, Path]) -> None:
 
 
 def test_unknown_architecture_says_what_is_missing() -> None:
-    with pytest.raises(UnknownFamilyError, match="decoder layers.*LoRA targets"):
+    with pytest.raises(UnknownFamilyError, match=r"decoder layers.*LoRA targets"):
         family_of_config({"model_type": "mamba", "architectures": ["MambaForCausalLM"]})
 
 
@@ -532,7 +532,7 @@ def test_refusal_starts_per_tokenizer_kind(kind: str) -> None:
         assert not starts(text), text
     ids = refusal_token_ids(tok)
     assert ids and all(tok.decode([i]).strip() for i in ids)  # never a lone ▁ / Ġ / space
-    first_i = [i for i in encode_continuation(tok, " I can't") if tok.decode([i]).strip()][0]
+    first_i = next(i for i in encode_continuation(tok, " I can't") if tok.decode([i]).strip())
     assert first_i in ids
 
 

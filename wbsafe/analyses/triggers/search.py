@@ -218,7 +218,6 @@ class _Prefix:
 
 def _prefix_cache(model: Any, ids: Sequence[int], phase: PhaseCount) -> _Prefix:
     import torch
-
     from transformers import DynamicCache
 
     x = torch.tensor([list(ids)], device=_device(model))
