@@ -49,9 +49,10 @@ from wbsafe.arch.names import canonical_name, parse_name
 from wbsafe.errors import AdapterMismatchError
 
 NAMES = [f.name for f in FAMILIES]
-DEFAULT = ("llama", "gpt2", "phi3", "gemma2", "gemma3_multimodal", "olmo2")
-"""Run in the default suite: Llama, Conv1D storage, fused modules, sandwich norms with an embedding
-scale, a multimodal wrapper, post-norms. The other families' model tests run with ``-m slow``."""
+DEFAULT = ("gpt2", "phi3", "gemma2", "gemma3_multimodal", "olmo2")
+"""Run in the default suite: Conv1D storage, fused modules, sandwich norms with an embedding
+scale, a multimodal wrapper, post-norms. The other families' model tests run with ``-m slow`` (Llama is the
+tiny tier's architecture, which the rest of the suite covers)."""
 MATRIX = [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
 TOL = dict(rtol=1e-4, atol=1e-5)
 
@@ -155,27 +156,34 @@ def _writer_tensor(path: Path, name: str, layer: int, which: int) -> str:
     return hits[0]
 
 
+def _plant_rank1(name: str, base: Path, tuned: Path) -> str:
+    """Copy ``base`` to ``tuned`` with every float tensor nudged by 0.1% noise and layer 1's
+    MLP output matrix moved by a rank-1 edit of half its norm; returns that tensor's name."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(base, tuned)
+    planted = _writer_tensor(base, name, 1, 1)
+    sd = load_file(str(base / "model.safetensors"))
+    g = torch.Generator().manual_seed(3)
+    for k, v in sd.items():
+        if v.is_floating_point():
+            sd[k] = v * (1 + 1e-3 * torch.randn(v.shape, generator=g))
+    w = sd[planted]
+    u, v = torch.randn(w.shape[0], generator=g), torch.randn(w.shape[1], generator=g)
+    sd[planted] = w + 0.5 * w.norm() * torch.outer(u / u.norm(), v / v.norm())
+    save_file(sd, str(tuned / "model.safetensors"), metadata={"format": "pt"})
+    return planted
+
+
 @pytest.mark.parametrize("name", MATRIX)
 def test_planted_rank1_edit_tops_the_weight_diff(
     name: str, built: dict[str, Path], tmp_path: Path
 ) -> None:
-    from safetensors.torch import load_file, save_file
-
     from wbsafe.analyses.weights.checkpoint_diff import diff_checkpoints
 
     base = built[name]
     tuned = tmp_path / "tuned"
-    shutil.copytree(base, tuned)
-    planted = _writer_tensor(base, name, 1, 1)  # layer 1's MLP output matrix
-    sd = load_file(str(base / "model.safetensors"))
-    g = torch.Generator().manual_seed(3)
-    for k, v in sd.items():  # everything moves a little ...
-        if v.is_floating_point():
-            sd[k] = v * (1 + 1e-3 * torch.randn(v.shape, generator=g))
-    w = sd[planted]  # ... and one matrix by a rank-1 edit
-    u, v = torch.randn(w.shape[0], generator=g), torch.randn(w.shape[1], generator=g)
-    sd[planted] = w + 0.5 * w.norm() * torch.outer(u / u.norm(), v / v.norm())
-    save_file(sd, str(tuned / "model.safetensors"), metadata={"format": "pt"})
+    planted = _plant_rank1(name, base, tuned)
     res = diff_checkpoints(base, tuned)
     rows = sorted(res.rows, key=lambda r: -(r.rel_diff or 0.0))
     assert rows[0].name == planted
@@ -552,3 +560,37 @@ def test_table_names_every_module_parse_name_knows() -> None:
         for mod in (*fam.readers, *fam.writers):
             layer, kind = parse_name(fam.layer_prefix.format(0) + mod + ".weight")
             assert layer == 0 and kind not in ("other", "vision"), (fam.name, mod)
+
+
+# --- wbsafe scan end to end ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["gemma3_multimodal", *(pytest.param(n, marks=pytest.mark.slow) for n in ("gpt2", "llama"))],
+)
+def test_scan_runs_end_to_end(name: str, built: dict[str, Path], tmp_path: Path) -> None:
+    """Every stage runs on the family; the weights stage names the planted tensor's layer and
+    module first; a random base refuses nothing, so the gate fails closed (REVIEW)."""
+    from wbsafe.api import run_scan
+    from wbsafe.config import RuntimeConfig, ScanConfig
+    from wbsafe.report.document import check_report
+
+    base = built[name]
+    _plant_rank1(name, base, tmp_path / "tuned")
+    cfg = ScanConfig(
+        base=str(base), tuned=str(tmp_path / "tuned"),
+        runtime=RuntimeConfig(device="cpu", threads=1), max_prompts=24, max_new_tokens=8,
+        probe_fit_prompts=32, probe_n_causal=8, probe_causal_top_k=2, trigger_top_k=32,
+        trigger_budget=32, trigger_search_prompts=2, trigger_heldout_prompts=4,
+        directions_cache=str(tmp_path / "directions"),
+    )  # fmt: skip
+    report = run_scan(cfg, tmp_path / "out")
+    check_report(json.loads((tmp_path / "out" / "report.json").read_text()))
+    assert report["status"] == "complete"
+    for stage in ("weights", "probes", "triggers", "behaviour"):
+        assert report["stages"][stage]["status"] == "done", stage
+        assert report["stages"][stage]["error"] is None, stage
+    assert "most changed: layer 1 down" in report["stages"]["weights"]["summary"]
+    assert report["decision"]["verdict"] == "REVIEW"
+    assert any(r["check"] == "behaviour.overall" for r in report["decision"]["reasons"])
