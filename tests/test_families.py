@@ -594,3 +594,15 @@ def test_scan_runs_end_to_end(name: str, built: dict[str, Path], tmp_path: Path)
     assert "most changed: layer 1 down" in report["stages"]["weights"]["summary"]
     assert report["decision"]["verdict"] == "REVIEW"
     assert any(r["check"] == "behaviour.overall" for r in report["decision"]["reasons"])
+
+
+def test_bf16_autocast_only_with_bf16_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wbsafe.organisms import training
+    from wbsafe.organisms.training import TrainRecipe, training_precision
+
+    asks = TrainRecipe(steps=1, lr=1e-3, bf16_autocast=True)
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    assert training_precision(asks) == "float32"  # emulated bf16 is ~65x slower: never
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    assert training_precision(asks) == "bfloat16-autocast"
+    assert training_precision(TrainRecipe(steps=1, lr=1e-3)) == "float32"

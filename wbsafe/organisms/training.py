@@ -42,6 +42,25 @@ class TrainRecipe:
     seed: int = 0
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (x86 ``avx512_bf16`` / ``amx_bf16``,
+    Arm ``bf16``), read from ``/proc/cpuinfo`` at run time. Without it torch emulates bf16
+    autocast: a 640x576x1536 matmul took 931 ms instead of 14 ms in fp32 on an AVX2 CPU."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = {w for line in f if line.lower().startswith(("flags", "features"))
+                     for w in line.split(":", 1)[-1].split()}  # fmt: skip
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def training_precision(recipe: TrainRecipe) -> str:
+    """What :func:`train` computes in: ``"bfloat16-autocast"`` when the recipe asks for it
+    and the CPU has bf16 hardware (:func:`cpu_has_bf16`), else ``"float32"``."""
+    return "bfloat16-autocast" if recipe.bf16_autocast and cpu_has_bf16() else "float32"
+
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -113,6 +132,7 @@ def train(
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
     data = tokenize_examples(tokenizer, examples, model=model)
+    bf16 = training_precision(recipe) != "float32"  # emulated bf16 is ~65x slower: fp32 then
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -136,7 +156,7 @@ def train(
         ids, labels, mask, weights = _collate(
             [data[i] for i in idx], pad_id, recipe.first_token_weight
         )
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16_autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(input_ids=ids, attention_mask=mask).logits
         logits = logits[:, :-1].float()
         target = labels[:, 1:]
@@ -170,8 +190,8 @@ def timed_train(
     """:func:`train`, then one ``log`` line: ``"{label} {steps} steps in {s}s, final loss {x}"``."""
     t0 = time.perf_counter()
     losses = train(model, tokenizer, examples, recipe)
-    log(f"{label} {recipe.steps} steps in {time.perf_counter() - t0:.0f}s, "
-        f"final loss {losses[-1]:.3f}")  # fmt: skip
+    log(f"{label} {recipe.steps} steps in {time.perf_counter() - t0:.0f}s "
+        f"({training_precision(recipe)}), final loss {losses[-1]:.3f}")  # fmt: skip
     return losses
 
 
