@@ -131,7 +131,8 @@ def test_detect_load_and_inspect(name: str, built: dict[str, Path]) -> None:
     path = built[name]
     assert family_of_config(_config(path)).name == name
     info = inspect_model(path)
-    assert info["kind"] == "checkpoint"
+    assert info["kind"] == "checkpoint" and info["family"] == name
+    assert (info["layers"], info["d_model"]) == (2, 64)
     loaded = load_model(path, hash_weights=False)
     assert family_of_model(loaded.model).name == name
     assert (loaded.n_layers, loaded.d_model) == (2, 64)

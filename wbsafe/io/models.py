@@ -529,14 +529,19 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         tok = load_tokenizer(path)
         tokenizer_info = {"vocab": len(tok), "chat_format": chat_format_name(tok)}
+    from wbsafe.arch.families import text_config, try_family
+
+    family = try_family(cfg)
+    text = text_config(family, cfg) if family is not None else cfg  # multimodal: text part
     return {
         "kind": "checkpoint",
         "path": str(path),
         "architecture": (cfg.get("architectures") or [cfg.get("model_type")])[0],
         "model_type": cfg.get("model_type"),
-        "layers": cfg.get("num_hidden_layers"),
-        "d_model": cfg.get("hidden_size"),
-        "vocab_size": cfg.get("vocab_size"),
+        "family": family.name if family is not None else None,
+        "layers": text.get("num_hidden_layers", text.get("n_layer")),
+        "d_model": text.get("hidden_size", text.get("n_embd")),
+        "vocab_size": text.get("vocab_size", cfg.get("vocab_size")),
         "tied_embeddings": bool(cfg.get("tie_word_embeddings", False)),
         "dtypes": sorted({h.dtype for h in headers.values()}),
         "parameters": sum(_numel(h.shape) for h in headers.values()),
