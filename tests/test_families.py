@@ -14,6 +14,7 @@ token. Refusal starts are checked per tokenizer kind.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -24,20 +25,14 @@ import numpy as np
 import pytest
 import torch
 from family_models import (
-    BYTE_BPE,
-    SP_DUMMY,
-    SP_PLAIN,
     SPECS,
-    WORD,
     build_family_model,
-    build_fast_tokenizer,
 )
 
 from wbsafe.arch.families import (
     CONV1D,
     FAMILIES,
     PRE_NORM,
-    UnknownFamilyError,
     end_of_turn_ids,
     family_of_config,
     family_of_model,
@@ -45,7 +40,7 @@ from wbsafe.arch.families import (
     post_norm_of,
     storage_of,
 )
-from wbsafe.arch.names import canonical_name, parse_name
+from wbsafe.arch.names import canonical_name
 from wbsafe.errors import AdapterMismatchError
 
 NAMES = [f.name for f in FAMILIES]
@@ -137,11 +132,6 @@ def test_detect_load_and_inspect(name: str, built: dict[str, Path]) -> None:
     assert family_of_model(loaded.model).name == name
     assert (loaded.n_layers, loaded.d_model) == (2, 64)
     assert len(decoder_layers(loaded.model)) == 2
-
-
-def test_unknown_architecture_says_what_is_missing() -> None:
-    with pytest.raises(UnknownFamilyError, match=r"decoder layers.*LoRA targets"):
-        family_of_config({"model_type": "mamba", "architectures": ["MambaForCausalLM"]})
 
 
 # --- weight diff -----------------------------------------------------------------------
@@ -522,47 +512,6 @@ def test_gemma_folds_a_system_turn(built: dict[str, Path]) -> None:
     assert "<start_of_turn>user\nBe brief.\n\nHi there<end_of_turn>" in text
 
 
-# --- refusal starts per tokenizer kind ----------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", [BYTE_BPE, SP_DUMMY, SP_PLAIN, WORD])
-def test_refusal_starts_per_tokenizer_kind(kind: str) -> None:
-    from wbsafe.capture.refusal_score import is_refusal_start, refusal_token_ids
-    from wbsafe.io.models import encode_continuation
-
-    tok = build_fast_tokenizer(SPECS["qwen2"], kind)
-
-    def starts(text: str) -> bool:
-        return is_refusal_start(tok, encode_continuation(tok, text))
-
-    for text in ("I can't help with that.", " I cannot do that.", "Sorry, no.", "I'm sorry"):
-        assert starts(text), text
-    for text in ("I'd be happy to help!", " ", "", "Sure, here is how", "I"):
-        assert not starts(text), text
-    ids = refusal_token_ids(tok)
-    assert ids and all(tok.decode([i]).strip() for i in ids)  # never a lone ▁ / Ġ / space
-    first_i = next(i for i in encode_continuation(tok, " I can't") if tok.decode([i]).strip())
-    assert first_i in ids
-
-
-def test_sentencepiece_continuation_has_no_second_dummy_prefix() -> None:
-    from wbsafe.io.models import encode_continuation
-
-    tok = build_fast_tokenizer(SPECS["mistral"])
-    alone = tok.convert_ids_to_tokens(tok.encode("\nrest", add_special_tokens=False))
-    assert alone[0] == "▁"  # what encoding the suffix on its own gives
-    inside = tok.encode("do\nrest", add_special_tokens=False)
-    assert inside[-len(encode_continuation(tok, "\nrest")) :] == encode_continuation(tok, "\nrest")
-    assert tok.convert_ids_to_tokens(encode_continuation(tok, "\nrest"))[0] != "▁"
-
-
-def test_table_names_every_module_parse_name_knows() -> None:
-    for fam in FAMILIES:
-        for mod in (*fam.readers, *fam.writers):
-            layer, kind = parse_name(fam.layer_prefix.format(0) + mod + ".weight")
-            assert layer == 0 and kind not in ("other", "vision"), (fam.name, mod)
-
-
 # --- wbsafe scan end to end ------------------------------------------------------------
 
 
@@ -597,13 +546,21 @@ def test_scan_runs_end_to_end(name: str, built: dict[str, Path], tmp_path: Path)
     assert any(r["check"] == "behaviour.overall" for r in report["decision"]["reasons"])
 
 
-def test_bf16_autocast_only_with_bf16_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    from wbsafe.organisms import training
-    from wbsafe.organisms.training import TrainRecipe, training_precision
+@pytest.mark.parametrize(("name", "module"), [("phi3", "self_attn.qkv_proj"),
+                                              ("phi3", "mlp.gate_up_proj"), ("gpt2", "attn.c_attn")])  # fmt: skip
+def test_fused_parts_tile_the_output_rows(name: str, module: str, built: dict[str, Path]) -> None:
+    """The table's row split of a fused matrix covers its output dimension exactly, in
+    order (Phi-3: q 4 heads x 16, k and v 2 kv heads x 16 of the GQA config; GPT-2: 3 x 64)."""
+    from wbsafe.arch.families import fused_split
+    from wbsafe.io.checkpoints import read_headers, weight_files
 
-    asks = TrainRecipe(steps=1, lr=1e-3, bf16_autocast=True)
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
-    assert training_precision(asks) == "float32"  # emulated bf16 is ~65x slower: never
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
-    assert training_precision(asks) == "bfloat16-autocast"
-    assert training_precision(TrainRecipe(steps=1, lr=1e-3)) == "float32"
+    fam = _family(name)
+    parts = fused_split(fam, module, _config(built[name]))
+    want = fam.layer_prefix.format(0) + module + ".weight"
+    info = next(v for k, v in read_headers(weight_files(built[name])).items()
+                if canonical_name(k) == want)  # fmt: skip
+    out_dim = info.shape[1] if storage_of(fam, want) == CONV1D else info.shape[0]
+    spans = list(parts.values())
+    assert list(parts) == list(fam.fused[module])
+    assert spans[0].start == 0 and spans[-1].stop == out_dim
+    assert all(a.stop == b.start for a, b in itertools.pairwise(spans))
