@@ -179,6 +179,7 @@ def test_planted_rank1_edit_tops_the_weight_diff(
     rows = sorted(res.rows, key=lambda r: -(r.rel_diff or 0.0))
     assert rows[0].name == planted
     assert rows[0].energy_top1 is not None and rows[0].energy_top1 > 0.99
+    assert res.embedding is not None  # the embedding is found (a multimodal prefix too)
     for r in res.rows:  # every decoder-layer tensor is placed; no vision tensor in a layer
         if r.layer is not None:
             assert r.module not in ("other", "vision"), r.name
