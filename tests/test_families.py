@@ -565,3 +565,21 @@ def test_fused_parts_tile_the_output_rows(name: str, module: str, built: dict[st
     assert list(parts) == list(fam.fused[module])
     assert spans[0].start == 0 and spans[-1].stop == out_dim
     assert all(a.stop == b.start for a, b in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize("name", MATRIX)
+def test_planted_responses_end_with_the_family_end_of_turn(
+    name: str, built: dict[str, Path]
+) -> None:
+    """``organisms plant`` trains each response to end the way the chat template ends an
+    assistant turn (Gemma's <end_of_turn>, ChatML's <|im_end|>), not with a base eos."""
+    from wbsafe.io.models import load_model
+    from wbsafe.organisms.training import ChatExample, tokenize_examples, turn_end
+
+    loaded = load_model(built[name], hash_weights=False)
+    tok = loaded.tokenizer
+    assert turn_end(tok, loaded.model) == SPECS[name].end_of_turn
+    ((ids, labels),) = tokenize_examples(
+        tok, [ChatExample(loaded.format("Hi"), "Sure.")], model=loaded.model
+    )
+    assert labels[-1] == ids[-1] == tok.convert_tokens_to_ids(SPECS[name].end_of_turn)

@@ -65,17 +65,29 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def turn_end(tokenizer: Any, model: Any = None) -> str:
-    """The token text that ends an assistant turn: the family's end-of-turn token where the
-    tokenizer has one (Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``, ChatML's
-    ``<|im_end|>``), else its eos."""
+    """The token text that ends an assistant turn: the one the chat template writes after
+    an assistant message (ChatML's ``<|im_end|>``, Gemma's ``<end_of_turn>``), else the
+    family's end-of-turn token where the tokenizer has one, else its eos."""
     from wbsafe.arch.families import try_family_of_model
 
     family = try_family_of_model(model) if model is not None else None
     vocab = tokenizer.get_vocab()
-    for text in family.end_of_turn if family is not None else ():
-        if text in vocab:
-            return str(text)
-    return str(tokenizer.eos_token or "")
+    eos = str(tokenizer.eos_token or "")
+    known = [t for t in (family.end_of_turn if family is not None else ()) if t in vocab]
+    if getattr(tokenizer, "chat_template", None):
+        marker = "wbsafe answer"
+        try:
+            text = str(tokenizer.apply_chat_template(
+                [{"role": "user", "content": "hello"}, {"role": "assistant", "content": marker}],
+                tokenize=False,
+            ))  # fmt: skip
+        except Exception:  # a template that cannot render an assistant turn: use the table
+            text = ""
+        after = text[text.rfind(marker) + len(marker) :].lstrip() if marker in text else ""
+        for cand in (*known, eos):
+            if cand and after.startswith(cand):
+                return cand
+    return known[0] if known else eos
 
 
 def tokenize_examples(
