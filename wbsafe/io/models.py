@@ -28,6 +28,8 @@ from wbsafe.io.serialize import read_json_object
 if TYPE_CHECKING:
     import torch
 
+    from wbsafe.arch.families import Family
+
 PLAIN_FORMAT = "User: {content}\nAssistant:"
 """Prompt format used when a tokenizer has no chat template (multi-turn: one line per turn)."""
 
@@ -55,15 +57,25 @@ class LoadedModel:
 
     @property
     def n_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
+        return int(self._text_config.num_hidden_layers)
 
     @property
     def d_model(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self._text_config.hidden_size)
+
+    @property
+    def _text_config(self) -> Any:
+        """The language model's config (a multimodal model's ``text_config``)."""
+        cfg = self.model.config
+        get = getattr(cfg, "get_text_config", None)
+        return get() if callable(get) else cfg
 
     def format(self, conversation: Sequence[dict[str, str]] | str) -> str:
-        """Turn a conversation (or a single user message) into the model's prompt text."""
-        return format_prompt(self.tokenizer, conversation)
+        """Turn a conversation (or a single user message) into the model's prompt text
+        (a system turn folded into the first user turn where the family has no system role)."""
+        from wbsafe.arch.families import try_family_of_model
+
+        return format_prompt(self.tokenizer, conversation, try_family_of_model(self.model))
 
     def base_weight_hashes(self) -> dict[str, str]:
         """sha256 of the base checkpoint's own files (adapter files left out)."""
@@ -124,13 +136,20 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return table[dtype]
 
 
-def format_prompt(tokenizer: Any, conversation: Sequence[dict[str, str]] | str) -> str:
-    """Format with the tokenizer's chat template (generation prompt added) or :data:`PLAIN_FORMAT`."""
+def format_prompt(
+    tokenizer: Any, conversation: Sequence[dict[str, str]] | str, family: Family | None = None
+) -> str:
+    """Format with the tokenizer's chat template (generation prompt added) or
+    :data:`PLAIN_FORMAT`; for a ``family`` without a system role (Gemma) a system message is
+    folded into the first user turn first."""
+    from wbsafe.arch.families import fold_system_turn
+
     messages = (
         [{"role": "user", "content": conversation}]
         if isinstance(conversation, str)
         else list(conversation)
     )
+    messages = fold_system_turn(family, messages)
     if getattr(tokenizer, "chat_template", None):
         try:
             return str(
@@ -146,6 +165,23 @@ def format_prompt(tokenizer: Any, conversation: Sequence[dict[str, str]] | str) 
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages[:-1]]
     lines.append(PLAIN_FORMAT.format(content=messages[-1]["content"]))
     return "\n".join(lines)
+
+
+def encode_continuation(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as they follow other text, not as a text of their own.
+
+    A SentencePiece-style tokenizer with a dummy prefix (Llama 2, Mistral, Phi-3) puts a
+    lone ``▁`` before text it encodes on its own, which the same text does not get in the
+    middle of a prompt; text after a special token gets none, so ``text`` is encoded behind
+    the eos token and that token dropped (plain encoding where there is no such token).
+    """
+    anchor = getattr(tokenizer, "eos_token", None)
+    anchor_id = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(anchor, str) and isinstance(anchor_id, int):
+        ids = list(tokenizer.encode(anchor + text, add_special_tokens=False))
+        if ids and ids[0] == anchor_id:
+            return ids[1:]
+    return list(tokenizer.encode(text, add_special_tokens=False))
 
 
 def chat_format_name(tokenizer: Any) -> str:
@@ -238,12 +274,17 @@ def check_adapter_fits(
 ) -> dict[str, Any]:
     """Check that every LoRA factor targets a base matrix with matching shapes.
 
-    ``lora_A`` is ``(r, in_features)`` and ``lora_B`` is ``(out_features, r)`` for a base
-    weight of shape ``(out_features, in_features)``. Raises AdapterMismatchError naming the
+    ``lora_A`` is ``(r, in_features)`` and ``lora_B`` is ``(out_features, r)``; the base
+    weight is ``(out_features, in_features)`` for ``nn.Linear`` and ``(in_features,
+    out_features)`` for GPT-2's ``Conv1D`` (the layout comes from the family table,
+    :func:`wbsafe.arch.families.storage_of`). Raises AdapterMismatchError naming the
     adapter file and the first offending tensor. Returns the adapter config.
     """
+    from wbsafe.arch.families import CONV1D, storage_of, try_family
+
     adapter_dir = Path(adapter_dir)
     cfg = read_adapter_config(adapter_dir)
+    family = try_family(read_config(base_dir))
     files = weight_files(adapter_dir, stem="adapter_model")
     headers = read_headers(files)
     base = {canonical_name(k): v for k, v in base_headers.items()}
@@ -260,7 +301,10 @@ def check_adapter_fits(
                 "(is this adapter for another base?)",
                 info.file,
             )
-        out_f, in_f = target.shape[0], target.shape[-1]
+        conv1d = family is not None and storage_of(family, module + ".weight") == CONV1D
+        out_f, in_f = (
+            (target.shape[-1], target.shape[0]) if conv1d else (target.shape[0], target.shape[-1])
+        )
         ok = info.shape[-1] == in_f if ".lora_A" in name else info.shape[0] == out_f
         if not ok:
             raise AdapterMismatchError(
@@ -485,14 +529,19 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         tok = load_tokenizer(path)
         tokenizer_info = {"vocab": len(tok), "chat_format": chat_format_name(tok)}
+    from wbsafe.arch.families import text_config, try_family
+
+    family = try_family(cfg)
+    text = text_config(family, cfg) if family is not None else cfg  # multimodal: text part
     return {
         "kind": "checkpoint",
         "path": str(path),
         "architecture": (cfg.get("architectures") or [cfg.get("model_type")])[0],
         "model_type": cfg.get("model_type"),
-        "layers": cfg.get("num_hidden_layers"),
-        "d_model": cfg.get("hidden_size"),
-        "vocab_size": cfg.get("vocab_size"),
+        "family": family.name if family is not None else None,
+        "layers": text.get("num_hidden_layers", text.get("n_layer")),
+        "d_model": text.get("hidden_size", text.get("n_embd")),
+        "vocab_size": text.get("vocab_size", cfg.get("vocab_size")),
         "tied_embeddings": bool(cfg.get("tie_word_embeddings", False)),
         "dtypes": sorted({h.dtype for h in headers.values()}),
         "parameters": sum(_numel(h.shape) for h in headers.values()),
