@@ -445,6 +445,16 @@ def corrected_rates(result: Any, judge_eval_json: str | Path, out: str | Path) -
 # small jobs the CLI needs (so that it calls nothing but this module)
 
 
+def allow_outside_links() -> None:
+    """Opt in, for this process and its workers, to following links that leave a model
+    directory and adapter-named bases outside the adapter (see wbsafe.io.containment)."""
+    import os
+
+    from wbsafe.io.containment import ALLOW_ENV
+
+    os.environ[ALLOW_ENV] = "1"
+
+
 def set_threads(n: int) -> None:
     """Use ``n`` CPU threads for torch."""
     import torch
