@@ -47,7 +47,9 @@ def resolve_strict(path: Path, what: str) -> Path:
         raise UnsafeCheckpointError(f"{what} is {cause} ({exc.strerror})", path) from exc
 
 
-def check_inside(path: str | Path, root: str | Path, what: str, *, allow: bool = False) -> Path:
+def check_inside(
+    path: str | Path, root: str | Path, what: str, *, allow: bool = False, hint: str = ""
+) -> Path:
     """Refuse ``path`` (a file wbsafe is about to read) when it resolves outside ``root``.
 
     Returns the path as given. ``root`` itself may be a symlink (the user gave it); only
@@ -63,7 +65,7 @@ def check_inside(path: str | Path, root: str | Path, what: str, *, allow: bool =
     if not (allow or outside_links_allowed()):
         raise UnsafeCheckpointError(
             f"{message}; refused: wbsafe screens only files inside what it was given "
-            f"(pass {FLAG} to follow such links)",
+            f"({hint or 'pass'} {FLAG} to follow such links)",
             path,
         )
     warnings.warn(f"{path}: {message}; followed", OutsideLinkWarning, stacklevel=2)
@@ -92,7 +94,8 @@ def named_base(adapter_dir: str | Path, named: str, *, allow: bool = False) -> P
     relative = adapter_dir / named
     candidate = relative if named and relative.is_dir() else Path(named)
     if candidate.is_dir():
-        return check_inside(candidate, adapter_dir, what, allow=allow)
+        hint = "give the base explicitly with --base, or pass"
+        return check_inside(candidate, adapter_dir, what, allow=allow, hint=hint)
     if not (allow or outside_links_allowed()):
         raise UnsafeCheckpointError(
             f"{what} is not inside the adapter; refused: give the base explicitly (--base) "
