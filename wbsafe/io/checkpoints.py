@@ -442,8 +442,9 @@ def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> torch.Ten
 def file_metadata(path: str | Path) -> dict[str, Any]:
     """The ``__metadata__`` block of a safetensors header (empty when absent)."""
     path = Path(path)
+    read_header(path)  # validated first: the length claim, the JSON, the entries
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
+        header = _parse_header(fh.read(n), path)
     meta = header.get("__metadata__", {})
     return dict(meta) if isinstance(meta, dict) else {}
