@@ -249,3 +249,25 @@ def test_an_adapter_naming_a_base_outside_itself_is_refused(
         warnings.simplefilter("always")
         loaded = load_model(adapter, hash_weights=False)
     assert loaded.adapter_names and any(issubclass(w.category, OutsideLinkWarning) for w in seen)
+
+
+def test_a_hugging_face_cache_snapshot_may_link_into_its_own_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The HF cache stores a snapshot's files as links to ``../../blobs``: that is the
+    cache's layout, not a link out of what the user gave; a link elsewhere still is."""
+    import torch
+
+    monkeypatch.delenv(ALLOW_ENV, raising=False)
+    repo = tmp_path / "hub" / "models--org--name"
+    (repo / "blobs").mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(repo / "blobs" / "abc123"))
+    snap = repo / "snapshots" / "rev1"
+    snap.mkdir(parents=True)
+    os.symlink("../../blobs/abc123", snap / "model.safetensors")
+    assert weight_files(snap) == [snap / "model.safetensors"]
+    other, _ = _weights_outside(tmp_path)
+    (snap / "model.safetensors").unlink()
+    os.symlink(other / "model.safetensors", snap / "model.safetensors")
+    with pytest.raises(UnsafeCheckpointError, match="points outside"):
+        weight_files(snap)

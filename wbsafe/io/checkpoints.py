@@ -193,6 +193,7 @@ def weight_files(directory: str | Path, stem: str = "model") -> list[Path]:
         raise CheckpointFormatError("no such file or directory", directory)
     index = directory / f"{stem}.safetensors.index.json"
     if index.is_file():
+        check_inside_all([index], directory, "shard index")
         shards = _shard_names(index)
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:

@@ -59,7 +59,7 @@ def check_inside(
     path, root = Path(path), Path(root)
     target = resolve_strict(path, what)
     home = resolve_strict(root, "the model directory")
-    if target == home or home in target.parents:
+    if any(target == h or h in target.parents for h in _homes(home)):
         return path
     message = f"{what} points outside {root} (to {target})"
     if not (allow or outside_links_allowed()):
@@ -70,6 +70,16 @@ def check_inside(
         )
     warnings.warn(f"{path}: {message}; followed", OutsideLinkWarning, stacklevel=2)
     return path
+
+
+def _homes(home: Path) -> list[Path]:
+    """Where files of the model directory ``home`` may live: the directory, and for a
+    Hugging Face cache snapshot (``models--org--name/snapshots/REV``, whose files are links
+    to ``../../blobs``) that repository's own ``blobs`` folder."""
+    blobs = home.parent.parent / "blobs"
+    if home.parent.name == "snapshots" and home.parent.parent.name.startswith("models--"):
+        return [home, blobs]
+    return [home]
 
 
 def check_inside_all(paths: list[Path], root: str | Path, what: str) -> list[Path]:
