@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as dt
 import faulthandler
 import os
@@ -54,9 +55,14 @@ def run_target(target: Any, examples: int, seconds: float, hang: float) -> dict[
     from fuzz_targets import outcome
     from hypothesis import HealthCheck, given, settings
 
+    from wbsafe.errors import WbsafeError
+
     counts: collections.Counter[str] = collections.Counter()
     found: list[str] = []
-    slowest = 0.0
+    slowest, slowest_what = 0.0, ""
+    if target.warm is not None:  # imports and first loads are not an input's time
+        with contextlib.suppress(WbsafeError):
+            target.warm()
     folder = Path(tempfile.mkdtemp(prefix="wbsafe-fuzz-"))
     t_start = time.perf_counter()
 
@@ -64,7 +70,7 @@ def run_target(target: Any, examples: int, seconds: float, hang: float) -> dict[
               suppress_health_check=list(HealthCheck))  # fmt: skip
     @given(drawn=target.inputs)
     def one(drawn: Any) -> None:
-        nonlocal slowest
+        nonlocal slowest, slowest_what
         if time.perf_counter() - t_start > seconds:
             return  # this target's share of the time box is spent
         faulthandler.dump_traceback_later(60, exit=True)
@@ -72,7 +78,10 @@ def run_target(target: Any, examples: int, seconds: float, hang: float) -> dict[
         got, detail = outcome(target, Path(tempfile.mkdtemp(dir=folder)), drawn)
         took = time.perf_counter() - t0
         faulthandler.cancel_dump_traceback_later()
-        slowest = max(slowest, took)
+        if took > slowest:
+            slowest, slowest_what = took, f"{got}: {detail.splitlines()[0][:200] if detail else ''}"
+        if took > hang and len(found) < 3:
+            found.append(f"hang ({took:.1f} s), {got}: {detail[:300]}")
         got = "hang" if took > hang else got
         counts[got] += 1
         counts["inputs"] += 1
@@ -80,7 +89,7 @@ def run_target(target: Any, examples: int, seconds: float, hang: float) -> dict[
             found.append(detail)
 
     one()
-    return {"counts": counts, "slowest": slowest, "found": found,
+    return {"counts": counts, "slowest": slowest, "slowest_what": slowest_what, "found": found,
             "seconds": time.perf_counter() - t_start}  # fmt: skip
 
 
@@ -143,6 +152,10 @@ def main() -> int:
         + " | |",
         "",
     ]
+    lines += ["Slowest input per target (what came of it):", ""]
+    lines += [f"- {name}: {r['slowest'] * 1000:.0f} ms, {r['slowest_what']}"
+              for name, r in results.items()]  # fmt: skip
+    lines.append("")
     for name, r in results.items():
         if r["found"]:
             lines += [f"Found in {name}:", "", *[f"```\n{f}\n```" for f in r["found"]], ""]

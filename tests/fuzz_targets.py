@@ -127,6 +127,8 @@ class Target:
     inputs: Any  # a hypothesis strategy
     make: Callable[[Path, Any], Path]
     call: Callable[[Path], Any]
+    warm: Callable[[], Any] | None = None
+    """Run once before timing (imports, a first load): not any input's time."""
 
 
 def _write(name: str) -> Callable[[Path, bytes], Path]:
@@ -306,6 +308,43 @@ def _load_tokenizer(path: Path) -> Any:
     return load_tokenizer(path)
 
 
+SKELETON_CONFIG = {k: v for k, v in MODEL_CONFIG.items() if k != "text_config"}
+SKELETON_CONFIG_BYTES = json.dumps(SKELETON_CONFIG).encode()
+
+
+def _scratch() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="wbsafe-fuzz-"))
+
+
+_WEIGHTS: dict[str, bytes] = {}
+
+
+def _model_dir(folder: Path, config: bytes) -> Path:
+    """A model folder: the (mutated) config.json and the weights of the unmutated config
+    (zeros, every tensor), so a mutation that keeps the shapes is accepted."""
+    if "w" not in _WEIGHTS:
+        import torch
+        from safetensors.torch import save
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        model = LlamaForCausalLM(LlamaConfig(**SKELETON_CONFIG))
+        _WEIGHTS["w"] = save({k: torch.zeros_like(v) for k, v in model.state_dict().items()})
+    d = folder / "model"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_bytes(config)
+    (d / "model.safetensors").write_bytes(_WEIGHTS["w"])
+    return d
+
+
+def _skeleton(path: Path) -> Any:
+    """The config as transformers reads it and the skeleton built from it (meta device)."""
+    from wbsafe.io.models import check_weights_match_config
+
+    return check_weights_match_config(path)
+
+
 def targets() -> dict[str, Target]:
     """Every fuzz target by name (built lazily: the report and tokenizer need imports)."""
     return {
@@ -320,8 +359,12 @@ def targets() -> dict[str, Target]:
                    _load_policy),
             Target("scan.toml", mutated_toml(SCAN_TOML), _write("scan.toml"), _read_scan_toml),
             Target("report.json", mutated_json(_report()), _write("report.json"), _load_report),
-            Target("tokenizer files", tokenizer_files(), _make_tokenizer, _check_tokenizer),
-            Target("tokenizer load", tokenizer_files(), _make_tokenizer, _load_tokenizer),
+            Target("tokenizer files", tokenizer_files(), _make_tokenizer, _check_tokenizer,
+                   warm=lambda: _check_tokenizer(tokenizer_source())),
+            Target("tokenizer load", tokenizer_files(), _make_tokenizer, _load_tokenizer,
+                   warm=lambda: _load_tokenizer(tokenizer_source())),
+            Target("config skeleton", mutated_json(SKELETON_CONFIG), _model_dir, _skeleton,
+                   warm=lambda: _skeleton(_model_dir(_scratch(), SKELETON_CONFIG_BYTES))),
         )
     }  # fmt: skip
 

@@ -1,6 +1,6 @@
 """Fuzzing every reader beyond safetensors headers: each malformed file is a clear error.
 
-Targets (``tests/fuzz_targets.py``): config.json, adapter_config.json, prompt JSONL and CSV,
+Targets (``tests/fuzz_targets.py``): config.json (read, and built into a skeleton), adapter_config.json, prompt JSONL and CSV,
 a gate policy, scan.toml, report.json and tokenizer files. Each input is either accepted or
 refused with a WbsafeError naming the file; an uncaught exception or an error that does not
 say which file is a failure. CI tries ``WBSAFE_FUZZ_EXAMPLES_EACH`` (default 20) inputs per
