@@ -1,10 +1,11 @@
 """Fuzzing every reader beyond safetensors headers: each malformed file is a clear error.
 
-Targets (``tests/fuzz_targets.py``): config.json (read, and built into a skeleton), adapter_config.json, prompt JSONL and CSV,
-a gate policy, scan.toml, report.json and tokenizer files. Each input is either accepted or
-refused with a WbsafeError naming the file; an uncaught exception or an error that does not
-say which file is a failure. CI tries ``WBSAFE_FUZZ_EXAMPLES_EACH`` (default 20) inputs per
-target (the tokenizer load, ~0.4 s an input, a quarter of that); ``-m fuzz`` runs 1,500 each.
+Targets (``tests/fuzz_targets.py``): config.json (read, and built into a model skeleton),
+adapter_config.json, prompt JSONL and CSV, a gate policy, scan.toml, report.json and tokenizer
+files (checked, and loaded by transformers). Each input is either accepted or refused with a
+WbsafeError naming the file; an uncaught exception or an error that does not say which file
+is a failure. CI tries ``WBSAFE_FUZZ_EXAMPLES_EACH`` (default 20) inputs per target (the
+tokenizer load a quarter of that); ``-m fuzz`` runs 1,500 each.
 """
 
 from __future__ import annotations
