@@ -6,10 +6,11 @@ Targets: the safetensors header reader (``tests/test_fuzz_headers.py``) and ever
 ``tests/fuzz_targets.py`` (config.json read and built into a skeleton, adapter_config.json,
 prompt JSONL/CSV, policy TOML, scan.toml, report.json, tokenizer files checked and loaded).
 Each draws ``--each`` mutated inputs from its hypothesis strategy (the tokenizer load, the
-slowest, a tenth of that) within its share of ``--minutes``, and counts what came of each: accepted, a clear error (a
-WbsafeError naming the file), an error without the file name, an uncaught exception (goal 0)
-or a hang (over ``--hang-seconds``; goal 0; a call still running after 60 s stops the run
-with a traceback). Writes the counts with the commit, the machine and its load average.
+slowest, a tenth of that) within its share of ``--minutes``, and counts what came of each:
+accepted, a clear error (a WbsafeError naming the file), an error without the file name, an
+uncaught exception (goal 0) or a hang (over ``--hang-seconds``; goal 0; a call still running
+after 60 s stops the run with a traceback). Writes the counts with the commit, the machine
+and its load average.
 """
 
 from __future__ import annotations
