@@ -101,13 +101,15 @@ def _check_toml_value(key: str, value: object, kind: str, path: str) -> object:
     if key in _CHOICES:
         if value not in _CHOICES[key]:
             raise WbsafeError(
-                f"{key} must be one of {', '.join(_CHOICES[key])}, got {value!r}", path
+                f"{key} must be one of {', '.join(_CHOICES[key])}, got {repr(value)[:80]}", path
             )
         return value
     if kind.startswith("int"):
         low = 1 if key in _AT_LEAST_ONE else 0
         if type(value) is not int or not low <= value <= 1 << 32:
-            raise WbsafeError(f"{key} must be an integer in [{low}, 2^32], got {value!r}", path)
+            raise WbsafeError(
+                f"{key} must be an integer in [{low}, 2^32], got {repr(value)[:80]}", path
+            )
         return value
     if kind.startswith("tuple"):
         if not isinstance(value, list) or len(value) > 10_000:
@@ -116,7 +118,9 @@ def _check_toml_value(key: str, value: object, kind: str, path: str) -> object:
             _check_toml_value(key, item, "str", path)
         return tuple(value)
     if not isinstance(value, str) or len(value) > 4096:
-        raise WbsafeError(f"{key} must be a string (at most 4096 characters), got {value!r}", path)
+        raise WbsafeError(
+            f"{key} must be a string (at most 4096 characters), got {repr(value)[:80]}", path
+        )
     return value
 
 

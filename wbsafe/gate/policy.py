@@ -291,7 +291,7 @@ def _typed(value: Any, like: Any, where: str, path: Path) -> Any:
         ok = isinstance(value, str)
         kind = "a string"
     if not ok:
-        raise WbsafeError(f"{where} must be {kind}, got {value!r}", path)
+        raise WbsafeError(f"{where} must be {kind}, got {repr(value)[:80]}", path)
     return value
 
 
