@@ -80,12 +80,8 @@ def handle_errors(fn: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wbsafe")
-@click.option(
-    "--allow-outside-links",
-    is_flag=True,
-    help="Follow weight/tokenizer symlinks that leave a model directory and adapter-named "
-    "bases outside the adapter (refused by default; each one followed is warned about).",
-)
+@click.option("--allow-outside-links", is_flag=True, help="Follow links out of a model folder "
+              "and adapter-named bases outside the adapter (refused by default; warned).")  # fmt: skip
 def main(allow_outside_links: bool) -> None:
     """White-box safety screening of fine-tuned language models.
 
@@ -94,9 +90,9 @@ def main(allow_outside_links: bool) -> None:
     benchmarks, and turns the evidence into DEPLOY / MONITOR / REVIEW / BLOCK.
     """
     if allow_outside_links:
-        from wbsafe.api import allow_outside_links as allow
+        from wbsafe import api
 
-        allow()
+        api.allow_outside_links()
 
 
 @main.command()
