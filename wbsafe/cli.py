@@ -80,13 +80,19 @@ def handle_errors(fn: F) -> F:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="wbsafe")
-def main() -> None:
+@click.option("--allow-outside-links", is_flag=True, help="Follow links out of a model folder "
+              "and adapter-named bases outside the adapter (refused by default; warned).")  # fmt: skip
+def main(allow_outside_links: bool) -> None:
     """White-box safety screening of fine-tuned language models.
 
     Compares a fine-tuned model (full checkpoint or PEFT adapters) with its base through
     weight diffs, refusal-direction probes, trigger hunting and behavioural refusal
     benchmarks, and turns the evidence into DEPLOY / MONITOR / REVIEW / BLOCK.
     """
+    if allow_outside_links:
+        from wbsafe import api
+
+        api.allow_outside_links()
 
 
 @main.command()

@@ -23,6 +23,8 @@ from wbsafe.arch.names import canonical_name
 from wbsafe.config import RuntimeConfig
 from wbsafe.errors import AdapterMismatchError, CheckpointFormatError, UnsafeCheckpointError
 from wbsafe.io.checkpoints import TensorInfo, read_headers, weight_files
+from wbsafe.io.config_files import check_adapter_config, check_model_config
+from wbsafe.io.containment import named_base
 from wbsafe.io.serialize import read_json_object
 
 if TYPE_CHECKING:
@@ -208,6 +210,7 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
             "own code. Use a checkpoint of an architecture built into transformers.",
             cfg_path,
         )
+    check_model_config(cfg, cfg_path)
     return cfg
 
 
@@ -229,10 +232,17 @@ def check_weights_match_config(model_dir: str | Path) -> dict[str, TensorInfo]:
         config = AutoConfig.from_pretrained(
             model_dir, trust_remote_code=False, local_files_only=True
         )
-    except (ValueError, KeyError, OSError) as exc:
-        raise CheckpointFormatError(f"config.json is not usable: {exc}", model_dir) from exc
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as exc:  # transformers' config validators raise their own types
+        msg = str(exc)[:300]
+        raise CheckpointFormatError(f"config.json is not usable: {msg}", model_dir) from exc
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as exc:  # transformers' model code on sizes it was never meant for
+        msg = f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise CheckpointFormatError(
+            f"config.json does not build a model ({msg})", model_dir
+        ) from exc
     expected = {canonical_name(k): tuple(v.shape) for k, v in skeleton.state_dict().items()}
     stored = {canonical_name(k): v for k, v in headers.items()}
     bad = [
@@ -266,6 +276,7 @@ def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
         raise AdapterMismatchError(
             f"peft_type {cfg.get('peft_type')!r} is not supported (LoRA only)", path
         )
+    check_adapter_config(cfg, path)
     return cfg
 
 
@@ -324,12 +335,16 @@ def weight_file_hashes(path: str | Path, stem: str = "model") -> dict[str, str]:
 def load_tokenizer(model_dir: str | Path) -> Any:
     from transformers import AutoTokenizer
 
+    from wbsafe.io.tokenizer_files import check_tokenizer_files
+
+    check_tokenizer_files(model_dir)
     try:
         tok = AutoTokenizer.from_pretrained(
             str(model_dir), trust_remote_code=False, local_files_only=True
         )
-    except (OSError, ValueError) as exc:
-        raise CheckpointFormatError(f"cannot load the tokenizer: {exc}", model_dir) from exc
+    except Exception as exc:  # tokenizers' parser raises bare Exception on a malformed file
+        msg = str(exc)[:300]
+        raise CheckpointFormatError(f"cannot load the tokenizer: {msg}", model_dir) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     check_chat_template(tok, Path(model_dir))
@@ -405,11 +420,14 @@ def load_model(
     runtime: RuntimeConfig | None = None,
     *,
     hash_weights: bool = True,
+    follow_named_base: bool = False,
 ) -> LoadedModel:
     """Load a local checkpoint (and stacked adapters) after validating every file.
 
     ``path`` may also be a PEFT adapter directory; its base is then read from
-    ``adapter_config.json`` (``base_model_name_or_path``) and must exist locally.
+    ``adapter_config.json`` (``base_model_name_or_path``) and must exist locally; a base
+    outside the adapter directory is followed only with ``follow_named_base`` (or
+    ``--allow-outside-links``): see :mod:`wbsafe.io.containment`.
     Hub ids are accepted when the user has them in the local HF cache (never downloaded).
     """
     from transformers import AutoModelForCausalLM
@@ -426,8 +444,7 @@ def load_model(
     if is_adapter_dir(path):
         adapter_paths.insert(0, path)
         named = read_adapter_config(path).get("base_model_name_or_path") or ""
-        relative = adapter_paths[0] / named
-        path = relative if named and relative.is_dir() else Path(named)
+        path = named_base(adapter_paths[0], named, allow=follow_named_base)
         if not path.is_dir():
             raise AdapterMismatchError(
                 f"adapter names base {str(path)!r}, which is not a local directory; pass --base",

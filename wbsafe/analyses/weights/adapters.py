@@ -10,7 +10,6 @@ tensors an adapter stores (``modules_to_save``).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from wbsafe.arch.families import CONV1D, Family, storage_of
 from wbsafe.arch.names import canonical_name
 from wbsafe.errors import AdapterMismatchError
 from wbsafe.io.checkpoints import TensorInfo, read_headers, read_tensor, weight_files
+from wbsafe.io.models import read_adapter_config
 
 if TYPE_CHECKING:
     import torch
@@ -46,10 +46,7 @@ def read_adapter(
     import torch
 
     cfg_path = adapter_dir / "adapter_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AdapterMismatchError(f"unreadable adapter_config.json ({exc})", cfg_path) from exc
+    cfg = read_adapter_config(adapter_dir)  # typed and bounded (wbsafe.io.config_files)
     ptype = str(cfg.get("peft_type", "LORA")).upper()
     if ptype != "LORA":
         raise AdapterMismatchError(f"peft_type {ptype} is not supported (LoRA only)", cfg_path)
