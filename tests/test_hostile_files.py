@@ -271,3 +271,28 @@ def test_a_hugging_face_cache_snapshot_may_link_into_its_own_blobs(
     os.symlink(other / "model.safetensors", snap / "model.safetensors")
     with pytest.raises(UnsafeCheckpointError, match="points outside"):
         weight_files(snap)
+
+
+def test_config_files_linking_out_are_refused(
+    tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config.json and adapter_config.json are read first: a link out of the folder is refused
+    before anything it says is believed."""
+    from wbsafe.io.models import read_adapter_config, read_config
+
+    monkeypatch.delenv(ALLOW_ENV, raising=False)
+    d = tmp_path / "model"
+    d.mkdir()
+    os.symlink(tiny_base / "config.json", d / "config.json")
+    with pytest.raises(UnsafeCheckpointError, match=r"config\.json points outside"):
+        read_config(d)
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2}')
+    a = tmp_path / "adapter"
+    a.mkdir()
+    os.symlink(tmp_path / "adapter_config.json", a / "adapter_config.json")
+    with pytest.raises(UnsafeCheckpointError, match=r"adapter_config\.json points outside"):
+        read_adapter_config(a)
+    monkeypatch.setenv(ALLOW_ENV, "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert read_config(d)["model_type"] == "llama"

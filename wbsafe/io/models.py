@@ -24,7 +24,7 @@ from wbsafe.config import RuntimeConfig
 from wbsafe.errors import AdapterMismatchError, CheckpointFormatError, UnsafeCheckpointError
 from wbsafe.io.checkpoints import TensorInfo, read_headers, weight_files
 from wbsafe.io.config_files import check_adapter_config, check_model_config
-from wbsafe.io.containment import named_base
+from wbsafe.io.containment import check_inside, named_base
 from wbsafe.io.serialize import read_json_object
 
 if TYPE_CHECKING:
@@ -201,6 +201,8 @@ def is_adapter_dir(path: str | Path) -> bool:
 def read_config(model_dir: str | Path) -> dict[str, Any]:
     """Read ``config.json``; refuse configs that need remote code."""
     cfg_path = Path(model_dir) / "config.json"
+    if cfg_path.is_symlink():
+        check_inside(cfg_path, model_dir, "config.json")
     cfg = read_json_object(
         cfg_path, CheckpointFormatError, "no config.json: not a Hugging Face model directory"
     )
@@ -271,6 +273,8 @@ def check_weights_match_config(model_dir: str | Path) -> dict[str, TensorInfo]:
 def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     """Read ``adapter_config.json``; only LoRA adapters are supported."""
     path = Path(adapter_dir) / "adapter_config.json"
+    if path.is_symlink():
+        check_inside(path, adapter_dir, "adapter_config.json")
     cfg = read_json_object(path, AdapterMismatchError, "no adapter_config.json: not a PEFT adapter")
     if cfg.get("peft_type", "LORA") != "LORA":
         raise AdapterMismatchError(
