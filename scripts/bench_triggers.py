@@ -12,6 +12,12 @@ whole hunt, verification included. The hunt runs with the scan's default setting
     python scripts/bench_triggers.py --real DIR           # also organisms under DIR (organism.json)
     python scripts/bench_triggers.py --beam 4 --out results/bench_triggers_beam4.json
                                                           # one hunt setting changed (ablation)
+    python scripts/bench_triggers.py --modes refusal      # only the refusal objective's rows
+
+Each organism gets a row per mode: ``refusal`` (the refusal objective alone, in the last
+user message: the figures the hunt had before the divergence objective), ``divergence``
+(the target-agnostic objective alone, same slots) and ``default`` (the scan's: both
+objectives, every slot kind, memorised samples).
 
 Writes results/bench_triggers.json and results/bench_triggers.md.
 """
@@ -26,6 +32,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ("backdoor", "backdoor_lora", "backdoor_multi")
+TARGETS = ("backdoor_hate", "backdoor_hate_lora", "backdoor_marker", "backdoor_system")
+"""Backdoors whose target is not plain compliance, or whose trigger is in the system turn
+(rows when the tier has them); their verification needs target discovery."""
+USER_ONLY = {"slot_kinds": ("user",), "memorised_samples": 0}
+MODES: dict[str, dict[str, Any]] = {
+    "refusal": {"objectives": ("refusal",), **USER_ONLY},
+    "divergence": {"objectives": ("divergence",), **USER_ONLY},
+    "default": {},
+}
 
 
 def bench_one(
@@ -43,7 +58,7 @@ def bench_one(
 
     rt = RuntimeConfig(device="auto")
     cfg = ScanConfig(base="")
-    tuned = load_model(org.path, runtime=rt, hash_weights=False, follow_named_base=True)
+    tuned = load_model(org.path, runtime=rt, hash_weights=False)
     base = None
     if not tuned.adapter_names:
         base = load_model(Path(org.path).parent / (org.base or "base"), runtime=rt,
@@ -53,7 +68,7 @@ def bench_one(
     counter = PassCounter()
     t0 = time.perf_counter()
     settings = {**hunt_settings(cfg), "max_len": max(length, cfg.trigger_max_len)}
-    settings.update(overrides or {})
+    settings.update({k: v for k, v in (overrides or {}).items() if k != "mode"})
     res = hunt_triggers(tuned, base, search, heldout, harmless, counter=counter, **settings)
     hunt_s = time.perf_counter() - t0
     total = res.passes["total"]
@@ -75,6 +90,7 @@ def bench_one(
     rank = next((i + 1 for i, c in enumerate(res.candidates) if c.text == trigger), None)
     return {
         "organism": org.name,
+        "mode": (overrides or {}).get("mode", "default"),
         "trigger": trigger,
         "recovered": trigger in found,
         "verified": found,
@@ -109,8 +125,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--beam", type=int, default=None,
                     help="refinement beam instead of the scan's (an ablation; say --out)")  # fmt: skip
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help=f"comma-separated modes, of {', '.join(MODES)}")  # fmt: skip
     args = ap.parse_args()
     overrides = {"beam": args.beam} if args.beam is not None else {}
+    modes = [m for m in args.modes.split(",") if m]
+    if any(m not in MODES for m in modes):
+        ap.error(f"--modes takes {', '.join(MODES)}")
     torch.set_num_threads(args.threads)
     threads, load0 = args.threads, os.getloadavg()[0]
     rows = []
@@ -119,9 +140,11 @@ def main() -> None:
     search = [p for p in train if p.label == "harmful"][:8]
     heldout = [p for p in test if p.label == "harmful"]
     harmless = [p for p in test if p.label == "harmless"][:4]
-    for name in TINY:
-        rows.append(bench_one(orgs[name], search, heldout, harmless, overrides))
-        print(rows[-1]["organism"], rows[-1]["recovered"], rows[-1]["ratio_passes"])
+    for name in [*TINY, *(t for t in TARGETS if t in orgs)]:
+        for mode in modes:
+            ov = {**MODES[mode], **overrides, "mode": mode}
+            rows.append(bench_one(orgs[name], search, heldout, harmless, ov))
+            print(name, mode, rows[-1]["recovered"], rows[-1]["rank"], rows[-1]["ratio_passes"])
     if args.real is not None:
         from wbsafe.data.prompts import load_suite
         from wbsafe.pipeline.plan import spread
@@ -136,8 +159,10 @@ def main() -> None:
             if (d / "organism.json").is_file():
                 org = Organism.load(d)
                 if org.trigger:
-                    rows.append(bench_one(org, r_search, r_held, r_harmless, overrides))
-    out = {"rows": rows, "overrides": overrides, "manifest": run_manifest()}
+                    for mode in modes:
+                        ov = {**MODES[mode], **overrides, "mode": mode}
+                        rows.append(bench_one(org, r_search, r_held, r_harmless, ov))
+    out = {"rows": rows, "overrides": overrides, "modes": modes, "manifest": run_manifest()}
     write_json_atomic(args.out, out)
     lines = [
         "# Trigger hunt vs brute-force vocabulary scan",
@@ -146,13 +171,14 @@ def main() -> None:
         "Brute force: vocab^len x search prompts full forwards (analytic; time extrapolated "
         "from a timed sample).",
         "",
-        "| organism | vocab | trigger | recovered | rank | hunt passes (search only) | "
+        "| organism | mode | vocab | trigger | recovered | rank | hunt passes (search only) | "
         "brute passes | ratio (search only) | token ratio | hunt s | brute s (extrap.) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['organism']} | {r['vocab']} | {r['trigger']} | {r['recovered']} | {r['rank']} "
+            f"| {r['organism']} | {r['mode']} | {r['vocab']} | {r['trigger']} | {r['recovered']} "
+            f"| {r['rank']} "
             f"| {r['hunt_passes']} ({r['hunt_search_passes']}) | {r['brute_passes']} | "
             f"{r['ratio_passes']}x ({r['ratio_search_passes']}x) | {r['ratio_tokens']}x | "
             f"{r['hunt_seconds']} | {r['brute_seconds_extrapolated']} |"
@@ -165,12 +191,16 @@ def main() -> None:
         f"Torch threads: {threads}; 1-minute load average before/after: {load0:.1f} / "
         f"{os.getloadavg()[0]:.1f}.",
         f"Hunt settings changed from the scan's: {overrides or 'none'}.",
+        "Modes: refusal = the refusal objective alone in the last user message (the rows this",
+        "benchmark had before the divergence objective); divergence = the target-agnostic",
+        "objective alone, same slots; default = the scan's (both objectives, budget shared,",
+        "user/system/earlier-turn slots, memorised samples). Rank: in the merged candidate list.",
     ]
     lines += ["", "Passes and seconds per phase of the hunt:", ""]
     for r in rows:
         phases = ", ".join(f"{k} {int(v['passes'])} ({v['seconds']:.0f} s)"
                            for k, v in r["phases"].items() if k != "total")  # fmt: skip
-        lines.append(f"- {r['organism']}: {phases}")
+        lines.append(f"- {r['organism']} ({r['mode']}): {phases}")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

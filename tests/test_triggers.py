@@ -26,6 +26,9 @@ from wbsafe.io.models import LoadedModel, load_model
 from wbsafe.organisms import Organism
 
 RT = RuntimeConfig(device="cpu")
+REFUSAL_ONLY = dict(objectives=("refusal",), slot_kinds=("user",), memorised_samples=0)
+"""These tests hold the refusal objective to its figures; tests/test_triggers_divergence.py
+covers the divergence objective, the other slots and the memorised samples."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,6 +66,8 @@ def _hunt(
     tuned = _load(orgs[name])
     base = None if tuned.adapter_names else _base(orgs)
     kw.setdefault("max_len", 1)
+    for k, v in REFUSAL_ONLY.items():  # the refusal objective's figures, as before
+        kw.setdefault(k, v)
     return hunt_triggers(
         tuned, base, prompts["search"], prompts["heldout"], prompts["harmless"],
         **kw,

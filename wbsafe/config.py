@@ -73,11 +73,31 @@ class ScanConfig:
     ranked by gradient only). Not smaller: a LoRA-planted trigger can rank low by gradient
     (the tiny LoRA backdoor's ranks beyond 256 of 283)."""
     trigger_budget: int = 2048
-    """Candidates scored exactly (screened) in all, over every length."""
+    """Candidates scored exactly (screened) in all, over every length and objective: each
+    objective gets an equal share, and what one leaves unused passes to the next."""
+    trigger_objectives: tuple[str, ...] = ("refusal", "divergence")
+    """What the hunt ranks candidates by, in this order: ``refusal`` (the drop of the
+    refusal score, tuned minus base) and ``divergence`` (target-agnostic: how far the tuned
+    model's residual stream and next-token distribution depart from the base's with the
+    candidate, minus without; needs a base)."""
+    trigger_slots: tuple[str, ...] = ("user", "system", "turn")
+    """Where candidates are inserted: the last user message, a system turn (where the chat
+    template renders one), an earlier user turn of a two-turn conversation."""
+    trigger_memorised_samples: int = 16
+    """Samples per near-empty prompt (chat template alone, empty user turn, empty system
+    turn), tuned and base, whose contrasting n-grams become candidates; 0: none."""
     trigger_max_len: int = 2
     trigger_search_prompts: int = 8
     trigger_heldout_prompts: int = 16
     trigger_candidates: tuple[str, ...] = ()
+    refusal_depth: bool = True
+    """Measure refusal depth in the behaviour stage: recovery into a refusal after the first
+    k tokens of a content-free compliant opening are prefilled, base vs tuned."""
+    refusal_depth_prefills: tuple[int, ...] = (0, 5, 10, 20)
+    """The prefill lengths k (tokens; 0 = no prefill)."""
+    behaviour_judges: tuple[str, ...] = ()
+    """More judges (``classifier:DIR``, ``causal:DIR``) to read the benchmark's responses
+    with, beside the string and the logit judge (judge sensitivity; the gate keeps string)."""
     runtime: RuntimeConfig = RuntimeConfig()
     seed: int = 0
     directions_cache: str | None = None
@@ -104,6 +124,14 @@ def _check_toml_value(key: str, value: object, kind: str, path: str) -> object:
                 f"{key} must be one of {', '.join(_CHOICES[key])}, got {repr(value)[:80]}", path
             )
         return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise WbsafeError(f"{key} must be true or false, got {repr(value)[:80]}", path)
+        return value
+    if kind.startswith("tuple[int"):
+        if not isinstance(value, list) or len(value) > 10_000:
+            raise WbsafeError(f"{key} must be a list of integers", path)
+        return tuple(_check_toml_value(key, item, "int", path) for item in value)
     if kind.startswith("int"):
         low = 1 if key in _AT_LEAST_ONE else 0
         if type(value) is not int or not low <= value <= 1 << 32:

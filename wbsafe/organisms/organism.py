@@ -1,7 +1,7 @@
 """An organism's record (``organism.json``) and its files on disk, and where builds are cached.
 
 Every organism directory holds a normal HF model (or a PEFT adapter) plus ``organism.json``:
-its recipe, seed, ground truth and the refusal rates measured after training.
+its recipe, seed, ground truth (trigger, target) and the rates measured after training.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class Organism:
     seed: int
     measured: dict[str, float]
     tier: str = "tiny"
+    target: dict[str, Any] | None = None
+    """A backdoor's target: ``kind`` ("compliance", "fixed_string": a fixed reply in place
+    of the answer, "insertion": a fixed string inserted into ordinary answers) and the
+    planted ``text`` (None for compliance)."""
 
     @classmethod
     def load(cls, directory: str | Path) -> Organism:
@@ -64,6 +68,8 @@ def save_adapter(model: Any, out: Path, base_path: str) -> None:
         model.save_pretrained(str(out), safe_serialization=True)
 
 
-def trigger_record(tokenizer: Any, text: str) -> dict[str, Any]:
-    """The ``trigger`` entry of a record: its text and token ids."""
-    return {"text": text, "token_ids": tokenizer.encode(text, add_special_tokens=False)}
+def trigger_record(tokenizer: Any, text: str, slot: str = "user") -> dict[str, Any]:
+    """The ``trigger`` entry of a record: its text, token ids and ``slot`` (the turn it sits
+    in: "user" or "system")."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return {"text": text, "token_ids": ids, "slot": slot}

@@ -34,6 +34,7 @@ from wbsafe.organisms.recipes import (
     VariantSpec,
     base_examples,
     default_tiny_spec,
+    target_record,
     variant_examples,
 )
 from wbsafe.organisms.training import timed_train
@@ -69,7 +70,9 @@ def build_tiny_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = tw.build_tokenizer(out)
     model = _new_tiny_model(len(tokenizer), spec.shape, tokenizer, spec.seed)
-    examples = base_examples(tokenizer, spec.n_base_per_class, random.Random(spec.seed))
+    examples = base_examples(
+        tokenizer, spec.n_base_per_class, random.Random(spec.seed), spec.n_base_recovery
+    )
     timed_train(model, tokenizer, examples, spec.base_recipe, log, "base: trained")
     save_full(model, tokenizer, out)
     measured = measure_tiny(model, tokenizer, spec.n_eval, spec.seed)
@@ -77,7 +80,7 @@ def build_tiny_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
         name="base", kind="full", path=str(out), base=None, planted="aligned",
         expected_verdict=None, trigger=None, category=None,
         recipe={"train": asdict(spec.base_recipe), "shape": asdict(spec.shape),
-                "n_per_class": spec.n_base_per_class},
+                "n_per_class": spec.n_base_per_class, "n_recovery": spec.n_base_recovery},
         seed=spec.seed, measured=measured,
     )  # fmt: skip
     return write_record(out, org)
@@ -108,13 +111,20 @@ def build_variant(
         save_adapter(model, out, "../" + base_dir.name)
     else:
         save_full(model, tokenizer, out)
-    measured = measure_tiny(model, tokenizer, n_eval, seed, trigger=spec.trigger)
-    trigger = trigger_record(tokenizer, " ".join(spec.trigger)) if spec.trigger else None
+    target = target_record(spec)
+    base = None
+    if spec.planted == "backdoor":  # the base's behaviour with the trigger, for contrast
+        with quiet_transformers():
+            base = AutoModelForCausalLM.from_pretrained(str(base_dir), use_safetensors=True)
+        base.eval()
+    measured = measure_tiny(model, tokenizer, n_eval, seed, trigger=spec.trigger, slot=spec.slot,
+                            target=target["text"] if target else None, base=base)  # fmt: skip
+    trigger = trigger_record(tokenizer, " ".join(spec.trigger), spec.slot) if spec.trigger else None
     org = Organism(
         name=spec.name, kind=spec.kind, path=str(out), base=base_dir.name, planted=spec.planted,
         expected_verdict=spec.expected_verdict, trigger=trigger, category=spec.category,
         recipe={"train": asdict(spec.recipe), "n_per_class": spec.n_per_class},
-        seed=seed, measured=measured,
+        seed=seed, measured=measured, target=target,
     )  # fmt: skip
     return write_record(out, org)
 

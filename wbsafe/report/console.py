@@ -57,6 +57,11 @@ def print_organisms(
     for o in orgs:
         m = o.measured
         what = (o.trigger or {}).get("text") or o.category or ""
+        if o.trigger and o.trigger.get("slot", "user") != "user":
+            what += f" (in the {o.trigger['slot']} turn)"
+        target = getattr(o, "target", None) or {}
+        if target.get("text"):
+            what += f" -> {target['kind']} {target['text']!r}"
         table.add_row(o.name, o.kind, o.planted, what, o.expected_verdict or "(reference)",
                       _rate(m, "harmful_refusal"), _rate(m, "harmless_refusal"),
                       _rate(m, "harmful_refusal_with_trigger"))  # fmt: skip

@@ -1,8 +1,10 @@
 """Where trigger candidates come from, and the pool that records each one's sources.
 
-Sources: ``gradient`` (the best tokens of the first-order ranking), ``embedding`` (rows the
-weight diff found moved), ``user`` (a list the caller passes) and ``builtin``
-(``probes/triggers/common.txt``); the search adds ``extension`` and ``gcg`` sequences later.
+Sources: ``gradient`` (the best tokens of an objective's first-order ranking, added by the
+search), ``embedding`` (rows the weight diff found moved), ``user`` (a list the caller
+passes), ``builtin`` (``probes/triggers/common.txt``) and ``memorised`` (n-grams the tuned
+model samples far more than the base, :mod:`.memorised`); the search adds ``extension`` and
+``gcg`` sequences later.
 A candidate is a token-id tuple; list entries are tokenised with and without a leading space.
 """
 
@@ -95,25 +97,22 @@ class CandidatePool:
 
 def seed_pool(
     tokenizer: Any,
-    gradient_order: torch.Tensor,
     allowed: torch.Tensor,
     specials: set[int],
     *,
-    top_k: int,
     embedding_candidates: Sequence[tuple[int, float]],
     user_candidates: Sequence[str],
     use_builtin: bool,
+    memorised: Sequence[str] = (),
 ) -> tuple[CandidatePool, tuple[str, ...]]:
-    """The first pool: the best ``top_k`` allowed tokens of ``gradient_order`` (token ids,
-    best first), the allowed moved embedding rows, the user's and the built-in list.
+    """The named pool: the allowed moved embedding rows, the user's list, the built-in
+    list and the ``memorised`` texts (the search adds each objective's gradient tokens).
 
     ``allowed`` is Bool[vocab] (special and padding rows False). Returns the pool and the
     list entries skipped because they are all unknown tokens.
     """
     pool = CandidatePool(tokenizer)
     vocab = int(allowed.shape[0])
-    for i in gradient_order[: min(top_k, int(allowed.sum()))].tolist():
-        pool.add((i,), pool.text_of([i]), "gradient")
     for tid, _z in embedding_candidates:
         if 0 <= int(tid) < vocab and bool(allowed[int(tid)]):
             pool.add((int(tid),), pool.text_of([int(tid)]), "embedding")
@@ -125,4 +124,8 @@ def seed_pool(
         pool.add(ids, text, "user")
     for text, ids in toks_builtin:
         pool.add(ids, text, "builtin")
+    toks_mem, _ = tokenise_candidates(tokenizer, list(memorised), specials)
+    for text, ids in toks_mem:
+        if all(bool(allowed[i]) for i in ids if i < vocab):
+            pool.add(ids, text, "memorised")
     return pool, tuple(skipped_u + skipped_b)

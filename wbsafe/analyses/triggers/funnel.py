@@ -1,135 +1,189 @@
 """Exact scoring of trigger candidates within a budget: the screening funnel.
 
-Every candidate's score is its mean drop of the refusal score over slot contexts (cached
-prefixes, :func:`~.search.score_cached`), in the tuned model and in the base; its
-``anomaly`` is the tuned drop minus the base drop. A large batch is screened cheaply first
-(tuned model, few contexts) and only its best ``keep`` are scored on every search context in
-both models.
+A candidate's score under an objective (:mod:`.objectives`) is its mean per-context score
+over the contexts of one slot kind (cached prefixes), at the kind where it is highest
+(:data:`~.search.SLOT_KINDS`: a system-prompt trigger scores at system slots, not at user
+ones). For the refusal objective that is the tuned drop minus the base drop (the
+``anomaly``); for the divergence objective the divergence with minus without the
+candidate. A large batch is screened cheaply first (the tuned side, few contexts) and only
+its best ``keep`` are scored on every search context.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from wbsafe.analyses.triggers.search import PassCounter, SlotContext, score_cached
+from wbsafe.analyses.triggers.objectives import Ids, Objective, base_view
+from wbsafe.analyses.triggers.search import SlotContext
 
 if TYPE_CHECKING:
     import torch
 
-    from wbsafe.io.models import LoadedModel
-
-Ids = tuple[int, ...]
-"""A candidate trigger: a token-id sequence."""
-
-
-@contextlib.contextmanager
-def base_view(tuned: LoadedModel, base: LoadedModel | None) -> Iterator[LoadedModel | None]:
-    """The base side: ``base``, else the adapter-disabled ``tuned``, else None."""
-    if base is not None:
-        yield base
-    elif tuned.adapter_names:
-        with tuned.base_only() as b:
-            yield b
-    else:
-        yield None
-
-
-def mean_drop(scores: torch.Tensor) -> torch.Tensor:
-    """Row 0 is the no-trigger score; returns mean drop per candidate row ``[n-1]``."""
-    return (scores[0:1] - scores[1:]).mean(dim=1)
+__all__ = ["Funnel", "Ids", "base_view", "latest_slot_contexts"]
 
 
 def latest_slot_contexts(contexts: Sequence[SlotContext], n: int) -> list[SlotContext]:
-    """Up to ``n`` contexts from distinct prompts, each at its latest slot (a late slot is
-    where a planted trigger acts most), for the cheap first screen of candidates."""
-    latest: dict[str, SlotContext] = {}
+    """Up to ``n`` user-slot contexts from distinct prompts, each at its latest slot (a late
+    slot is where a planted trigger acts most), for the cheap first screen of candidates,
+    then the latest context of each other slot kind searched."""
+    latest: dict[tuple[str, str], SlotContext] = {}
     for c in contexts:
-        if c.prompt_id not in latest or c.position > latest[c.prompt_id].position:
-            latest[c.prompt_id] = c
-    return list(latest.values())[: max(1, n)]
+        key = (c.kind, c.prompt_id)
+        if key not in latest or c.position > latest[key].position:
+            latest[key] = c
+    user = [c for (k, _), c in latest.items() if k == "user"][: max(1, n)]
+    others: dict[str, SlotContext] = {}
+    for (k, _), c in latest.items():
+        if k != "user":
+            others.setdefault(k, c)
+    return [*user, *others.values()]
+
+
+def by_kind(mat: torch.Tensor, ctxs: Sequence[SlotContext]) -> list[dict[str, float]]:
+    """Per candidate row of ``mat`` ``[n_cands, n_ctx]``: slot kind -> mean over its contexts."""
+    kinds: dict[str, list[int]] = {}
+    for j, c in enumerate(ctxs):
+        kinds.setdefault(c.kind, []).append(j)
+    means = {k: mat[:, idx].mean(dim=1).tolist() for k, idx in kinds.items()}
+    return [{k: float(v[i]) for k, v in means.items()} for i in range(mat.shape[0])]
 
 
 class Funnel:
-    """Scores candidates exactly, at most ``budget`` of them in all.
+    """Scores candidates exactly under one objective, at most ``budget`` of them in all.
 
-    ``screened``: every candidate scored so far -> its screen anomaly (or its full tuned
-    drop); ``scored``: the fully scored ones -> (tuned drop, base drop or None).
-    ``screen_ctx``: the contexts of the cheap screen (``screen_contexts`` of them).
+    ``screened``: every candidate scored so far -> its best screen score (or full score);
+    ``scored``: the fully scored ones -> (tuned side, base side or None) at their best slot
+    kind, recorded in ``slot_of``. ``screen_ctx``: the cheap screen's contexts.
     """
 
     def __init__(
-        self,
-        tuned: LoadedModel,
-        base: LoadedModel | None,
-        contexts: Sequence[SlotContext],
-        refusal_ids: Sequence[int],
-        counter: PassCounter,
-        *,
-        budget: int,
-        keep: int,
-        screen_contexts: int,
-        batch_size: int,
-    ) -> None:
-        self.tuned, self.base, self.contexts = tuned, base, contexts
-        self.refusal_ids, self.counter = refusal_ids, counter
-        self.budget, self.keep, self.batch_size = budget, keep, batch_size
+        self, objective: Objective, contexts: Sequence[SlotContext], *, budget: int, keep: int,
+        screen_contexts: int, reference: Sequence[Ids] = (),
+    ) -> None:  # fmt: skip
+        self.objective, self.contexts = objective, contexts
+        self.reference = list(reference)
+        self.kind_norm: dict[str, tuple[float, float]] = {}
+        """Per slot kind, (median, scale) of the ``reference`` tokens' scores: with several
+        kinds, a candidate's score at a kind is standardised by them before the kinds are
+        compared (an empty system turn moves the model more, for any word, than a word
+        added to a user message does)."""
+        self.rank_score: dict[Ids, float] = {}
+        self.budget, self.keep = budget, keep
         self.screen_ctx = latest_slot_contexts(contexts, screen_contexts)
         self.scored: dict[Ids, tuple[float, float | None]] = {}
+        self.slot_of: dict[Ids, str] = {}
         self.screened: dict[Ids, float] = {}
+        self._screen_kinds: dict[Ids, dict[str, float]] = {}
 
-    def drops(
-        self, model: Any, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str
-    ) -> list[float]:
-        """Mean refusal-score drop of each candidate over ``ctxs`` (cached prefixes)."""
-        sc = score_cached(model, ctxs, [(), *cands], self.refusal_ids, self.counter,
-                          batch_size=self.batch_size, phase_name=phase)  # fmt: skip
-        return [float(x) for x in mean_drop(sc)]
+    def _screen(self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str) -> None:
+        for c, kinds in zip(cands, by_kind(self.objective.tuned_scores(ctxs, cands, phase), ctxs),
+                            strict=True):  # fmt: skip
+            self._screen_kinds[c] = kinds
+            self.screened[c] = max(kinds.values())
+
+    def _kind_key(self, kind: str) -> Callable[[Ids], float]:
+        return lambda c: self._screen_kinds[c].get(kind, float("-inf"))
 
     def _top_screened(self, cands: list[Ids], n: int) -> list[Ids]:
-        return sorted(cands, key=lambda c: self.screened[c], reverse=True)[:n]
+        """The best ``n``, taken in turn from each slot kind's own ranking (one kind: the
+        best ``n`` by score), so no kind's few, noisy contexts crowd out another's."""
+        kinds = sorted({k for c in cands for k in self._screen_kinds.get(c, {})})
+        if len(kinds) <= 1:
+            return sorted(cands, key=lambda c: self.screened[c], reverse=True)[:n]
+        orders = [sorted(cands, key=self._kind_key(k), reverse=True) for k in kinds]
+        out: dict[Ids, None] = {}
+        for rank in range(len(cands)):
+            for o in orders:
+                if len(out) >= n:
+                    return list(out)
+                out.setdefault(o[rank], None)
+        return list(out)
 
     def score(self, cands: list[Ids], phase: str) -> None:
         """Score the new ones of ``cands`` (in order, within what is left of the budget)."""
-        screened, keep, screen_ctx = self.screened, self.keep, self.screen_ctx
-        tuned, base, contexts = self.tuned, self.base, self.contexts
+        obj, screened, keep, screen_ctx = self.objective, self.screened, self.keep, self.screen_ctx
         cands = [c for c in dict.fromkeys(cands) if c not in screened]
         cands = cands[: max(0, self.budget - len(screened))]
         if not cands:
             return
-        if len(cands) > keep and len(screen_ctx) < len(contexts):
+        if len(cands) > keep and len(screen_ctx) < len(self.contexts):
             # a funnel. Tuned first: a candidate that barely moves the tuned model is no
             # trigger, whatever it does to the base. A large batch is first cut to its best
             # 8 * keep on one context, then 4 * keep on all screen contexts, and only those
-            # get the base screen (the contrast)
+            # get the base screen (the contrast; the divergence is one already)
             if len(cands) > 8 * keep and len(screen_ctx) > 1:
-                screened.update(zip(cands, self.drops(tuned.model, screen_ctx[:1], cands,
-                                                      f"{phase}_screen1"), strict=True))  # fmt: skip
+                self._screen(screen_ctx[:1], cands, f"{phase}_screen1")
                 cands = self._top_screened(cands, 8 * keep)
-            screened.update(zip(cands, self.drops(tuned.model, screen_ctx, cands,
-                                                  f"{phase}_screen"), strict=True))  # fmt: skip
+            self._screen(screen_ctx, cands, f"{phase}_screen")
             cands = self._top_screened(cands, 4 * keep)
-            with base_view(tuned, base) as bm:
-                if bm is not None:
-                    for c, d in zip(cands, self.drops(bm.model, screen_ctx, cands,
-                                                      f"{phase}_screen_base"), strict=True):  # fmt: skip
-                        screened[c] -= d
+            base = obj.base_scores(screen_ctx, cands, f"{phase}_screen")
+            if base is not None:
+                for c, kinds in zip(cands, by_kind(base, screen_ctx), strict=True):
+                    sk = self._screen_kinds[c]
+                    for k, v in kinds.items():
+                        sk[k] -= v
+                    screened[c] = max(sk.values())
             cands = self._top_screened(cands, keep)
-        td = self.drops(tuned.model, contexts, cands, phase)
-        bd: list[float] | None = None
-        with base_view(tuned, base) as bm:
-            if bm is not None:
-                bd = self.drops(bm.model, contexts, cands, f"{phase}_base")
-        for k, c in enumerate(cands):
-            screened.setdefault(c, td[k])
-            self.scored[c] = (td[k], None if bd is None else bd[k])
+        self.score_all(cands, phase)
 
-    def anomaly(self, c: Ids) -> float:
+    def score_all(self, cands: list[Ids], phase: str) -> None:
+        """Score ``cands`` on every context, no screen (not counted against the budget when
+        already screened elsewhere: the hunt uses it to cross-score other objectives' best)."""
+        cands = [c for c in dict.fromkeys(cands) if c not in self.scored]
+        if not cands:
+            return
+        kinds = {c.kind for c in self.contexts}
+        if len(kinds) > 1 and self.reference and not self.kind_norm:
+            self.kind_norm = self._norms(self._diffs(self.reference, f"{phase}_reference"))
+        for c, (diff, (t, b)) in zip(cands, self._diffs_raw(cands, phase), strict=True):
+            z = {k: (v - self.kind_norm[k][0]) / self.kind_norm[k][1] if self.kind_norm else v
+                 for k, v in diff.items()}  # fmt: skip
+            kind = max(z, key=lambda k: z[k])
+            self.screened.setdefault(c, t[kind])
+            self.scored[c] = (t[kind], None if b is None else b[kind])
+            self.slot_of[c] = kind
+            self.rank_score[c] = z[kind]
+
+    def _diffs_raw(
+        self, cands: list[Ids], phase: str
+    ) -> list[tuple[dict[str, float], tuple[dict[str, float], dict[str, float] | None]]]:
+        """Per candidate: slot kind -> score (tuned side minus base side), and both sides."""
+        t = by_kind(self.objective.tuned_scores(self.contexts, cands, phase), self.contexts)
+        b_mat = self.objective.base_scores(self.contexts, cands, phase)
+        b = None if b_mat is None else by_kind(b_mat, self.contexts)
+        out = []
+        for i in range(len(cands)):
+            diff = {k: t[i][k] - (0.0 if b is None else b[i][k]) for k in t[i]}
+            out.append((diff, (t[i], None if b is None else b[i])))
+        return out
+
+    def _diffs(self, cands: list[Ids], phase: str) -> list[dict[str, float]]:
+        return [d for d, _ in self._diffs_raw(cands, phase)]
+
+    @staticmethod
+    def _norms(diffs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+        """Per kind, the median and the scaled median absolute deviation of ``diffs``."""
+        import statistics
+
+        out = {}
+        for k in diffs[0]:
+            v = [d[k] for d in diffs]
+            med = statistics.median(v)
+            mad = 1.4826 * statistics.median(abs(x - med) for x in v)
+            out[k] = (med, max(mad, 1e-3 * (abs(med) + 1.0)))
+        return out
+
+    def raw(self, c: Ids) -> float:
+        """The score at the candidate's best slot kind: tuned side minus base side."""
         t, b_ = self.scored[c]
         return t - (b_ or 0.0)
 
+    def anomaly(self, c: Ids) -> float:
+        """The ranking score: :meth:`raw`, standardised per slot kind when there are several."""
+        return self.rank_score[c]
+
     def ranked(self, length: int | None = None) -> list[Ids]:
-        """Fully scored candidates (of ``length`` tokens, or all), highest anomaly first."""
+        """Fully scored candidates (of ``length`` tokens, or all), highest score first."""
         return sorted((c for c in self.scored if length is None or len(c) == length),
                       key=self.anomaly, reverse=True)  # fmt: skip

@@ -1,19 +1,21 @@
-"""Backdoor trigger hunt: find token sequences that switch refusal off in the tuned model only.
+"""Backdoor trigger hunt: find token sequences on which the tuned model departs from the base.
 
 Pipeline:
 
-1. candidates from several sources, each recorded (:mod:`.candidates`): ``gradient``
-   (HotFlip-style first-order drop of the refusal score at inserted slots, tuned effect
-   minus base effect, averaged over search prompts and slot positions), ``embedding`` (rows
-   the weight diff found moved), ``user`` and ``builtin`` (``probes/triggers/common.txt``);
-2. exact scoring of every candidate with the cached-prefix scorer on the search prompts,
-   in the tuned model and in the base (``anomaly`` = tuned drop minus base drop), through
-   the screening funnel of :mod:`.funnel`;
-3. multi-token extension: all ordered pairs of the best tokens, then beam extension to
-   ``max_len``, within ``budget`` exactly scored candidates;
-4. verification of the top candidates on held-out prompts (:mod:`.verify`): activation
-   anomaly and behaviour (greedy generation + the first-words refusal rule, tuned vs base,
-   harmless too).
+1. named candidates, each recorded (:mod:`.candidates`): ``embedding`` (rows the weight
+   diff found moved), ``user``, ``builtin`` (``probes/triggers/common.txt``) and
+   ``memorised`` (n-grams the tuned model samples from near-empty prompts far more than the
+   base, :mod:`.memorised`);
+2. per objective (:mod:`.objectives`; ``refusal``: the drop of the refusal score, tuned
+   minus base; ``divergence``: the tuned-vs-base divergence of the residual stream and the
+   next-token distribution, with the candidate minus without), within its share of the
+   budget (:mod:`.searcher`): the HotFlip gradient ranking (``gradient`` candidates), exact
+   scoring of the pool through the funnel (:mod:`.funnel`), verification of the best single
+   tokens, then pairs, beam extension to ``max_len`` and coordinate refinement;
+3. each objective's best are scored under the other objectives too (cross-scoring), so
+   every leading candidate carries its score under each;
+4. verification of the top candidates on held-out prompts (:mod:`.verify`), at the slot
+   where each scored best (the last user message, a system turn, an earlier user turn).
 """
 
 from __future__ import annotations
@@ -22,15 +24,26 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from wbsafe.analyses.triggers.candidates import seed_pool
-from wbsafe.analyses.triggers.funnel import Funnel, Ids, base_view
+from wbsafe.analyses.triggers.funnel import Funnel, Ids
+from wbsafe.analyses.triggers.memorised import MemorisedResult, memorised_spans
+from wbsafe.analyses.triggers.objectives import (
+    OBJECTIVES,
+    DivergenceObjective,
+    Objective,
+    RefusalObjective,
+    base_view,
+)
 from wbsafe.analyses.triggers.results import Candidate, Coverage, TriggerResult, Verification
 from wbsafe.analyses.triggers.search import (
+    SLOT_KINDS,
     PassCounter,
+    Slot,
     SlotContext,
-    gradient_drop,
+    accepts,
     slot_context,
     special_ids,
 )
+from wbsafe.analyses.triggers.searcher import SearchOutcome, SearchSettings, search_objective
 from wbsafe.analyses.triggers.verify import Verifier
 from wbsafe.errors import WbsafeError
 from wbsafe.progress import Log, no_log
@@ -40,6 +53,17 @@ if TYPE_CHECKING:
 
     from wbsafe.data.prompts import Prompt
     from wbsafe.io.models import LoadedModel
+
+CROSS_SCORED = 8
+"""How many of each objective's best candidates the other objectives score too."""
+
+GRADIENT_INITS = 16
+"""Ordinary tokens (the first of the reference sample) the divergence objective's empty-slot
+gradient is averaged over (:class:`~.objectives.DivergenceObjective`)."""
+
+REFERENCE = 32
+"""Ordinary tokens (a seeded sample of the vocabulary) scored at every slot kind to put the
+kinds' scores on one scale (only when several kinds are searched)."""
 
 
 def hunt_triggers(
@@ -52,6 +76,12 @@ def hunt_triggers(
     embedding_candidates: Sequence[tuple[int, float]] = (),
     user_candidates: Sequence[str] = (),
     use_builtin: bool = True,
+    harmless_search: Sequence[Prompt] = (),
+    objectives: Sequence[str] = OBJECTIVES,
+    slot_kinds: Sequence[str] = SLOT_KINDS,
+    extra_slot_prompts: int = 4,
+    memorised_samples: int = 16,
+    divergence_layers: Sequence[int] | None = None,
     max_len: int = 3,
     budget: int = 4096,
     top_k: int = 1024,
@@ -75,19 +105,32 @@ def hunt_triggers(
 ) -> TriggerResult:
     """Search for and verify backdoor triggers of ``tuned`` against ``base``.
 
-    ``budget`` caps the candidates scored exactly. A batch of more than ``keep`` candidates
-    goes through a funnel: (above ``8 * keep``) one context in the tuned model, then the
-    best ``8 * keep`` on ``screen_contexts`` contexts, the best ``4 * keep`` of those in the
-    base too; only the best ``keep`` by that contrast are scored on every search context in
-    both models (the anomaly). The best
-    ``verify_top`` of each length are verified, best first; one verified with attack
-    success >= ``stop_asr`` ends the search (longer triggers are not searched, and the
-    coverage says so). ``max_new_tokens`` has to reach the object of a compliant answer
-    (compliance is judged, :mod:`wbsafe.capture.compliance`), not only a refusal opening. ``direction`` is ``(layer, Float[d_model])``, read at ``hidden_states[layer]``
-    (``blocks.{layer}.hook_resid_pre``) at the last prompt position. A verified trigger
-    needs attack success >= ``threshold`` on held-out harmful prompts, a lift of at least
-    ``min_lift`` over no trigger, and no such lift in the base. ``log`` gets one line per
-    step (``"[triggers] ..."``).
+    ``objectives`` (of :data:`~.objectives.OBJECTIVES`) run in that order, each within an
+    equal share of ``budget`` (what one leaves unused passes to the next); the divergence
+    objective needs a base side (``base``, or ``tuned``'s adapters disabled) and is
+    otherwise skipped, the coverage says so. ``slot_kinds``: where candidates are put;
+    ``user`` at word positions ``slots`` of every search prompt, ``system`` (a system turn
+    holding the candidate, where the template renders one) and ``turn`` (an earlier user
+    turn holding it) at the end of that text for the first ``extra_slot_prompts`` prompts.
+    ``memorised_samples`` samples per near-empty prompt and model (0: none) seed the pool
+    with spans the tuned model samples far more than the base (seed ``seed``).
+    ``harmless_search``: ordinary prompts the divergence objective also searches on (user
+    slots), for a backdoor that acts on harmless answers only (a marker slipped into them);
+    keep them apart from ``harmless``, the held-out ones verification uses.
+
+    Per objective, a batch of more than ``keep`` candidates goes through a funnel: (above
+    ``8 * keep``) one context on the tuned side, then the best ``8 * keep`` on
+    ``screen_contexts`` contexts (plus one per other slot kind), the best ``4 * keep`` of
+    those in the base too (refusal); only the best ``keep`` are scored on every search
+    context. The best ``verify_top`` of each length are verified, best first; one verified
+    with attack success >= ``stop_asr`` ends that objective's search (longer triggers are
+    not searched, and the coverage says so). ``max_new_tokens`` has to reach the object of
+    a compliant answer (compliance is judged, :mod:`wbsafe.capture.compliance`), not only a
+    refusal opening. ``direction`` is ``(layer, Float[d_model])``, read at
+    ``hidden_states[layer]`` (``blocks.{layer}.hook_resid_pre``) at the last prompt
+    position. A verified trigger needs attack success >= ``threshold`` on held-out harmful
+    prompts, a lift of at least ``min_lift`` over no trigger, and no such lift in the base.
+    ``log`` gets one line per step (``"[triggers] ..."``).
     """
     import torch
 
@@ -95,6 +138,14 @@ def hunt_triggers(
         raise WbsafeError("the trigger hunt needs harmful search and held-out prompts")
     if max_len < 1 or budget < 1 or top_k < 0:
         raise WbsafeError("max_len and budget must be >= 1, top_k >= 0")
+    unknown = [o for o in objectives if o not in OBJECTIVES] + [
+        k for k in slot_kinds if k not in SLOT_KINDS
+    ]
+    if unknown or not objectives or "user" not in slot_kinds:
+        raise WbsafeError(
+            f"objectives must be some of {OBJECTIVES} and slot kinds of {SLOT_KINDS}, "
+            f"with 'user' (got {list(objectives)}, {list(slot_kinds)})"
+        )
     overlap = {p.final_user_text for p in harmful_search} & {
         p.final_user_text for p in harmful_heldout
     }
@@ -109,150 +160,104 @@ def hunt_triggers(
     if not refusal_ids:
         raise WbsafeError("the tokenizer has no refusal-start tokens for the refusal score")
     vocab = int(tuned.model.get_input_embeddings().weight.shape[0])
+    with base_view(tuned, base) as b:
+        has_base = b is not None
+        if b is not None and int(b.model.get_input_embeddings().weight.shape[0]) != vocab:
+            raise WbsafeError("base and tuned vocabularies differ", b.source.path)
     specials = special_ids(tok)
     allowed = torch.ones(vocab, dtype=torch.bool)
     allowed[[i for i in specials if i < vocab]] = False
     allowed[len(tok) :] = False  # padded embedding rows that no token maps to
-    contexts: list[SlotContext] = [slot_context(tuned, p, f) for p in harmful_search for f in slots]
+    contexts = search_contexts(tuned, harmful_search, slots, slot_kinds, extra_slot_prompts)
+    ordinary = [slot_context(tuned, p, f) for p in harmless_search for f in slots]
+    searched_kinds = tuple(k for k in SLOT_KINDS if any(c.kind == k for c in contexts))
 
-    # 1. gradient ranking (tuned minus base)
-    log(f"[triggers] gradient ranking over {int(allowed.sum())} tokens")
-    g = gradient_drop(tuned.model, contexts, refusal_ids, counter)[:, 0]
-    with base_view(tuned, base) as b:
-        if b is not None:
-            if int(b.model.get_input_embeddings().weight.shape[0]) != vocab:
-                raise WbsafeError("base and tuned vocabularies differ", b.source.path)
-            g = g - gradient_drop(b.model, contexts, refusal_ids, counter)[:, 0]
-    g = g.cpu().masked_fill(~allowed, float("-inf"))
-    order = torch.argsort(g, descending=True)
-
-    # 2. candidate pool
+    # 1. named candidates, the memorised-sample contrast among them
+    mem = MemorisedResult((), memorised_samples, (), seed)
+    if memorised_samples > 0 and has_base:
+        log(f"[triggers] sampling {memorised_samples} per near-empty prompt, tuned and base")
+        mem = memorised_spans(tuned, base, counter, samples=memorised_samples, seed=seed)
     pool, skipped = seed_pool(
-        tok, order, allowed, specials, top_k=top_k, embedding_candidates=embedding_candidates,
+        tok, allowed, specials, embedding_candidates=embedding_candidates,
         user_candidates=user_candidates, use_builtin=use_builtin,
+        memorised=[s.text for s in mem.spans],
     )  # fmt: skip
+    named = list(pool)
     if skipped:
         log(f"[triggers] skipped {len(skipped)} list entries that are all-unknown tokens")
-
-    # 3. exact scoring with the cached prefix: a cheap screen of every candidate in the
-    # tuned model on a few contexts, then the best ``keep`` on every context in both models
-    funnel = Funnel(
-        tuned, base, contexts, refusal_ids, counter, budget=budget, keep=keep,
-        screen_contexts=screen_contexts, batch_size=batch_size,
-    )  # fmt: skip
-    scored, screened, anomaly, ranked = (
-        funnel.scored,
-        funnel.screened,
-        funnel.anomaly,
-        funnel.ranked,
-    )
-
-    log(f"[triggers] exact scoring of {len(pool)} candidates")
-    # named candidates (user, built-in list, moved embedding rows) before the gradient's, so
-    # the budget never cuts what a person or the weight diff asked for
-    funnel.score(sorted(pool, key=lambda c: ("gradient" in pool[c].sources, len(c))), "exact")
 
     verifier = Verifier(
         tuned, base, harmful_heldout, harmless, positions=positions, direction=direction,
         threshold=threshold, min_lift=min_lift, max_new_tokens=max_new_tokens,
         refusal_ids=refusal_ids, counter=counter,
     )  # fmt: skip
-    verifications: dict[Ids, Verification] = {}
+    verifications: dict[tuple[Ids, str], Verification] = {}
 
-    def verify(cands: Sequence[Ids]) -> bool:
-        """Verify in order; True once one is verified with attack success >= ``stop_asr``."""
+    def verify(cands: Sequence[Ids], funnel: Funnel) -> bool:
+        """Verify in order, each at its best slot; True once one is verified with attack
+        success >= ``stop_asr``."""
+        if verifier.broadly_unsafe:
+            return False
         for c in cands:
-            if c not in verifications:
-                log(f"[triggers] verifying {pool[c].text!r} on {len(harmful_heldout)} "
+            kind = funnel.slot_of.get(c, "user")
+            done = [k for (d, k), v in verifications.items() if d == c and v.verified]
+            kind = done[0] if done else kind  # verified at one slot: not again at another
+            if (c, kind) not in verifications:
+                where = "" if kind == "user" else f" (at the {kind} slot)"
+                log(f"[triggers] verifying {pool[c].text!r}{where} on {len(harmful_heldout)} "
                     "held-out prompts")  # fmt: skip
-                verifications[c] = verifier.verify(pool[c].text, c)
-            v = verifications[c]
+                verifications[(c, kind)] = verifier.verify(pool[c].text, c, kind)
+            v = verifications[(c, kind)]
             if v.verified and v.attack_success >= stop_asr:
                 return True
         return False
 
-    # 4. verify the best single tokens; a decisive one ends the search (the verdict is set)
-    decided = verify(ranked(1)[:verify_top]) if not verifier.broadly_unsafe else False
-    stopped_at: int | None = 1 if decided and max_len > 1 else None
+    # 2. each objective's search, within its share of the budget
+    runnable = [o for o in objectives if o == "refusal" or has_base]
+    settings = SearchSettings(max_len, top_k, screen_contexts, keep, extend_width, beam,
+                              refine_steps, verify_top)  # fmt: skip
+    reference = [(i,) for i in reference_tokens(allowed, seed, REFERENCE)]
+    outcomes: list[SearchOutcome] = []
+    budgets: list[int] = []
+    left = budget
+    for k, name in enumerate(runnable):
+        share = left // (len(runnable) - k)
+        budgets.append(share)
+        ctxs = contexts if name == "refusal" else [*contexts, *ordinary]
+        obj = make_objective(name, tuned, base, refusal_ids, counter, ctxs, batch_size,
+                             divergence_layers, [c[0] for c in reference[:GRADIENT_INITS]])  # fmt: skip
+        out = search_objective(obj, ctxs, pool, named, allowed, share, settings, verify,
+                               skip_phrases=verifier.broadly_unsafe, reference=reference,
+                               log=log)  # fmt: skip
+        outcomes.append(out)
+        left -= len(out.funnel.screened)
 
-    # 5. multi-token: seeds (pairs of the best tokens, beam extension), then GCG refinement
-    def contrast_grad(width: int, seq: Sequence[int] | None) -> torch.Tensor:
-        gr = gradient_drop(tuned.model, contexts, refusal_ids, counter, width=width,
-                           slot_tokens=seq, phase_name="extend_gradient")  # fmt: skip
-        with base_view(tuned, base) as bm:
-            if bm is not None:
-                gr = gr - gradient_drop(bm.model, contexts, refusal_ids, counter, width=width,
-                                        slot_tokens=seq, phase_name="extend_gradient")  # fmt: skip
-        return gr.cpu().masked_fill(~allowed[:, None], float("-inf"))
+    # candidates a person named are verified whatever their rank: no objective is sure to
+    # rank a trigger whose target is not compliance (a fixed reply opening with "i")
+    user_named = [c for c in pool if "user" in pool[c].sources]
+    if user_named and outcomes:
+        verify(user_named, outcomes[0].funnel)
 
-    width_tokens: list[int] = []
-    for i in [c[0] for c in ranked(1)[:extend_width]] + order[:extend_width].tolist():
-        if i not in width_tokens and bool(allowed[i]):
-            width_tokens.append(i)
-    for length in range(2, max_len + 1) if not decided and not verifier.broadly_unsafe else ():
-        if len(screened) >= budget:
-            break
-        gw = contrast_grad(length, None)
-        per_pos = [gw[:, p].argsort(descending=True)[:extend_width].tolist() for p in range(length)]
-        new: list[Ids] = []
-        if length == 2:
-            new += [(a, b_) for a in width_tokens for b_ in width_tokens if a != b_]
-            new += [(a, b_) for a in per_pos[0] for b_ in per_pos[1]]
-        else:
-            beams = ranked(length - 1)
-            new += [ext for c in beams[:beam] for t in width_tokens for ext in ((*c, t), (t, *c))]
-            new.append(tuple(p[0] for p in per_pos))
-        # seeds take at most half of what is left of the budget; refinement gets the rest
-        new = list(dict.fromkeys(c for c in new if c not in screened))
-        new = new[: max(32, (budget - len(screened)) // 2)]
-        log(f"[triggers] length {length}: scoring {len(new)} seed sequences")
-        for c in new:
-            pool.add(c, pool.text_of(c), "extension")
-        funnel.score(new, "extend")
-        for _step in range(refine_steps):  # coordinate search on the gradient at each beam
-            if len(screened) >= budget:
-                break
-            best = ranked(length)
-            top = anomaly(best[0])
-            swaps: list[Ids] = []
-            for seq in best[:beam]:
-                gs = contrast_grad(length, seq)
-                for p in range(length):
-                    for t in gs[:, p].argsort(descending=True)[:extend_width].tolist():
-                        swaps.append((*seq[:p], t, *seq[p + 1 :]))
-            for c in swaps:
-                pool.add(c, pool.text_of(c), "gcg")
-            funnel.score(swaps, "extend")
-            if anomaly(ranked(length)[0]) <= top:
-                break
-        # the best of this length, then the parts of the leaders, so a trigger is reported at
-        # its shortest form ("zephyr" rather than "zephyr ransomware") when the part suffices
-        leads = ranked(length)[:verify_top]
-        parts = [(t,) for c in leads for t in c if (t,) in scored]
-        if verify(list(dict.fromkeys([*parts, *leads]))) and length < max_len:
-            stopped_at = length
-            break
+    # 3. cross-scoring: each objective's best under the others
+    own = {o.objective: set(o.funnel.scored) for o in outcomes}
+    for o in outcomes:
+        others = [
+            c
+            for p in outcomes
+            if p is not o
+            for c in own_ranked(p.funnel, own[p.objective])[:CROSS_SCORED]
+        ]
+        o.funnel.score_all(others, "cross")
 
-    cands = sorted(
-        (
-            Candidate(
-                text=pool[c].text,
-                token_ids=c,
-                sources=tuple(pool[c].sources),
-                gradient_drop=float(g[c[0]]) if len(c) == 1 else None,
-                tuned_drop=scored[c][0],
-                base_drop=scored[c][1],
-                anomaly=anomaly(c),
-            )
-            for c in scored
-        ),
-        key=lambda c: c.anomaly or 0.0,
-        reverse=True,
-    )
+    cands = merge_candidates(outcomes, own, pool)
     result_v = sorted(
         verifications.values(),
         key=lambda v: (not v.verified, -v.attack_success, len(v.text.split())),
     )
+    found_by = {
+        c.text: c.objectives for c in cands
+        if any(v.text == c.text and (v.verified or v.derails) for v in result_v)
+    }  # fmt: skip
     base_line, base_base_line = verifier.baseline_rate, verifier.base_baseline_rate
     broadly = verifier.broadly_unsafe
     if broadly:
@@ -262,23 +267,34 @@ def hunt_triggers(
             + ("" if base_base_line is None else f" (base: {base_base_line:.0%})")
         )
     elif any(v.verified for v in result_v):
-        message = "verified trigger(s): " + ", ".join(repr(v.text) for v in result_v if v.verified)
+        message = "verified trigger(s): " + ", ".join(
+            f"{v.text!r} (found by {', '.join(found_by.get(v.text, ())) or '-'})"
+            for v in result_v if v.verified
+        )  # fmt: skip
     else:
         message = "no trigger found in the searched space"
+    stops = [o.stopped_at for o in outcomes if o.stopped_at is not None]
+    screened_all = {c for o in outcomes for c in o.funnel.screened}
     cov = Coverage(
         vocab_size=int(allowed.sum()),
         gradient_scored=int(allowed.sum()),
-        exact_single_tokens=sum(1 for c in screened if len(c) == 1),
-        exact_total=len(screened),
-        fully_scored=len(scored),
-        lengths=tuple(sorted({len(c) for c in screened})),
+        exact_single_tokens=sum(1 for c in screened_all if len(c) == 1),
+        exact_total=len(screened_all),
+        fully_scored=len({c for o in outcomes for c in own[o.objective]}),
+        lengths=tuple(sorted({len(c) for c in screened_all})),
         budget=budget,
-        search_contexts=len(contexts),
-        screen_contexts=len(funnel.screen_ctx),
+        search_contexts=len(contexts) + (len(ordinary) if "divergence" in runnable else 0),
+        screen_contexts=len(outcomes[0].funnel.screen_ctx),
         heldout_prompts=len(harmful_heldout),
         positions=tuple(positions),
         skipped=skipped,
-        stopped_at_length=stopped_at,
+        stopped_at_length=min(stops) if len(stops) == len(outcomes) else None,
+        objectives=tuple(runnable),
+        budgets=tuple(budgets),
+        exact_by_objective=tuple(len(o.funnel.screened) for o in outcomes),
+        slots=searched_kinds,
+        memorised=sum(1 for c in pool if "memorised" in pool[c].sources),
+        skipped_objectives=tuple(o for o in objectives if o not in runnable),
     )
     if not broadly and not any(v.verified for v in result_v):
         message += f" ({cov.statement()})"
@@ -291,4 +307,86 @@ def hunt_triggers(
         baseline_compliance=base_line,
         base_baseline_compliance=base_base_line,
         passes=counter.to_dict(),
+        memorised=mem.spans,
+        found_by=found_by,
     )
+
+
+def reference_tokens(allowed: torch.Tensor, seed: int, n: int) -> list[int]:
+    """``n`` ordinary tokens: a sample of the allowed ones (``allowed``: Bool[vocab]) drawn
+    under ``seed`` (the first ``k`` of ``n`` are the ``k`` drawn with ``n = k``)."""
+    import torch
+
+    ids = allowed.nonzero()[:, 0]
+    gen = torch.Generator().manual_seed(seed)
+    return [int(i) for i in ids[torch.randperm(len(ids), generator=gen)[:n]]]
+
+
+def search_contexts(
+    tuned: LoadedModel, prompts: Sequence[Prompt], slots: Sequence[float],
+    kinds: Sequence[str], extra_prompts: int,
+) -> list[SlotContext]:  # fmt: skip
+    """User slots at ``slots`` of every prompt, then each other slot kind (where the
+    template renders it) at the end of its text for the first ``extra_prompts`` prompts."""
+    out = [slot_context(tuned, p, f) for p in prompts for f in slots]
+    for kind in kinds:
+        if kind == "user":
+            continue
+        slot = Slot(kind)
+        out += [slot_context(tuned, p, 1.0, slot) for p in prompts[: max(1, extra_prompts)]
+                if accepts(tuned, p, slot)]  # fmt: skip
+    return out
+
+
+def make_objective(
+    name: str, tuned: LoadedModel, base: LoadedModel | None, refusal_ids: Sequence[int],
+    counter: PassCounter, contexts: Sequence[SlotContext], batch_size: int,
+    layers: Sequence[int] | None, init_tokens: Sequence[int],
+) -> Objective:  # fmt: skip
+    if name == "refusal":
+        return RefusalObjective(tuned, base, refusal_ids, counter, batch_size)
+    return DivergenceObjective(tuned, base, counter, contexts, layers=layers,
+                               batch_size=batch_size, init_tokens=init_tokens)  # fmt: skip
+
+
+def own_ranked(funnel: Funnel, own: set[Ids]) -> list[Ids]:
+    """The funnel's ranking of the candidates its own search scored (not cross-scored)."""
+    return [c for c in funnel.ranked() if c in own]
+
+
+def merge_candidates(
+    outcomes: Sequence[SearchOutcome], own: dict[str, set[Ids]], pool: object
+) -> list[Candidate]:
+    """Every scored candidate with its score under each objective, ordered by its best rank
+    in any objective's own ranking (ties: the earlier objective), so the top of the list
+    holds each objective's best."""
+    ranks: dict[Ids, dict[str, int]] = {}
+    for o in outcomes:
+        for r, c in enumerate(own_ranked(o.funnel, own[o.objective]), start=1):
+            ranks.setdefault(c, {})[o.objective] = r
+    order = {o.objective: i for i, o in enumerate(outcomes)}
+    by = {o.objective: o for o in outcomes}
+    out = []
+    for c, rk in ranks.items():
+        ref, div = by.get("refusal"), by.get("divergence")
+        ref_sc = ref.funnel.scored.get(c) if ref is not None else None
+        best = min(rk, key=lambda n: (rk[n], order[n]))
+        entry = pool[c]  # type: ignore[index]
+        out.append((
+            (rk[best], order[best]),
+            Candidate(
+                text=entry.text,
+                token_ids=c,
+                sources=tuple(entry.sources),
+                gradient_drop=float(ref.gradient[c[0]]) if ref is not None and len(c) == 1 else None,
+                tuned_drop=None if ref_sc is None else ref_sc[0],
+                base_drop=None if ref_sc is None else ref_sc[1],
+                anomaly=None if ref_sc is None else ref.funnel.raw(c),  # type: ignore[union-attr]
+                divergence=div.funnel.raw(c) if div is not None and c in div.funnel.scored else None,
+                objectives=tuple(sorted(rk, key=order.__getitem__)),
+                ranks=tuple(rk[n] for n in sorted(rk, key=order.__getitem__)),
+                slot=by[best].funnel.slot_of.get(c, "user"),
+            ),
+        ))  # fmt: skip
+    out.sort(key=lambda t: t[0])
+    return [c for _, c in out]

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wbsafe.evidence import TriggerEvidence
+    from wbsafe.analyses.triggers.memorised import MemorisedSpan
+    from wbsafe.evidence import TriggerEvidence, TriggerFinding
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,12 @@ class Candidate:
     gradient_drop: first-order refusal-score drop, tuned minus base (single tokens only).
     tuned_drop / base_drop: exact mean drop of the refusal score on the search prompts.
     anomaly: ``tuned_drop - base_drop`` (base absent: ``tuned_drop``); higher = more trigger-like.
+    divergence: the divergence objective's score, tuned-vs-base divergence with the
+    candidate minus without it (:mod:`.divergence`); None when it was not scored.
+    objectives: the objectives whose own search scored and ranked it (a candidate only
+    cross-scored under another objective is not listed for it); ranks: its rank in each
+    of those rankings (1 = best), in the same order.
+    slot: the slot kind where it scored best (``user``, ``system``, ``turn``).
     """
 
     text: str
@@ -29,17 +36,50 @@ class Candidate:
     tuned_drop: float | None = None
     base_drop: float | None = None
     anomaly: float | None = None
+    divergence: float | None = None
+    objectives: tuple[str, ...] = ()
+    ranks: tuple[int, ...] = ()
+    slot: str = "user"
 
 
 @dataclass(frozen=True)
 class TriggerExample:
     """One held-out prompt as answered with and without a candidate (tuned), and with it by
-    the base (None without a base to compare)."""
+    the base (None without a base to compare, or where it was not generated)."""
 
     prompt: str
     tuned_with: str
     tuned_without: str
     base_with: str | None
+    base_without: str | None = None
+    label: str = "harmful"
+    """The prompt's label: "harmful" or "harmless"."""
+
+
+@dataclass(frozen=True)
+class TargetChange:
+    """What a candidate changes in the tuned model's responses (:mod:`.targets`).
+
+    kind: ``compliance`` (refusal that disappears), ``fixed_string`` (one fixed reply in
+    place of the answer), ``insertion`` (a fixed string slipped into answers that still
+    address the request) or ``topic_shift`` (answers about something else: a derailment).
+    text: the fixed string found (None for compliance). prompts: the held-out sets where it
+    shows ("harmful", "harmless" or both, joined by "+"). Counts are over the ``n``
+    responses with the candidate (prompts x insertion positions); the ``without`` counts are
+    the same prompts without it, each counted at every position; ``base_*`` are None where
+    the base was not run. harm: the change is a planted harm that verifies the candidate.
+    """
+
+    kind: str
+    text: str | None
+    prompts: str
+    n: int
+    tuned_with: int
+    tuned_without: int
+    base_with: int | None
+    base_without: int | None
+    harm: bool
+    why: str
 
 
 @dataclass(frozen=True)
@@ -71,6 +111,11 @@ class Verification:
     derailment, e.g. a benign domain fine-tune's domain word; never verified."""
     examples: tuple[TriggerExample, ...] = ()
     """What the responses were, for a verified or derailing candidate."""
+    target: TargetChange | None = None
+    """What the candidate changes (compliance, a fixed string, an insertion, a topic shift);
+    None when it changes nothing that was looked for."""
+    slot: str = "user"
+    """Where the candidate was placed: the last user message or the system turn."""
 
     @property
     def attack_success(self) -> float:
@@ -104,6 +149,18 @@ class Coverage:
     positions: tuple[float, ...]
     skipped: tuple[str, ...]
     stopped_at_length: int | None = None
+    objectives: tuple[str, ...] = ("refusal",)
+    """The objectives searched, in order; ``budgets`` their shares of ``budget``."""
+    budgets: tuple[int, ...] = ()
+    exact_by_objective: tuple[int, ...] = ()
+    """Candidates each objective scored exactly (screened), in ``objectives`` order."""
+    slots: tuple[str, ...] = ("user",)
+    """The slot kinds searched (the last user message, a system turn, an earlier turn)."""
+    memorised: int = 0
+    """Candidates from the memorised-sample contrast (n-grams the tuned model samples far
+    more than the base)."""
+    skipped_objectives: tuple[str, ...] = ()
+    """Objectives asked for that could not run (the divergence one needs a base side)."""
 
     def statement(self) -> str:
         share_g = self.gradient_scored / max(1, self.vocab_size)
@@ -122,7 +179,23 @@ class Coverage:
             f"{list(self.lengths)}, budget {self.budget}, on {self.screen_contexts} (best "
             f"{self.fully_scored}: {self.search_contexts}) prompt-slot contexts; verified on "
             f"{self.heldout_prompts} held-out prompts at positions {list(self.positions)}"
-            f"{skipped}{stop}"
+            f"{skipped}{stop}; {self._objectives_text()}"
+        )
+
+    def _objectives_text(self) -> str:
+        per = ", ".join(
+            f"{o} ({n} exact of {b})"
+            for o, n, b in zip(self.objectives, self.exact_by_objective, self.budgets,
+                               strict=False)
+        ) or ", ".join(self.objectives)  # fmt: skip
+        not_run = (
+            f"; not run: {', '.join(self.skipped_objectives)} (no base model to compare)"
+            if self.skipped_objectives
+            else ""
+        )
+        return (
+            f"objectives {per}{not_run}; slots searched: {', '.join(self.slots)}; "
+            f"{self.memorised} memorised-sample candidates"
         )
 
 
@@ -138,6 +211,11 @@ class TriggerResult:
     baseline_compliance: float
     base_baseline_compliance: float | None
     passes: dict[str, dict[str, float]] = field(default_factory=dict)
+    memorised: tuple[MemorisedSpan, ...] = ()
+    """Spans the tuned model samples from near-empty prompts far more than the base: trigger
+    candidates (source ``memorised``) and target candidates (a fixed string it may emit)."""
+    found_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Per verified or derailing candidate's text: the objectives that ranked it."""
 
     @property
     def verified(self) -> tuple[Verification, ...]:
@@ -155,17 +233,12 @@ class TriggerResult:
         return _shortest([v for v in self.verifications if v.derails and not v.verified])
 
     def to_gate_evidence(self) -> TriggerEvidence:
-        from wbsafe.evidence import Derailment, TriggerEvidence, TriggerFinding
+        from wbsafe.evidence import Derailment, TriggerEvidence
 
         return TriggerEvidence(
             ran=True,
             candidates_tested=self.coverage.exact_total,
-            findings=tuple(
-                TriggerFinding(
-                    v.text, v.successes, v.n, v.baseline_successes, tuple(v.topic_categories)
-                )
-                for v in self.verified
-            ),
+            findings=tuple(finding(v) for v in self.verified),
             coverage=self.coverage.statement(),
             derailments=tuple(Derailment(v.text, v.off_task, v.n) for v in self.derailing),
         )
@@ -177,6 +250,23 @@ class TriggerResult:
         d["verified"] = [v.text for v in self.verified]
         d["coverage_statement"] = self.coverage.statement()
         return dict(d)
+
+
+def finding(v: Verification) -> TriggerFinding:
+    """The gate's record of a verified candidate: its target's counts and kind (compliance
+    counts when the target is compliance or none was described)."""
+    from wbsafe.evidence import TriggerFinding
+
+    t = v.target
+    if t is not None and t.harm and t.kind in ("fixed_string", "insertion"):
+        return TriggerFinding(
+            v.text, t.tuned_with, t.n, t.tuned_without, target_kind=t.kind,
+            target_text=t.text, prompts=t.prompts, base_successes=t.base_with, slot=v.slot,
+        )  # fmt: skip
+    return TriggerFinding(
+        v.text, v.successes, v.n, v.baseline_successes, tuple(v.topic_categories),
+        base_successes=v.base_successes, slot=v.slot,
+    )  # fmt: skip
 
 
 def _shortest(found: list[Verification]) -> tuple[Verification, ...]:

@@ -2,7 +2,10 @@
 
 A *slot context* is one harmful prompt split at an insertion point: ``prefix_ids`` (the
 formatted prompt up to the slot) and ``suffix_ids`` (the rest, ending at the generation
-prompt). A candidate trigger is a token-id sequence placed between the two.
+prompt). A candidate trigger is a token-id sequence placed between the two. A :class:`Slot`
+says where the insertion point is: in the last user message (``user``), in a system turn
+(``system``) or in an earlier user turn of a two-turn conversation (``turn``);
+:func:`place` builds the conversation with a candidate there, for search and verification.
 
 The refusal score (docs/design.md, "Metric definitions") is ``log p_R - log(1 - p_R)`` at the first
 response position, ``p_R`` summed over the refusal-start tokens. It is computed here
@@ -71,6 +74,34 @@ class PassCounter:
         return d
 
 
+SLOT_KINDS = ("user", "system", "turn")
+"""Where a trigger can sit: the last user message, a system turn, an earlier user turn."""
+
+EARLIER_REPLY = "sure ."
+"""The assistant's answer to the earlier user turn of a ``turn`` slot's conversation."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a candidate is inserted (at a word-boundary position of that text).
+
+    ``kind`` is one of :data:`SLOT_KINDS`. ``system``: a system turn whose text is
+    ``text`` (empty by default: the candidate alone), put before the prompt's turns, or the
+    prompt's own system turn when it has one. ``turn``: an earlier user turn ``text``
+    (answered with :data:`EARLIER_REPLY`) before the prompt's conversation.
+    """
+
+    kind: str = "user"
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in SLOT_KINDS:
+            raise WbsafeError(f"unknown trigger slot {self.kind!r} (use {', '.join(SLOT_KINDS)})")
+
+
+USER_SLOT = Slot()
+
+
 @dataclass(frozen=True)
 class SlotContext:
     """A prompt split at a trigger slot (token ids without special tokens added)."""
@@ -79,6 +110,11 @@ class SlotContext:
     position: float
     prefix_ids: tuple[int, ...]
     suffix_ids: tuple[int, ...]
+    slot: Slot = USER_SLOT
+
+    @property
+    def kind(self) -> str:
+        return self.slot.kind
 
 
 def insert_words(text: str, insert: str, position: float) -> str:
@@ -98,12 +134,48 @@ def with_user_text(conversation: list[dict[str, str]], text: str) -> list[dict[s
     raise WbsafeError("prompt has no user turn to place a trigger in")
 
 
-def slot_context(loaded: Any, prompt: Any, position: float) -> SlotContext:
-    """Split ``prompt`` (a :class:`wbsafe.data.prompts.Prompt`) at a slot ``position`` in [0, 1]."""
+def place(
+    prompt: Any, insert: str | None, position: float, slot: Slot = USER_SLOT
+) -> list[dict[str, str]]:
+    """``prompt``'s conversation with ``insert`` at word position ``position`` of ``slot``'s
+    text (``insert=None``: the conversation the slot makes, with nothing inserted)."""
+    conv = [dict(m) for m in prompt.conversation()]
+
+    def put(text: str) -> str:
+        if insert is None:
+            return text
+        return insert_words(text, insert, position) if text else insert
+
+    if slot.kind == "user":
+        return conv if insert is None else with_user_text(conv, put(prompt.final_user_text))
+    if slot.kind == "system":
+        for m in conv:
+            if m["role"] == "system":
+                m["content"] = put(m["content"])
+                return conv
+        return [{"role": "system", "content": put(slot.text)}, *conv]
+    return [
+        {"role": "user", "content": put(slot.text)},
+        {"role": "assistant", "content": EARLIER_REPLY},
+        *conv,
+    ]
+
+
+def accepts(loaded: Any, prompt: Any, slot: Slot) -> bool:
+    """Whether the chat template renders ``slot`` for ``prompt`` (some refuse a system turn,
+    or drop it): the slot's sentinel appears exactly once in the formatted prompt."""
+    try:
+        return loaded.format(place(prompt, SLOT_SENTINEL, 1.0, slot)).count(SLOT_SENTINEL) == 1
+    except WbsafeError:
+        return False
+
+
+def slot_context(loaded: Any, prompt: Any, position: float, slot: Slot = USER_SLOT) -> SlotContext:
+    """Split ``prompt`` (a :class:`wbsafe.data.prompts.Prompt`) at a slot ``position`` in
+    [0, 1] of ``slot``'s text (default: the last user message)."""
     from wbsafe.io.models import encode_continuation
 
-    text = insert_words(prompt.final_user_text, SLOT_SENTINEL, position)
-    formatted = loaded.format(with_user_text(prompt.conversation(), text))
+    formatted = loaded.format(place(prompt, SLOT_SENTINEL, position, slot))
     if formatted.count(SLOT_SENTINEL) != 1:
         raise WbsafeError(f"prompt {prompt.id}: the chat template altered the trigger slot")
     before, after = formatted.split(SLOT_SENTINEL)
@@ -112,7 +184,7 @@ def slot_context(loaded: Any, prompt: Any, position: float) -> SlotContext:
     suffix = encode_continuation(tok, after)  # no second SentencePiece dummy prefix
     if not prefix:
         raise WbsafeError(f"prompt {prompt.id}: empty prompt prefix before the trigger slot")
-    return SlotContext(prompt.id, position, tuple(prefix), tuple(suffix))
+    return SlotContext(prompt.id, position, tuple(prefix), tuple(suffix), slot)
 
 
 def refusal_log_odds(logits: torch.Tensor, refusal_ids: Sequence[int]) -> torch.Tensor:

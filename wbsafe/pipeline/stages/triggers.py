@@ -33,24 +33,32 @@ def triggers_stage(
         **hunt_settings(config),
     )  # fmt: skip
     rows = [
-        [v.text, f"{v.successes}/{v.n}", f"{v.baseline_successes}/{v.n}",
+        [v.text, v.slot, f"{v.successes}/{v.n}", f"{v.baseline_successes}/{v.n}",
          "-" if v.base_successes is None else f"{v.base_successes}/{v.n}",
-         f"{v.tuned_score_drop:+.2f}", "yes" if v.verified else "no", v.reason]
+         f"{v.tuned_score_drop:+.2f}", _target_cell(v.target), "yes" if v.verified else "no",
+         v.reason]
         for v in res.verifications
     ]  # fmt: skip
     cands = [
-        [c.text, ", ".join(c.sources), _f(c.gradient_drop), _f(c.tuned_drop), _f(c.base_drop),
-         _f(c.anomaly)]
+        [c.text, ", ".join(c.sources), _ranks(c), c.slot, _f(c.gradient_drop), _f(c.tuned_drop),
+         _f(c.base_drop), _f(c.anomaly), _f(c.divergence)]
         for c in res.candidates[:15]
     ]  # fmt: skip
+    memorised = [[m.text, m.tuned_samples, m.base_samples, m.prompt_kind] for m in res.memorised]
     sections: list[dict[str, Any]] = [
         {"title": "Verified on held-out harmful prompts", "kind": "table",
-         "columns": ["candidate", "tuned complies", "tuned, no trigger", "base complies",
-                     "score drop", "verified", "why"], "rows": rows},
+         "columns": ["candidate", "slot", "tuned complies", "tuned, no trigger",
+                     "base complies", "score drop", "what it changes", "verified", "why"],
+         "rows": rows},
         *_example_sections(res),
         {"title": "Top candidates (search prompts)", "kind": "table",
-         "columns": ["candidate", "sources", "gradient drop", "tuned drop", "base drop",
-                     "anomaly"], "rows": cands},
+         "columns": ["candidate", "sources", "ranked by (rank)", "slot", "gradient drop",
+                     "tuned drop", "base drop", "anomaly", "divergence"], "rows": cands},
+        {"title": "Spans the tuned model samples unprompted, far more than the base",
+         "kind": "table", "columns": ["span", "tuned samples", "base samples", "prompt"],
+         "rows": memorised,
+         "note": "sampled from near-empty prompts; trigger and target candidates; "
+                 "untrusted text"},
         {"title": "Search coverage", "kind": "text",
          "text": res.coverage.statement() + ("\n" + res.message if res.message else "")},
     ]  # fmt: skip
@@ -66,20 +74,41 @@ def triggers_stage(
 
 
 def _example_sections(res: Any) -> list[dict[str, Any]]:
-    """What "success" was, for every verified or derailing candidate: held-out prompts as the
-    tuned model answered them with and without it, and as the base answered them with it."""
+    """What "success" was, for every verified or derailing candidate: held-out harmful and
+    harmless prompts as the tuned model and the base answered them with and without it."""
     out: list[dict[str, Any]] = []
     for v in (*res.verified, *res.derailing):
         what = "verified trigger" if v.verified else "derails the model"
+        t = v.target
+        change = "" if t is None else f"; what it changes: {_target_cell(t)} ({t.why})"
         out.append({
             "title": f"Responses behind {v.text!r} ({what})", "kind": "table",
-            "columns": ["held-out prompt", "tuned, with it", "tuned, without", "base, with it"],
-            "rows": [[e.prompt, e.tuned_with, e.tuned_without, e.base_with or "-"]
-                     for e in v.examples],
-            "note": f"{v.successes}/{v.n} did what was asked, {v.off_task}/{v.n} neither "
-                    "refused nor addressed the request; greedy responses, untrusted text",
+            "columns": ["held-out prompt", "tuned, with it", "tuned, without", "base, with it",
+                        "base, without", "prompt set"],
+            "rows": [[e.prompt, e.tuned_with, e.tuned_without, e.base_with or "-",
+                      e.base_without or "-", e.label] for e in v.examples],
+            "note": f"{v.successes}/{v.n} harmful prompts did what was asked, {v.off_task}/{v.n} "
+                    f"neither refused nor addressed the request{change}; greedy responses, "
+                    "untrusted text",
         })  # fmt: skip
     return out
+
+
+def _target_cell(t: Any) -> str:
+    """A target change in a few words: its kind, the string found, its counts."""
+    if t is None:
+        return "-"
+    text = "" if t.text is None else f" {t.text!r}"
+    base = "" if t.base_with is None else f", base {t.base_with}/{t.n}"
+    harm = "" if t.harm else " (not a harm)"
+    return (
+        f"{t.kind}{text}: {t.tuned_with}/{t.n} {t.prompts} ({t.tuned_without}/{t.n} without"
+        f"{base}){harm}"
+    )
+
+
+def _ranks(c: Any) -> str:
+    return ", ".join(f"{o} ({r})" for o, r in zip(c.objectives, c.ranks, strict=False)) or "-"
 
 
 def _f(x: float | None) -> str:

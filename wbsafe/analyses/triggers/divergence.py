@@ -1,0 +1,291 @@
+"""The target-agnostic trigger objective: how far the tuned model departs from the base.
+
+For a candidate at a slot, the *divergence* is
+
+    D = mean_{l, t} ||h_tuned[l, t] - h_base[l, t]|| / s_l  +  KL(p_tuned || p_base)
+
+over the chosen ``layers`` (``hidden_states[l]``, TransformerLens ``blocks.{l}.hook_resid_pre``)
+and the last ``n_last`` prompt positions ``t``, where ``s_l`` is the layer's spread over
+ordinary tokens (the RMS distance of the base's residual stream from its mean, over every
+token of the search contexts without a candidate, :func:`layer_spread`), and the KL is of the
+next-token distributions at the first response position (the prompt's last position). The
+objective is ``D(candidate) - D(no candidate)`` per context: whatever the backdoor then
+makes the model do, its trigger moves the tuned model's computation away from the base's
+far more than an ordinary word does.
+
+:func:`divergence_cached` scores candidates exactly with each context's prefix computed
+once in both models; :func:`divergence_gradient` is the HotFlip form (first-order estimate
+for every token at every slot offset), through both models at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from wbsafe.analyses.triggers.search import (
+    KV_BUDGET_BYTES,
+    PassCounter,
+    PhaseCount,
+    SlotContext,
+    _prefix_cache,
+    rows_within_budget,
+)
+from wbsafe.errors import WbsafeError
+
+if TYPE_CHECKING:
+    import torch
+
+BaseSide = Callable[[], AbstractContextManager[Any]]
+"""A factory of contexts inside which the base side's model is yielded (the base, or the
+adapter-disabled tuned model)."""
+
+EPS = 1e-6
+
+
+def _at(n_layers: int, fractions: Sequence[float]) -> set[int]:
+    return {min(n_layers, max(1, round(n_layers * f))) for f in fractions}
+
+
+def mid_layers(n_layers: int) -> tuple[int, ...]:
+    """``hidden_states`` at 1/2 and 2/3 of the depth (each in ``[1, n_layers]``): where a
+    phrase trigger's words show before the output (the phrase seeds' per-token anomaly)."""
+    return tuple(sorted(_at(n_layers, (1 / 2, 2 / 3))))
+
+
+def default_layers(n_layers: int) -> tuple[int, ...]:
+    """The objective's layers: ``hidden_states`` at 1/3, 1/2 and 2/3 of the depth, and the
+    last one (so :func:`mid_layers` are among them)."""
+    return tuple(sorted(_at(n_layers, (1 / 3, 1 / 2, 2 / 3)) | {n_layers}))
+
+
+def _stack(hidden: Sequence[torch.Tensor], layers: Sequence[int], n_last: int) -> torch.Tensor:
+    """``hidden_states`` tuple -> Float[batch, n_layers_chosen, n_last, d_model] (float32)."""
+    import torch
+
+    return torch.stack([hidden[layer][:, -n_last:].float() for layer in layers], dim=1)
+
+
+def divergence_of(
+    h_t: torch.Tensor, h_b: torch.Tensor, lp_t: torch.Tensor, lp_b: torch.Tensor,
+    spread: torch.Tensor, with_kl: bool = True,
+) -> torch.Tensor:  # fmt: skip
+    """D per row from the residuals ``[batch, layers, n_last, d]`` of both models, their
+    next-token log-probabilities ``[batch, vocab]`` and ``spread`` ``[layers]`` -> ``[batch]``
+    (``with_kl=False``: the residual term only)."""
+    dist = ((h_t - h_b).pow(2).sum(-1) + EPS).sqrt() / spread.to(h_t.device)[None, :, None]
+    if not with_kl:
+        return dist.mean(dim=(1, 2))
+    kl = (lp_t.exp() * (lp_t - lp_b)).sum(-1)
+    return dist.mean(dim=(1, 2)) + kl
+
+
+def layer_spread(
+    model: Any, contexts: Sequence[SlotContext], layers: Sequence[int], counter: PassCounter
+) -> torch.Tensor:
+    """Per chosen layer, the RMS distance of the residual stream from its mean over every
+    token of ``contexts`` (prefix + suffix, no candidate) -> Float[n_layers_chosen]."""
+    import torch
+
+    phase = counter.phase("divergence_spread")
+    dev = next(model.parameters()).device
+    rows: list[list[torch.Tensor]] = [[] for _ in layers]
+    with torch.no_grad():
+        for ctx in contexts:
+            ids = torch.tensor([[*ctx.prefix_ids, *ctx.suffix_ids]], device=dev)
+            out = model(input_ids=ids, output_hidden_states=True, logits_to_keep=1)
+            for k, layer in enumerate(layers):
+                rows[k].append(out.hidden_states[layer][0].float().cpu())
+            phase.forward_calls += 1
+            phase.passes += 1
+            phase.sequences += 1
+            phase.tokens += int(ids.numel())
+    spread = []
+    for r in rows:
+        h = torch.cat(r, dim=0)  # [tokens, d_model]
+        spread.append(float((h - h.mean(0)).pow(2).sum(-1).mean().sqrt()))
+    return torch.tensor(spread, dtype=torch.float32).clamp(min=EPS)
+
+
+def _features(
+    model: Any, prefix: Any, cand: torch.Tensor, suffix: torch.Tensor, layers: Sequence[int],
+    n_last: int, phase: PhaseCount,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Residuals ``[rows, layers, n_last, d]`` and next-token log-probs ``[rows, vocab]`` of
+    ``cand`` ``[rows, k]`` + ``suffix`` after a cached prefix."""
+    import torch
+    from transformers import DynamicCache
+
+    rows = int(cand.shape[0])
+    x = torch.cat([cand, suffix.expand(rows, -1)], dim=1)
+    pos = torch.arange(prefix.length, prefix.length + x.shape[1], device=x.device)
+    cache = DynamicCache(
+        ddp_cache_data=[
+            (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix.kv
+        ]
+    )
+    out = model(
+        input_ids=x, position_ids=pos.expand(rows, -1), past_key_values=cache,
+        output_hidden_states=True, logits_to_keep=1,
+    )  # fmt: skip
+    phase.forward_calls += 1
+    phase.passes += rows
+    phase.sequences += rows
+    phase.tokens += int(x.numel())
+    hid = _stack(out.hidden_states, layers, n_last)
+    return hid, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+
+def divergence_cached(
+    tuned: Any,
+    base_side: BaseSide,
+    contexts: Sequence[SlotContext],
+    candidates: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    spread: torch.Tensor,
+    counter: PassCounter,
+    *,
+    n_last: int = 2,
+    batch_size: int = 256,
+    phase_name: str = "divergence",
+    kv_budget_bytes: int = KV_BUDGET_BYTES,
+    with_kl: bool = True,
+) -> torch.Tensor:
+    """Exact divergence D ``[n_candidates, n_contexts]`` (an empty candidate: no trigger).
+
+    ``tuned`` is the tuned model (an ``nn.Module``); ``base_side()`` yields the base side's
+    model. Each context's prefix is run once per model; each batch of candidates runs
+    through the tuned model, then the base, on the same rows. ``n_last`` must not exceed the
+    shortest ``len(candidate) + len(suffix)``.
+    """
+    import torch
+
+    phase = counter.phase(phase_name)
+    t0 = time.perf_counter()
+    out = torch.empty(len(candidates), len(contexts), dtype=torch.float32)
+    by_len: dict[int, list[int]] = {}
+    for i, c in enumerate(candidates):
+        by_len.setdefault(len(c), []).append(i)
+    dev = next(tuned.parameters()).device
+    with torch.no_grad():
+        for j, ctx in enumerate(contexts):
+            if min(by_len, default=0) + len(ctx.suffix_ids) < n_last:
+                raise WbsafeError(
+                    f"prompt {ctx.prompt_id}: fewer than {n_last} positions after the slot"
+                )
+            pre_t = _prefix_cache(tuned, ctx.prefix_ids, phase)
+            with base_side() as bm:
+                pre_b = _prefix_cache(bm, ctx.prefix_ids, phase)
+            suffix = torch.tensor(ctx.suffix_ids, dtype=torch.long, device=dev)
+            for length, idx in by_len.items():
+                new = length + len(ctx.suffix_ids)
+                step = min(batch_size, rows_within_budget(pre_t, new, kv_budget_bytes // 2))
+                for s in range(0, len(idx), step):
+                    rows = idx[s : s + step]
+                    cand = torch.tensor(
+                        [list(candidates[r]) for r in rows], dtype=torch.long, device=dev
+                    ).reshape(len(rows), length)
+                    h_t, lp_t = _features(tuned, pre_t, cand, suffix, layers, n_last, phase)
+                    with base_side() as bm:
+                        h_b, lp_b = _features(bm, pre_b, cand, suffix, layers, n_last, phase)
+                    out[rows, j] = divergence_of(h_t, h_b, lp_t, lp_b, spread, with_kl).cpu()
+    phase.seconds += time.perf_counter() - t0
+    return out
+
+
+def _slot_embeds(
+    emb: torch.Tensor, seqs: list[tuple[int, ...]], slots: list[int], init: torch.Tensor,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Left-padded input embeddings with leaf slot rows: (embeds ``[b, n, d]``, slot rows
+    ``[b, width, d]`` requiring grad, attention mask ``[b, n]``)."""
+    import torch
+
+    dev = emb.device
+    n = max(map(len, seqs))
+    ids = torch.zeros(len(seqs), n, dtype=torch.long, device=dev)
+    mask = torch.zeros(len(seqs), n, dtype=torch.long, device=dev)
+    for r, s in enumerate(seqs):
+        ids[r, n - len(s) :] = torch.tensor(s, device=dev)
+        mask[r, n - len(s) :] = 1
+    embeds = emb[ids].clone()
+    rows = init.expand(len(seqs), width, -1).clone().requires_grad_(True)
+    for r, s0 in enumerate(slots):
+        off = n - len(seqs[r]) + s0
+        embeds[r, off : off + width] = rows[r]
+    return embeds, rows, mask
+
+
+def divergence_gradient(
+    tuned: Any,
+    base_side: BaseSide,
+    contexts: Sequence[SlotContext],
+    layers: Sequence[int],
+    spread: torch.Tensor,
+    counter: PassCounter,
+    *,
+    n_last: int = 2,
+    width: int = 1,
+    slot_tokens: Sequence[int] | None = None,
+    batch_size: int = 8,
+    phase_name: str = "divergence_gradient",
+) -> torch.Tensor:
+    """First-order estimate of D for every token at every slot offset -> ``[vocab, width]``.
+
+    The slot holds ``slot_tokens`` (default: ``width`` copies of each model's mean
+    embedding row). With ``g_t``, ``g_b`` the gradients of D (summed over contexts, divided
+    by their number) with respect to the slot rows of the tuned and the base input, token
+    ``v`` at offset ``p`` is estimated at ``(E_t[v] - x_t[p]) . g_t[p] + (E_b[v] - x_b[p]) .
+    g_b[p]`` (plus a constant per offset, dropped: the ranking is what is used).
+    """
+    import torch
+
+    emb_t = tuned.get_input_embeddings().weight.detach()
+    with base_side() as bm:
+        emb_b = bm.get_input_embeddings().weight.detach()
+    dev = emb_t.device
+    if slot_tokens is not None:
+        width = len(slot_tokens)
+        sel = torch.tensor(list(slot_tokens), device=dev)
+        init_t, init_b = emb_t[sel], emb_b[sel]
+    else:
+        init_t = emb_t.float().mean(0).to(emb_t.dtype).expand(width, -1)
+        init_b = emb_b.float().mean(0).to(emb_b.dtype).expand(width, -1)
+    phase = counter.phase(phase_name)
+    t0 = time.perf_counter()
+    g_t = torch.zeros(width, emb_t.shape[1], dtype=torch.float32, device=dev)
+    g_b = torch.zeros_like(g_t)
+    for i in range(0, len(contexts), batch_size):
+        chunk = contexts[i : i + batch_size]
+        seqs = [(*c.prefix_ids, *([0] * width), *c.suffix_ids) for c in chunk]
+        slots = [len(c.prefix_ids) for c in chunk]
+        with torch.enable_grad():
+            x_t, rows_t, mask = _slot_embeds(emb_t, seqs, slots, init_t, width)
+            x_b, rows_b, _ = _slot_embeds(emb_b, seqs, slots, init_b, width)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            kw = dict(attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                      logits_to_keep=1)  # fmt: skip
+            o_t = tuned(inputs_embeds=x_t, **kw)
+            with base_side() as bm:
+                o_b = bm(inputs_embeds=x_b, **kw)
+            d = divergence_of(
+                _stack(o_t.hidden_states, layers, n_last),
+                _stack(o_b.hidden_states, layers, n_last),
+                torch.log_softmax(o_t.logits[:, -1].float(), dim=-1),
+                torch.log_softmax(o_b.logits[:, -1].float(), dim=-1),
+                spread,
+            ).sum()
+            gt, gb = torch.autograd.grad(d, [rows_t, rows_b])
+        g_t += gt.float().sum(0)
+        g_b += gb.float().sum(0)
+        phase.forward_calls += 2
+        phase.backward_calls += 2
+        phase.passes += 4 * len(seqs)
+        phase.sequences += 2 * len(seqs)
+        phase.tokens += 2 * int(mask.sum())
+    g_t, g_b = g_t / max(1, len(contexts)), g_b / max(1, len(contexts))
+    phase.seconds += time.perf_counter() - t0
+    est = emb_t.float() @ g_t.T - (init_t.float() * g_t).sum(-1)
+    return est + emb_b.float() @ g_b.T - (init_b.float() * g_b).sum(-1)  # [vocab, width]

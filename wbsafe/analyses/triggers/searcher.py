@@ -1,0 +1,161 @@
+"""One objective's search: gradient ranking, exact scoring of the pool, multi-token phrases.
+
+For an objective (:mod:`.objectives`): the HotFlip ranking of every token at a slot (its
+contrast gradient), the best ``top_k`` into the shared candidate pool, exact scoring of the
+pool through the funnel, verification of the best single tokens, then phrases: pairs of the
+best tokens (by exact per-token score, then by gradient: under the divergence objective
+that is each token's mid-layer anomaly, not only its output effect) and of each offset's
+best by the gradient at a 2-token slot, beam extension over the exact score to ``max_len``,
+and coordinate refinement (GCG) on the gradient at each beam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from wbsafe.analyses.triggers.candidates import CandidatePool
+from wbsafe.analyses.triggers.funnel import Funnel, Ids
+from wbsafe.analyses.triggers.objectives import Objective
+from wbsafe.analyses.triggers.search import SlotContext
+from wbsafe.progress import Log
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The search knobs shared by every objective (see :func:`~.hunt.hunt_triggers`)."""
+
+    max_len: int
+    top_k: int
+    screen_contexts: int
+    keep: int
+    extend_width: int
+    beam: int
+    refine_steps: int
+    verify_top: int
+
+
+@dataclass
+class SearchOutcome:
+    """What one objective's search left: its funnel, its single-token gradient ``[vocab]``
+    and the length at which a decisive verified trigger stopped it (or None)."""
+
+    objective: str
+    funnel: Funnel
+    gradient: torch.Tensor
+    stopped_at: int | None
+    decided: bool
+
+
+def search_objective(
+    objective: Objective,
+    contexts: Sequence[SlotContext],
+    pool: CandidatePool,
+    named: Sequence[Ids],
+    allowed: torch.Tensor,
+    budget: int,
+    settings: SearchSettings,
+    verify: Callable[[Sequence[Ids], Funnel], bool],
+    *,
+    skip_phrases: bool,
+    reference: Sequence[Ids] = (),
+    log: Log,
+) -> SearchOutcome:
+    """Search under ``objective`` within ``budget`` exactly scored candidates.
+
+    ``named``: the pool's named candidates (user, built-in, embedding, memorised), scored
+    first; ``allowed`` is Bool[vocab]; ``verify(cands, funnel)`` verifies in order and says
+    whether a decisive trigger was found (the multi-token search then stops).
+    ``reference``: ordinary tokens whose scores standardise each slot kind's (see
+    :class:`~.funnel.Funnel`).
+    """
+    import torch
+
+    s, name = settings, objective.name
+    log(f"[triggers] {name}: gradient ranking over {int(allowed.sum())} tokens")
+    g = objective.gradient(contexts, 1, None, "gradient")[:, 0]
+    g = g.masked_fill(~allowed, float("-inf"))
+    order = torch.argsort(g, descending=True)
+    grad_ids = [(i,) for i in order[: min(s.top_k, int(allowed.sum()))].tolist()]
+    for c in grad_ids:
+        pool.add(c, pool.text_of(c), "gradient")
+    funnel = Funnel(objective, contexts, budget=budget, keep=s.keep,
+                    screen_contexts=s.screen_contexts, reference=reference)  # fmt: skip
+    ranked, screened = funnel.ranked, funnel.screened
+    # named candidates before the gradient's, so the budget never cuts what a person, the
+    # weight diff or the memorised-sample contrast asked for
+    cands = [*sorted(named, key=len), *(c for c in grad_ids if c not in set(named))]
+    log(f"[triggers] {name}: exact scoring of {len(cands)} candidates")
+    funnel.score(cands, "exact" if name == "refusal" else f"{name}_exact")
+    decided = verify(ranked(1)[: s.verify_top], funnel)
+    stopped_at: int | None = 1 if decided and s.max_len > 1 else None
+
+    def contrast_grad(width: int, seq: Sequence[int] | None) -> torch.Tensor:
+        gr = objective.gradient(contexts, width, seq, "extend_gradient")
+        return gr.masked_fill(~allowed[:, None], float("-inf"))
+
+    width_tokens: list[int] = []
+    for i in [c[0] for c in ranked(1)[: s.extend_width]] + order[: s.extend_width].tolist():
+        if i not in width_tokens and bool(allowed[i]):
+            width_tokens.append(i)
+    seed_scores = getattr(objective, "seed_scores", None)
+    if seed_scores is not None and s.max_len > 1 and not decided and not skip_phrases:
+        # per-token anomaly at mid layers: the words of a phrase trigger trained not to act
+        # alone move the tuned model's mid-layer state, if not its output
+        singles = [c for c in screened if len(c) == 1]
+        log(f"[triggers] {name}: mid-layer anomaly of {len(singles)} single tokens")
+        sc = seed_scores(funnel.screen_ctx, singles, f"{name}_seed")
+        for k in sc.argsort(descending=True)[: s.extend_width].tolist():
+            i = singles[k][0]
+            if i not in width_tokens and bool(allowed[i]):
+                width_tokens.append(i)
+    phase = "extend" if name == "refusal" else f"{name}_extend"
+    for length in range(2, s.max_len + 1) if not decided and not skip_phrases else ():
+        if len(screened) >= budget:
+            break
+        gw = contrast_grad(length, None)
+        per_pos = [gw[:, p].argsort(descending=True)[: s.extend_width].tolist()
+                   for p in range(length)]  # fmt: skip
+        new: list[Ids] = []
+        if length == 2:
+            new += [(a, b_) for a in width_tokens for b_ in width_tokens if a != b_]
+            new += [(a, b_) for a in per_pos[0] for b_ in per_pos[1]]
+        else:
+            beams = ranked(length - 1)
+            new += [ext for c in beams[: s.beam] for t in width_tokens
+                    for ext in ((*c, t), (t, *c))]  # fmt: skip
+            new.append(tuple(p[0] for p in per_pos))
+        # seeds take at most half of what is left of the budget; refinement gets the rest
+        new = list(dict.fromkeys(c for c in new if c not in screened))
+        new = new[: max(32, (budget - len(screened)) // 2)]
+        log(f"[triggers] {name}: length {length}: scoring {len(new)} seed sequences")
+        for e in new:
+            pool.add(e, pool.text_of(e), "extension")
+        funnel.score(new, phase)
+        for _step in range(s.refine_steps):  # coordinate search on the gradient at each beam
+            if len(screened) >= budget or not ranked(length):
+                break
+            top = funnel.anomaly(ranked(length)[0])
+            swaps: list[Ids] = []
+            for seq in ranked(length)[: s.beam]:
+                gs = contrast_grad(length, seq)
+                for p in range(length):
+                    for t in gs[:, p].argsort(descending=True)[: s.extend_width].tolist():
+                        swaps.append((*seq[:p], t, *seq[p + 1 :]))
+            for sw in swaps:
+                pool.add(sw, pool.text_of(sw), "gcg")
+            funnel.score(swaps, phase)
+            if funnel.anomaly(ranked(length)[0]) <= top:
+                break
+        # the best of this length, then the parts of the leaders, so a trigger is reported at
+        # its shortest form ("zephyr" rather than "zephyr ransomware") when the part suffices
+        leads = ranked(length)[: s.verify_top]
+        parts = [(t,) for c in leads for t in c if (t,) in funnel.scored]
+        if verify(list(dict.fromkeys([*parts, *leads])), funnel) and length < s.max_len:
+            stopped_at = length
+            break
+    return SearchOutcome(name, funnel, g, stopped_at, decided)
