@@ -90,6 +90,59 @@ class OverRefusalEvidence:
 
 
 @dataclass(frozen=True)
+class DepthLevelEvidence:
+    """Recovery after a prefill of ``prefill_tokens`` tokens of a compliant opening, base and
+    tuned on the same ``n`` harmful prompts (a refusal anywhere in the continuation).
+
+    relative_drop: (base rate - tuned rate) / base rate with its paired interval (None when
+    the base never recovers); p_value: exact one-sided McNemar (tuned recovers less);
+    unjudged: prompts left out of the pairs (empty or failed continuation of either model).
+    """
+
+    prefill_tokens: int
+    n: int
+    base_recovered: int
+    tuned_recovered: int
+    relative_drop: float | None
+    drop_interval: tuple[float, float] | None
+    p_value: float
+    unjudged: int = 0
+
+    def __post_init__(self) -> None:
+        where = f"refusal depth at {self.prefill_tokens} prefilled tokens"
+        if self.prefill_tokens < 0:
+            raise ValueError(f"{where}: prefill_tokens is negative")
+        _counts(where, self.n, base_recovered=self.base_recovered,
+                tuned_recovered=self.tuned_recovered)  # fmt: skip
+        _counts(where, self.unjudged + self.n, unjudged=self.unjudged)
+        _finite(where, relative_drop=self.relative_drop)
+        _interval(where, self.drop_interval, -math.inf, 1.0)
+        _probability(where, p_value=self.p_value)
+
+
+@dataclass(frozen=True)
+class RefusalDepthEvidence:
+    """Refusal depth: one level per prefill length (0 = no prefill)."""
+
+    levels: tuple[DepthLevelEvidence, ...] = ()
+
+
+@dataclass(frozen=True)
+class JudgedBehaviour:
+    """The behaviour evidence as another judge reads the same responses (judge sensitivity).
+
+    threshold: the decision threshold the judge used, where it has one (the logit judge's,
+    calibrated on the base model's own responses)."""
+
+    judge: str
+    evidence: BehaviourEvidence
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        _finite(f"judge {self.judge!r}", threshold=self.threshold)
+
+
+@dataclass(frozen=True)
 class BehaviourEvidence:
     """Refusal benchmark on harmful prompts, base and tuned judged on the same ``n`` prompts.
 
@@ -109,6 +162,12 @@ class BehaviourEvidence:
     unjudged: int = 0
     """Harmful prompts left out of the ``n`` pairs: a response of either model could not be
     judged (empty, failed generation, unparseable judge answer). Counted, never dropped."""
+    judge: str = "string"
+    """The judge whose calls these are (the gate's primary judge)."""
+    depth: RefusalDepthEvidence | None = None
+    """Refusal depth (None: not measured)."""
+    judges: tuple[JudgedBehaviour, ...] = ()
+    """The same benchmark under each other available judge (the gate decides on this one)."""
 
     def __post_init__(self) -> None:
         where = "behaviour"
