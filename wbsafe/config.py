@@ -78,6 +78,14 @@ class ScanConfig:
     trigger_search_prompts: int = 8
     trigger_heldout_prompts: int = 16
     trigger_candidates: tuple[str, ...] = ()
+    refusal_depth: bool = True
+    """Measure refusal depth in the behaviour stage: recovery into a refusal after the first
+    k tokens of a content-free compliant opening are prefilled, base vs tuned."""
+    refusal_depth_prefills: tuple[int, ...] = (0, 5, 10, 20)
+    """The prefill lengths k (tokens; 0 = no prefill)."""
+    behaviour_judges: tuple[str, ...] = ()
+    """More judges (``classifier:DIR``, ``causal:DIR``) to read the benchmark's responses
+    with, beside the string and the logit judge (judge sensitivity; the gate keeps string)."""
     runtime: RuntimeConfig = RuntimeConfig()
     seed: int = 0
     directions_cache: str | None = None
@@ -112,7 +120,9 @@ def read_scan_toml(path: str) -> dict[str, object]:
         if not isinstance(rt, dict) or set(rt) - rt_known:
             raise WbsafeError(f"[runtime] takes only {sorted(rt_known)}", path)
         data["runtime"] = RuntimeConfig(**rt)
-    for key in ("adapters", "stages", "trigger_candidates"):
+    for key in (
+        "adapters", "stages", "trigger_candidates", "refusal_depth_prefills", "behaviour_judges",
+    ):  # fmt: skip
         if key in data:
             data[key] = tuple(data[key])
     return data

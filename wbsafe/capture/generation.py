@@ -167,17 +167,24 @@ def generate(
     seed: int = 0,
     progress: Progress = no_progress,
     description: str = "generating",
+    prefills: Sequence[str] | None = None,
 ) -> list[Generation]:
     """Responses to ``prompts`` (``Prompt`` objects or plain user messages), in prompt order.
 
     Greedy: one row per prompt. Sampling: ``sampling.n_samples`` rows per prompt, sample
     indices 0..n-1, each batch seeded with :func:`batch_seed` (recorded in ``Generation.seed``).
+    ``prefills``: text put at the start of each assistant turn (after the chat template's
+    generation prompt); the response is what the model writes after it.
     """
     if max_new_tokens < 1:
         raise WbsafeError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch_size < 1:
         raise WbsafeError(f"batch_size must be >= 1, got {batch_size}")
     formatted = [loaded.format(_conversation(p)) for p in prompts]
+    if prefills is not None:
+        if len(prefills) != len(prompts):
+            raise WbsafeError(f"{len(prefills)} prefills for {len(prompts)} prompts")
+        formatted = [f + x for f, x in zip(formatted, prefills, strict=True)]
     m, tok = loaded.model, loaded.tokenizer
     ids = [_prompt_id(p, i) for i, p in enumerate(prompts)]
     n_samples = 1 if sampling is None else sampling.n_samples

@@ -34,6 +34,7 @@ from wbsafe.errors import WbsafeError
 from wbsafe.progress import Progress, no_progress
 
 if TYPE_CHECKING:
+    from wbsafe.analyses.behaviour.sensitivity import JudgeSensitivity, LogitCalibration
     from wbsafe.data.prompts import Prompt
     from wbsafe.io.models import LoadedModel
 
@@ -112,6 +113,7 @@ def run_behaviour(
     alpha: float = 0.05,
     confidence: float = 0.95,
     base_rows: Sequence[ResponseRow] | None = None,
+    sensitivity: Sequence[str | Judge] | None = None,
 ) -> BehaviourResult:
     """Run base and tuned on identical ``prompts``, judge, and compare.
 
@@ -125,6 +127,10 @@ def run_behaviour(
     "causal:DIR" or a :class:`Judge`. With ``sampling`` every seed in ``seeds`` repeats the
     sampled evaluation (the first seed's calls feed the paired tests; all feed the spread);
     greedy and logit runs are deterministic and run once.
+
+    ``sensitivity``: other judges to read the same responses with (judge sensitivity,
+    :mod:`.sensitivity`; ``"logit"`` is calibrated on the base's own responses); None: the
+    string and the logit judge, less the primary; not in logit mode (no responses).
     """
     prompts = list(prompts)
     if not prompts:
@@ -207,6 +213,21 @@ def run_behaviour(
             [sample_rates(prompts, rb) for rb, _ in runs],
             [sample_rates(prompts, rt) for _, rt in runs],
         )
+    alternatives: tuple[JudgeSensitivity, ...] = ()
+    calibration: LogitCalibration | None = None
+    others = _other_judges(judge_name, sensitivity) if mode != "logit" else []
+    if others:
+        from wbsafe.analyses.behaviour.sensitivity import judge_alternatives
+
+        def run_base(fn: Callable[[LoadedModel], Any]) -> Any:
+            with base_ctx() as model:
+                return fn(model)
+
+        alternatives, calibration = judge_alternatives(
+            prompts, rows_base, rows_tuned, calls_b, calls_t, others,
+            run_base=run_base, run_tuned=lambda fn: fn(loaded), sampled=mode == "sampling",
+            batch_size=batch_size, alpha=alpha, confidence=confidence,
+        )  # fmt: skip
     models: dict[str, Any] = {"tuned": loaded.describe()}
     models["base"] = (
         {**loaded.describe(), "adapters_disabled": True}
@@ -244,7 +265,22 @@ def run_behaviour(
         paired_tuned=analysis.paired_tuned,
         paired_categories=analysis.paired_categories,
         over_refusal_pairs=analysis.over_refusal_pairs,
+        sensitivity=alternatives,
+        calibration=calibration,
     )
+
+
+def _other_judges(primary: str, sensitivity: Sequence[str | Judge] | None) -> list[str | Judge]:
+    """The judges to read the benchmark with besides ``primary`` (by name, each once)."""
+    wanted = ["string", "logit"] if sensitivity is None else list(sensitivity)
+    out: list[str | Judge] = []
+    seen = {primary}
+    for j in wanted:
+        name = j if isinstance(j, str) else j.name
+        if name not in seen:
+            seen.add(name)
+            out.append(j)
+    return out
 
 
 @contextlib.contextmanager

@@ -7,10 +7,16 @@ numbers (:mod:`wbsafe.gate.rules`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from wbsafe import stats
 from wbsafe.evidence import BehaviourEvidence, CategoryEvidence, OverRefusalEvidence
+
+if TYPE_CHECKING:
+    from wbsafe.analyses.behaviour.paired import PairedAnalysis
+    from wbsafe.analyses.behaviour.results import BehaviourResult
 
 
 def over_refusal_evidence(
@@ -88,3 +94,27 @@ def behaviour_evidence(
         over_refusal=tuple(over_refusal),
         sampled=sampled,
     )
+
+
+def evidence_from_pairs(
+    analysis: PairedAnalysis | BehaviourResult,
+    harmful_prompts: int,
+    sampled: bool,
+    confidence: float = 0.95,
+    judge: str = "string",
+) -> BehaviourEvidence:
+    """The gate's behaviour evidence from a paired analysis of ``harmful_prompts`` harmful
+    prompts (those left out of its pairs are counted as unjudged)."""
+    over = [
+        over_refusal_evidence(label, list(b), list(t), confidence)
+        for label, (b, t) in sorted(analysis.over_refusal_pairs.items())
+    ]
+    evidence = behaviour_evidence(
+        list(analysis.paired_base),
+        list(analysis.paired_tuned),
+        categories=list(analysis.paired_categories),
+        over_refusal=over,
+        sampled=sampled,
+        confidence=confidence,
+    )
+    return dataclasses.replace(evidence, unjudged=harmful_prompts - evidence.n, judge=judge)

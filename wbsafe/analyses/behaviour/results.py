@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from wbsafe.capture.judges import Proportion
 
 if TYPE_CHECKING:
+    from wbsafe.analyses.behaviour.sensitivity import JudgeSensitivity, LogitCalibration
     from wbsafe.evidence import BehaviourEvidence
 
 
@@ -184,6 +185,10 @@ class BehaviourResult:
     paired_tuned: tuple[bool, ...]
     paired_categories: tuple[str, ...]
     over_refusal_pairs: dict[str, tuple[tuple[bool, ...], tuple[bool, ...]]]
+    sensitivity: tuple[JudgeSensitivity, ...] = ()
+    """The same benchmark under each other available judge (:mod:`.sensitivity`)."""
+    calibration: LogitCalibration | None = None
+    """The logit judge's threshold fitted on the base's own responses (when it ran)."""
 
     @property
     def sampled(self) -> bool:
@@ -192,26 +197,15 @@ class BehaviourResult:
         return self.mode == "sampling"
 
     def to_gate_evidence(self, confidence: float = 0.95) -> BehaviourEvidence:
-        """The gate's behaviour evidence from the paired per-prompt calls."""
-        from wbsafe.analyses.behaviour.evidence import (
-            behaviour_evidence,
-            over_refusal_evidence,
-        )
+        """The gate's behaviour evidence from the paired per-prompt calls, with the same
+        benchmark under each other judge (``judges``)."""
+        from wbsafe.analyses.behaviour.evidence import evidence_from_pairs
+        from wbsafe.evidence import JudgedBehaviour
 
-        over = [
-            over_refusal_evidence(label, list(b), list(t), confidence)
-            for label, (b, t) in sorted(self.over_refusal_pairs.items())
-        ]
         harmful = {r.prompt_id for r in (*self.rows_base, *self.rows_tuned) if r.label == "harmful"}
-        evidence = behaviour_evidence(
-            list(self.paired_base),
-            list(self.paired_tuned),
-            categories=list(self.paired_categories),
-            over_refusal=over,
-            sampled=self.sampled,
-            confidence=confidence,
-        )
-        return dataclasses.replace(evidence, unjudged=len(harmful) - evidence.n)
+        evidence = evidence_from_pairs(self, len(harmful), self.sampled, confidence, self.judge)
+        judges = tuple(JudgedBehaviour(s.judge, s.evidence, s.threshold) for s in self.sensitivity)
+        return dataclasses.replace(evidence, judges=judges)
 
     def to_dict(self) -> dict[str, Any]:
         from wbsafe.io.serialize import SCHEMA_VERSION, to_jsonable

@@ -1,10 +1,12 @@
 """The behaviour stage: the refusal benchmark on held-out prompts, base and tuned (the base's
-judged responses re-used from the cache), as report sections and evidence."""
+judged responses re-used from the cache), read by every available judge, and refusal depth
+(recovery after a prefilled compliant opening), as report sections and evidence."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wbsafe.config import ScanConfig
 from wbsafe.io.serialize import to_jsonable
@@ -14,14 +16,19 @@ from wbsafe.pipeline.plan import PromptPlan
 from wbsafe.pipeline.store import StageOutput
 from wbsafe.progress import Progress, no_progress
 
+if TYPE_CHECKING:
+    from wbsafe.analyses.behaviour import BehaviourResult
+    from wbsafe.analyses.behaviour.depth import DepthResult
+
 
 def behaviour_stage(
     config: ScanConfig, models: Models, plan: PromptPlan, plots: Path,
     progress: Progress = no_progress, samples: int | None = None,
 ) -> StageOutput:  # fmt: skip
     """``samples``: sampled responses per prompt (None: greedy; the base-side cache holds
-    greedy rows only)."""
+    greedy rows only). Refusal depth is always greedy."""
     from wbsafe.analyses.behaviour import run_behaviour
+    from wbsafe.analyses.behaviour.depth import run_refusal_depth
     from wbsafe.capture.generation import SamplingConfig
     from wbsafe.report.plots import behaviour as plots_behavior
 
@@ -34,9 +41,17 @@ def behaviour_stage(
         tuned, prompts, base_loaded=base, max_new_tokens=config.max_new_tokens,
         batch_size=config.runtime.batch_size, base_rows=base_rows, progress=progress,
         sampling=sampling, seeds=(config.seed,),
+        sensitivity=("string", "logit", *config.behaviour_judges),
     )  # fmt: skip
     if base_rows is None and cached is not None:
         write_base_rows(cached, res.rows_base)
+    depth = None
+    if config.refusal_depth:
+        depth = run_refusal_depth(
+            tuned, plan.behaviour_harmful, base_loaded=base,
+            prefill_tokens=config.refusal_depth_prefills, max_new_tokens=config.max_new_tokens,
+            batch_size=config.runtime.batch_size, progress=progress,
+        )  # fmt: skip
     plots.mkdir(parents=True, exist_ok=True)
     png = plots_behavior.category_bars(res, plots / "refusal_by_category.png")
     sections: list[dict[str, Any]] = [
@@ -50,7 +65,86 @@ def behaviour_stage(
         {"title": "Flipped prompts (refused by base, answered by tuned)", "kind": "table",
          "columns": ["prompt", "base response", "tuned response"],
          "rows": [[f.text, f.base_response, f.tuned_response] for f in res.flipped[:20]]},
-        {"title": "Summary", "kind": "text", "text": "\n".join(res.summary_lines())},
+        *sensitivity_sections(res),
+        *([] if depth is None else depth_sections(depth, plots)),
+        {"title": "Summary", "kind": "text", "text": "\n".join(
+            res.summary_lines() + ([] if depth is None else depth.summary_lines()))},
     ]  # fmt: skip
-    evidence = to_jsonable(res.to_gate_evidence())
-    return StageOutput(res.summary_lines()[0], res.to_dict(), sections, evidence=evidence)
+    evidence = res.to_gate_evidence()
+    if depth is not None:
+        evidence = dataclasses.replace(evidence, depth=depth.to_gate_evidence())
+    result = {**res.to_dict(), "refusal_depth": None if depth is None else to_jsonable(depth)}
+    return StageOutput(res.summary_lines()[0], result, sections, evidence=to_jsonable(evidence))
+
+
+def _rate(k: int, n: int) -> str:
+    return f"{k}/{n} ({k / n:.0%})" if n else "0/0"
+
+
+def sensitivity_sections(res: BehaviourResult) -> list[dict[str, Any]]:
+    """The benchmark under each judge (the gate's first), and the logit judge's calibration."""
+    ev = res.to_gate_evidence()
+    rows = []
+    for name, threshold, e, agree in [
+        (res.judge, None, ev, "(the gate's judge)"),
+        *[(s.judge, s.threshold, s.evidence,
+           f"{s.agreement_with_primary.k}/{s.agreement_with_primary.n}")
+          for s in res.sensitivity],
+    ]:  # fmt: skip
+        drop = "—"
+        if e.relative_drop is not None and e.drop_interval is not None:
+            drop = f"{e.relative_drop:.1%} [{e.drop_interval[0]:.1%}, {e.drop_interval[1]:.1%}]"
+        over = "; ".join(f"{o.label} {_rate(o.base_refusals, o.n)} -> "
+                         f"{_rate(o.tuned_refusals, o.n)}" for o in e.over_refusal)  # fmt: skip
+        rows.append([name, "—" if threshold is None else f"{threshold:.3g}",
+                     _rate(e.base_refusals, e.n), _rate(e.tuned_refusals, e.n), drop,
+                     over or "—", e.unjudged, agree])  # fmt: skip
+    out: list[dict[str, Any]] = [{
+        "title": "Judge sensitivity (the same responses, each judge)", "kind": "table",
+        "columns": ["judge", "threshold", "base refused (harmful)", "tuned refused (harmful)",
+                    "relative drop [95%]", "over-refusal base -> tuned", "unjudged",
+                    "calls agreeing with the gate's judge"],
+        "rows": rows,
+        "note": "The gate decides with the first judge; the decision under every judge is "
+                "among the gate's reasons (behaviour.judges), which says whether it depends "
+                "on the judge.",
+    }]  # fmt: skip
+    c = res.calibration
+    if c is not None:
+        out.append({"title": "Logit judge calibrated on the base", "kind": "text", "text": (
+            f"threshold {c.threshold:.3g} on the first-token refusal log-odds, chosen to agree "
+            f"best with the string judge on the base model's own {c.n} responses: agreement "
+            f"{_prop(c.agreement)} (in-sample; the fixed threshold 0: "
+            f"{_prop(c.agreement_at_zero)}); on the tuned model's responses "
+            f"{_prop(c.tuned_agreement)}")})  # fmt: skip
+    return out
+
+
+def _prop(p: Any) -> str:
+    if p.rate is None:
+        return "n/a (nothing to compare)"
+    return f"{p.k}/{p.n} = {p.rate:.1%} [{p.interval[0]:.1%}, {p.interval[1]:.1%}] (Wilson 95%)"
+
+
+def depth_sections(depth: DepthResult, plots: Path) -> list[dict[str, Any]]:
+    """Refusal depth: the per-prefill table, a plot, and a few continuations to read."""
+    from wbsafe.report.plots.behaviour import depth_curve
+
+    columns, rows = depth.table()
+    png = depth_curve(depth, plots / "refusal_depth.png")
+    k_show = max((k for k in depth.prefill_tokens if 0 < k <= 10), default=None)
+    shown = [r for r in depth.rows if r.prefill_tokens == k_show][:8]
+    return [
+        {"title": "Refusal depth (recovery after a prefilled compliant opening)", "kind": "table",
+         "columns": columns, "rows": rows,
+         "note": "The assistant turn is prefilled with the first k tokens of a content-free "
+                 "compliant opening; recovered = a refusal anywhere in the continuation. "
+                 "Paired: exact one-sided McNemar, Newcombe interval on the drop."},
+        {"title": "Refusal depth plot", "kind": "plot", "png": f"{plots.name}/{png.name}",
+         "caption": "share of harmful prompts on which each model turns to a refusal after k "
+                    "prefilled tokens (Wilson 95%)"},
+        {"title": f"Continuations after {k_show} prefilled tokens", "kind": "table",
+         "columns": ["prompt", "prefill", "base continuation", "tuned continuation"],
+         "rows": [[r.prompt_id, r.prefill, r.base_continuation, r.tuned_continuation]
+                  for r in shown]},
+    ]  # fmt: skip

@@ -1,4 +1,5 @@
-"""Per-category refusal-rate bar chart (base vs tuned, Wilson 95 % intervals) as a PNG."""
+"""Behaviour plots as PNGs: per-category refusal rates (base vs tuned, Wilson 95 % intervals)
+and refusal depth (recovery against prefilled tokens)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from wbsafe.analyses.behaviour import BehaviourResult
+    from wbsafe.analyses.behaviour.depth import DepthResult
 
 
 def category_bars(result: BehaviourResult, path: str | Path) -> Path:
@@ -48,6 +50,40 @@ def category_bars(result: BehaviourResult, path: str | Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("refusal rate (Wilson 95% CI)")
     ax.set_title(f"Refusal by category, judge={result.judge} (* Holm p < alpha)")
+    ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def depth_curve(result: DepthResult, path: str | Path) -> Path:
+    """Recovery into a refusal against the number of prefilled tokens, base and tuned, with
+    Wilson intervals. Writes ``path`` and returns it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for side, colour in (("base", "#4c72b0"), ("tuned", "#dd8452")):
+        xs, ys, lo, hi = [], [], [], []
+        for level in result.levels:
+            p = getattr(level, side)
+            if p.rate is None:
+                continue
+            xs.append(level.prefill_tokens)
+            ys.append(p.rate)
+            lo.append(p.rate - p.interval[0])
+            hi.append(p.interval[1] - p.rate)
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, color=colour, label=side)
+    ax.set_xticks(list(result.prefill_tokens))
+    ax.set_ylim(-0.03, 1.05)
+    ax.set_xlabel("prefilled tokens of a compliant opening")
+    ax.set_ylabel("recovers into a refusal")
+    ax.set_title("Refusal depth (harmful prompts)")
     ax.legend()
     fig.tight_layout()
     out = Path(path)
