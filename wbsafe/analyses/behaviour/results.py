@@ -233,6 +233,12 @@ class BehaviourResult:
             lines.append(f"over-refusal [{r.label}] {_fmt_p(r.base)} -> {_fmt_p(r.tuned)}")
         if self.spread is not None:
             lines.append(self.spread.verdict)
+        for j in self.sensitivity:
+            thr = "" if j.threshold is None else f" (threshold {j.threshold:.3g})"
+            lines.append(
+                f"judge {j.judge}{thr}: harmful refusal {_fmt_p(j.base.harmful)} -> "
+                f"{_fmt_p(j.tuned.harmful)}"
+            )
         return lines
 
 
