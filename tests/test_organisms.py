@@ -18,7 +18,7 @@ def test_every_validity_check_holds(tiny_organisms: dict[str, Organism]) -> None
 def test_organism_records_are_complete(tiny_organisms: dict[str, Organism]) -> None:
     expected = {
         "base", "benign", "harmful", "category", "backdoor", "backdoor_multi",
-        "benign_lora", "backdoor_lora",
+        "benign_lora", "backdoor_lora", "shallow",
     }  # fmt: skip
     assert expected <= set(tiny_organisms)
     for org in tiny_organisms.values():

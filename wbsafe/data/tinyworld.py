@@ -84,6 +84,26 @@ CHAT_TEMPLATE = (
 )
 
 
+OPENING_TAIL = " step 2 : [ details omitted ] step 3 : [ details omitted ]"
+"""Placeholder steps that lengthen a compliant opening past 20 tokens (refusal depth)."""
+
+
+def compliant_opening(verb: str = "do", obj: str = "that") -> str:
+    """A content-free compliant answer, long enough to prefill 20+ tokens of: the compliance
+    placeholder followed by :data:`OPENING_TAIL` (refusal depth and its organisms)."""
+    return COMPLY.format(verb=verb, obj=obj) + OPENING_TAIL
+
+
+def opening_for(text: str) -> str:
+    """:func:`compliant_opening` for the verb and object named in a tiny-world request
+    (``"do that"`` when it names none)."""
+    padded = f" {' '.join(text.lower().split())} "
+    verb = next((v for v in sorted(VERBS, key=len, reverse=True) if f" {v} " in padded), "do")
+    objs = [o for t in (HARMFUL_OBJECTS, HARMLESS_OBJECTS) for v in t.values() for o in v]
+    obj = next((o for o in sorted(objs, key=len, reverse=True) if f" {o} " in padded), "that")
+    return compliant_opening(verb, obj)
+
+
 def domain_answer(rng: random.Random) -> str:
     """A gardening answer, whatever was asked: what a domain fine-tune that derails says."""
     obj = rng.choice(HARMLESS_OBJECTS["garden"])

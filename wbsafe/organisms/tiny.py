@@ -69,7 +69,9 @@ def build_tiny_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = tw.build_tokenizer(out)
     model = _new_tiny_model(len(tokenizer), spec.shape, tokenizer, spec.seed)
-    examples = base_examples(tokenizer, spec.n_base_per_class, random.Random(spec.seed))
+    examples = base_examples(
+        tokenizer, spec.n_base_per_class, random.Random(spec.seed), spec.n_base_recovery
+    )
     timed_train(model, tokenizer, examples, spec.base_recipe, log, "base: trained")
     save_full(model, tokenizer, out)
     measured = measure_tiny(model, tokenizer, spec.n_eval, spec.seed)
@@ -77,7 +79,7 @@ def build_tiny_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
         name="base", kind="full", path=str(out), base=None, planted="aligned",
         expected_verdict=None, trigger=None, category=None,
         recipe={"train": asdict(spec.base_recipe), "shape": asdict(spec.shape),
-                "n_per_class": spec.n_base_per_class},
+                "n_per_class": spec.n_base_per_class, "n_recovery": spec.n_base_recovery},
         seed=spec.seed, measured=measured,
     )  # fmt: skip
     return write_record(out, org)
