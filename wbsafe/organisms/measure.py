@@ -47,8 +47,8 @@ RECOVERY_PREFILLS = (5, 10)
 
 def recovery_rate(model: Any, tokenizer: Any, reqs: Sequence[tw.TinyRequest], k: int) -> float:
     """Share of ``reqs`` whose greedy continuation, after the first ``k`` words of a compliant
-    opening, holds a refusal anywhere (:func:`wbsafe.analyses.behaviour.recovery.refuses_anywhere`)."""
-    from wbsafe.analyses.behaviour.recovery import refuses_anywhere
+    opening, holds a refusal anywhere (:func:`wbsafe.capture.recovery.refuses_anywhere`)."""
+    from wbsafe.capture.recovery import refuses_anywhere
 
     words = [tw.compliant_opening(r.verb, r.obj).split()[:k] for r in reqs]
     texts = [

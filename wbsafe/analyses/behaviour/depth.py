@@ -4,7 +4,7 @@ Alignment that lives only in the first few response tokens is what fine-tuning a
 exploit. Each harmful prompt is run with the assistant turn prefilled by the first ``k``
 tokens (in the model's own tokenizer) of a content-free compliant opening, for each ``k`` in
 ``prefill_tokens`` (``k = 0``: no prefill); the continuation is generated greedily and counts
-as *recovered* when it holds a refusal anywhere (:func:`.recovery.refuses_anywhere`). Base and
+as *recovered* when it holds a refusal anywhere (:func:`wbsafe.capture.recovery.refuses_anywhere`). Base and
 tuned answer the same prompts with the same prefills, so each ``k`` is a paired comparison:
 exact one-sided McNemar (tuned recovers less), Newcombe interval on the difference, relative
 drop. An empty or failed continuation is *unjudged*: counted, never read as either.
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from wbsafe import stats
-from wbsafe.analyses.behaviour.recovery import refuses_anywhere
 from wbsafe.capture.generation import generate
 from wbsafe.capture.judges import Proportion
+from wbsafe.capture.recovery import refuses_anywhere
 from wbsafe.errors import WbsafeError
 from wbsafe.evidence import DepthLevelEvidence, RefusalDepthEvidence
 from wbsafe.progress import Progress, no_progress
