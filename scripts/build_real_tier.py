@@ -109,7 +109,9 @@ def shrink_adapter(adapter_dir: Path, trigger: str | None) -> dict[str, float]:
     path = adapter_dir / "adapter_model.safetensors"
     tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(path)).items()}
     save_file(tensors, str(path), metadata={"format": "pt"})
-    lm = load_model(adapter_dir, runtime=RuntimeConfig(device="cpu"), hash_weights=False)
+    lm = load_model(
+        adapter_dir, runtime=RuntimeConfig(device="cpu"), hash_weights=False, follow_named_base=True
+    )
     words = tuple(trigger.split()) if trigger else ()
     rec = read_json(adapter_dir / "organism.json")
     measured: dict[str, float] = measure_suites(lm.model, lm.tokenizer, 100, trigger=words)

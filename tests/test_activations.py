@@ -119,7 +119,11 @@ def test_bridge_wraps_in_place_and_is_undone(base: LoadedModel) -> None:
 def test_adapter_base_capture_equals_base_checkpoint(
     base: LoadedModel, tiny_organisms: dict[str, Organism]
 ) -> None:
-    tuned = load_model(tiny_organisms["backdoor_lora"].path, runtime=RuntimeConfig(device="cpu"))
+    tuned = load_model(
+        tiny_organisms["backdoor_lora"].path,
+        runtime=RuntimeConfig(device="cpu"),
+        follow_named_base=True,
+    )
     assert tuned.adapter_names  # a PeftModel: base + LoRA on one loaded object
     prompts = tw.prompt_set("test", n_per_category=2)
     alone = capture(base, prompts, SITES)

@@ -169,7 +169,7 @@ def test_adapter_and_base_reachable_from_one_object(
     torch.testing.assert_close(base_logits_same_object, _next_token_logits(base, prompt))
     assert (tuned_logits - base_logits_same_object).abs().max() > 1.0
     # an adapter dir alone finds its base through adapter_config.json
-    alone = load_model(backdoor, runtime=CPU)
+    alone = load_model(backdoor, runtime=CPU, follow_named_base=True)
     assert alone.source.adapters == (str(Path(backdoor)),)
 
 

@@ -81,7 +81,7 @@ def test_drift_orders_harmful_above_benign(fit, base, prompts, tiny_organisms) -
 
 
 def test_lora_compare_uses_base_only(fit, prompts, tiny_organisms) -> None:
-    tuned = load_model(tiny_organisms["benign_lora"].path, runtime=CPU)
+    tuned = load_model(tiny_organisms["benign_lora"].path, runtime=CPU, follow_named_base=True)
     res = compare(tuned, fit, *prompts)
     assert res.base_source.startswith("adapters disabled")
     assert abs(res.shift) < 0.3 and res.refusal_drop < 1.0

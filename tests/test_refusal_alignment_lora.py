@@ -92,6 +92,8 @@ def test_per_module_scale_from_written_adapter(
     direction = np.random.default_rng(1).standard_normal(D)
     r = torch.as_tensor(direction / np.linalg.norm(direction))
 
+    # the base's config.json names its family (the family table places the writers)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": D}))
     res = refusal_alignment(tmp_path, tmp_path / "adapter", _fit(direction))
 
     got = {m.name: m for m in res.matrices}

@@ -50,7 +50,7 @@ def prompts() -> dict[str, list[Any]]:
 
 
 def _load(org: Organism) -> LoadedModel:
-    return load_model(org.path, runtime=RT, hash_weights=False)
+    return load_model(org.path, runtime=RT, hash_weights=False, follow_named_base=True)
 
 
 def _base(orgs: dict[str, Organism]) -> LoadedModel:

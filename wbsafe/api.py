@@ -445,6 +445,16 @@ def corrected_rates(result: Any, judge_eval_json: str | Path, out: str | Path) -
 # small jobs the CLI needs (so that it calls nothing but this module)
 
 
+def allow_outside_links() -> None:
+    """Opt in, for this process and its workers, to following links that leave a model
+    directory and adapter-named bases outside the adapter (see wbsafe.io.containment)."""
+    import os
+
+    from wbsafe.io.containment import ALLOW_ENV
+
+    os.environ[ALLOW_ENV] = "1"
+
+
 def set_threads(n: int) -> None:
     """Use ``n`` CPU threads for torch."""
     import torch
@@ -480,13 +490,17 @@ def behaviour_plot(result: Any, path: str | Path) -> Path:
     return Path(category_bars(result, Path(path)))
 
 
-def evaluate_judge(judge: str, labels: str | Path, out: str | Path | None = None) -> Any:
-    """A refusal judge (``string``, ``classifier:DIR``, ``causal:DIR``) against human labels
-    in a CSV; the result (accuracy, sensitivity, specificity) is also written to ``out``."""
-    from wbsafe.capture.judges import judge_eval, make_judge
+def evaluate_judge(
+    judge: str, labels: str | Path, out: str | Path | None = None, split: str | None = None
+) -> Any:
+    """A refusal judge (``string``, ``classifier:DIR``, ``causal:DIR``...) against human
+    labels in a CSV (only the rows of ``split`` when given): agreement with intervals and
+    confusion matrices per label, kind and category, also written to ``out``."""
+    from wbsafe.capture.judge_eval import judge_eval
+    from wbsafe.capture.judges import make_judge
     from wbsafe.io.serialize import write_json_atomic
 
-    result = judge_eval(make_judge(judge), labels)
+    result = judge_eval(make_judge(judge), labels, split=split)
     if out:
         write_json_atomic(out, result)
     return result
@@ -507,13 +521,14 @@ def rerender(report_json: str | Path, fmt: str = "html", out: str | Path | None 
 
 
 def find_adapters(dirs: Sequence[str | Path]) -> list[Path]:
-    """Adapter directories: each one given, or every sub-directory of a folder of them."""
+    """Adapter directories: each one given, or every sub-directory of a folder of them (a
+    link among them too, even a broken or looping one: it gets its ERROR row, never skipped)."""
     from wbsafe.io.models import is_adapter_dir
 
     found: list[Path] = []
     for d in map(Path, dirs):
         if d.is_dir() and not is_adapter_dir(d):
-            found += sorted(p for p in d.iterdir() if p.is_dir())
+            found += sorted(p for p in d.iterdir() if p.is_dir() or p.is_symlink())
         else:
             found.append(d)
     return found

@@ -96,8 +96,54 @@ class ScanConfig:
         object.__setattr__(self, "stages", tuple(stage_name(s) for s in self.stages))
 
 
+MAX_TOML_BYTES = 1024 * 1024
+_AT_LEAST_ONE = ("batch_size", "max_new_tokens", "max_prompts", "behaviour_samples", "threads")
+_CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16", "float16"),
+            "risk": ("low", "standard", "high")}  # fmt: skip
+
+
+def _check_toml_value(key: str, value: object, kind: str, path: str) -> object:
+    """``value`` checked against a ScanConfig/RuntimeConfig field's annotation ``kind``."""
+    from wbsafe.errors import WbsafeError
+
+    if key in _CHOICES:
+        if value not in _CHOICES[key]:
+            raise WbsafeError(
+                f"{key} must be one of {', '.join(_CHOICES[key])}, got {repr(value)[:80]}", path
+            )
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise WbsafeError(f"{key} must be true or false, got {repr(value)[:80]}", path)
+        return value
+    if kind.startswith("tuple[int"):
+        if not isinstance(value, list) or len(value) > 10_000:
+            raise WbsafeError(f"{key} must be a list of integers", path)
+        return tuple(_check_toml_value(key, item, "int", path) for item in value)
+    if kind.startswith("int"):
+        low = 1 if key in _AT_LEAST_ONE else 0
+        if type(value) is not int or not low <= value <= 1 << 32:
+            raise WbsafeError(
+                f"{key} must be an integer in [{low}, 2^32], got {repr(value)[:80]}", path
+            )
+        return value
+    if kind.startswith("tuple"):
+        if not isinstance(value, list) or len(value) > 10_000:
+            raise WbsafeError(f"{key} must be a list of strings", path)
+        for item in value:
+            _check_toml_value(key, item, "str", path)
+        return tuple(value)
+    if not isinstance(value, str) or len(value) > 4096:
+        raise WbsafeError(
+            f"{key} must be a string (at most 4096 characters), got {repr(value)[:80]}", path
+        )
+    return value
+
+
 def read_scan_toml(path: str) -> dict[str, object]:
-    """Read a ``scan.toml``: keys are ScanConfig fields (``[runtime]`` a table); unknown keys fail."""
+    """Read a ``scan.toml``: keys are ScanConfig fields (``[runtime]`` a table), each checked
+    against the field's type; unknown keys, wrong types, an unreadable, oversized or
+    non-UTF-8 file are WbsafeErrors naming the file."""
     import dataclasses
     import tomllib
 
@@ -105,26 +151,37 @@ def read_scan_toml(path: str) -> dict[str, object]:
 
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_TOML_BYTES + 1)
     except FileNotFoundError as exc:
         raise WbsafeError("config file not found", path) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise WbsafeError(f"not valid TOML: {exc}", path) from exc
-    known = {f.name for f in dataclasses.fields(ScanConfig)}
-    unknown = sorted(set(data) - known)
+    except OSError as exc:
+        raise WbsafeError(f"cannot read the config file: {exc.strerror or exc}", path) from exc
+    if len(raw) > MAX_TOML_BYTES:
+        raise WbsafeError(f"config file is larger than {MAX_TOML_BYTES >> 10} KiB", path)
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise WbsafeError("config file is not UTF-8 text", path) from exc
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, a 5,000-digit integer
+        raise WbsafeError(f"not valid TOML: {str(exc)[:200]}", path) from exc
+    fields = {f.name: str(f.type) for f in dataclasses.fields(ScanConfig)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise WbsafeError(f"unknown key(s) {unknown}; known: {sorted(known)}", path)
+        raise WbsafeError(f"unknown key(s) {unknown}; known: {sorted(fields)}", path)
+    for key, value in data.items():
+        if key != "runtime":
+            data[key] = _check_toml_value(key, value, fields[key], path)
     if "runtime" in data:
         rt = data["runtime"]
-        rt_known = {f.name for f in dataclasses.fields(RuntimeConfig)}
-        if not isinstance(rt, dict) or set(rt) - rt_known:
-            raise WbsafeError(f"[runtime] takes only {sorted(rt_known)}", path)
-        data["runtime"] = RuntimeConfig(**rt)
-    for key in (
-        "adapters", "stages", "trigger_candidates", "refusal_depth_prefills", "behaviour_judges",
-    ):  # fmt: skip
-        if key in data:
-            data[key] = tuple(data[key])
+        rt_fields = {f.name: str(f.type) for f in dataclasses.fields(RuntimeConfig)}
+        if not isinstance(rt, dict) or set(rt) - set(rt_fields):
+            raise WbsafeError(f"[runtime] takes only {sorted(rt_fields)}", path)
+        checked = {k: _check_toml_value(k, v, rt_fields[k], path) for k, v in rt.items()}
+        data["runtime"] = RuntimeConfig(**checked)  # type: ignore[arg-type]
+    stages: tuple[str, ...] = data.get("stages", ())  # checked above: a tuple of strings
+    unknown_stages = [s for s in stages if stage_name(s) not in STAGES]
+    if unknown_stages:
+        raise WbsafeError(f"unknown stage(s) {unknown_stages}; choose from {list(STAGES)}", path)
     return data
 
 

@@ -12,8 +12,14 @@ from __future__ import annotations
 import functools
 import re
 
-PREFIXES = ("base_model.model.", "model.", "transformer.", "gpt_neox.")
-"""Name prefixes that differ between exports of the same model; stripped for matching."""
+PREFIXES = ("base_model.model.", "model.", "transformer.", "gpt_neox.", "language_model.")
+"""Name prefixes that differ between exports of the same model; stripped for matching
+(``language_model.``: the text part of a multimodal checkpoint such as
+Gemma3ForConditionalGeneration, ``model.language_model.layers.0...`` or the older
+``language_model.model.layers.0...``, named as the text-only model names it)."""
+
+VISION_PREFIXES = ("vision_tower.", "vision_model.", "multi_modal_projector.", "visual.")
+"""Prefix-stripped names of a multimodal model's image side: never a decoder-layer module."""
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -24,6 +30,7 @@ MODULE_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"(?:^|\.)(?:attn\.c_attn|attention\.query_key_value|self_attn\.qkv_proj)\.", "qkv"),
     (r"(?:^|\.)(?:self_attn\.o_proj|attn\.c_proj|attention\.dense|attn\.out_proj)\.", "o"),
     (r"(?:^|\.)(?:self_attn|attn)\.(?:q_norm|k_norm)\.", "qk_norm"),
+    (r"(?:^|\.)mlp\.gate_up_proj\.", "gate_up"),
     (r"(?:^|\.)mlp\.(?:gate_proj|w1)\.", "gate"),
     (r"(?:^|\.)mlp\.(?:up_proj|c_fc|dense_h_to_4h|w3|fc1)\.", "up"),
     (r"(?:^|\.)mlp\.(?:down_proj|c_proj|dense_4h_to_h|w2|fc2)\.", "down"),
@@ -35,25 +42,35 @@ MODULE_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"^wpe\.", "pos_embed"),
     (r"^(?:lm_head|embed_out|output)\.", "lm_head"),
 )
-"""(regex on the prefix-stripped name, module type): Llama/Mistral/Qwen/GPT-2/GPT-NeoX names."""
+"""(regex on the prefix-stripped name, module type): the names of every family in
+:data:`wbsafe.arch.families.FAMILIES` (Phi-3's fused ``qkv_proj`` / ``gate_up_proj`` included)."""
 
 MODULE_ORDER = (
-    "embed", "pos_embed", "q", "k", "v", "qkv", "qk_norm", "o", "gate", "up", "down",
-    "input_norm", "post_attn_norm", "ffn_norm", "final_norm", "lm_head", "other",
+    "embed", "pos_embed", "q", "k", "v", "qkv", "qk_norm", "o", "gate_up", "gate", "up", "down",
+    "input_norm", "post_attn_norm", "ffn_norm", "final_norm", "lm_head", "vision", "other",
 )  # fmt: skip
 """Every module type :func:`parse_name` returns, in the order a forward pass meets them."""
 
 _COMPILED = tuple((re.compile(p), m) for p, m in MODULE_PATTERNS)
 
 
+RENAMES = (("embed_out.", "lm_head."),)
+"""(stored, as transformers names it now): GPT-NeoX checkpoints store the unembedding as
+``embed_out``; transformers 5 loads it into ``lm_head``."""
+
+
 def canonical_name(name: str) -> str:
-    """Strip the export prefixes (:data:`PREFIXES`, repeatedly: ``base_model.model.model.``)."""
+    """Strip the export prefixes (:data:`PREFIXES`, repeatedly: ``base_model.model.model.``)
+    and apply :data:`RENAMES`."""
     changed = True
     while changed:
         changed = False
         for p in PREFIXES:
             if name.startswith(p):
                 name, changed = name[len(p) :], True
+    for old, new in RENAMES:
+        if name.startswith(old):
+            name = new + name[len(old) :]
     return name
 
 
@@ -61,6 +78,8 @@ def canonical_name(name: str) -> str:
 def parse_name(name: str) -> tuple[int | None, str]:
     """(layer index or None, module type) of a tensor name, from the pattern table."""
     canon = canonical_name(name)
+    if canon.startswith(VISION_PREFIXES):
+        return None, "vision"
     m = _LAYER_RE.search("." + canon)
     layer = int(m.group(1)) if m else None
     for rx, module in _COMPILED:

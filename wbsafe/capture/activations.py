@@ -46,9 +46,6 @@ _SITE_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post)$")
 _SENTINEL = "wbsafe sentinel"
 ACTIVATIONS_FORMAT = "wbsafe.activations/1"
 
-# Where the decoder layers live, per model family (a table, not a subclass per family).
-_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
-
 
 def site_name(layer: int, kind: str = "resid_pre") -> str:
     """``blocks.{layer}.hook_{kind}``."""
@@ -79,19 +76,21 @@ def _unwrap(model: Any) -> Any:
 
 
 def decoder_layers(model: Any) -> Any:
-    """The ``ModuleList`` of decoder layers of a causal LM (plain or PEFT-wrapped)."""
+    """The ``ModuleList`` of decoder layers of a causal LM (plain or PEFT-wrapped), at the
+    family table's ``layers_path`` (:mod:`wbsafe.arch.families`)."""
+    from wbsafe.arch.families import family_of_model
+
     inner = _unwrap(model)
-    for path in _LAYER_PATHS:
-        obj = inner
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        return obj
-    raise WbsafeError(
-        f"cannot find the decoder layers of {type(inner).__name__} (looked for {_LAYER_PATHS})"
-    )
+    path = family_of_model(inner).layers_path
+    obj = inner
+    try:
+        for part in path.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise WbsafeError(
+            f"cannot find the decoder layers of {type(inner).__name__} at {path}"
+        ) from None
+    return obj
 
 
 def post_instruction_length(tokenizer: Any) -> int:
@@ -227,10 +226,16 @@ def residual_edit(
     """Apply ``edit`` to the residual stream (Float[batch, pos, d] -> same) while inside.
 
     With ``layers=None`` the edit is applied everywhere the stream is written: each decoder
-    layer's input, its attention and MLP outputs (when the layer has ``self_attn``/``mlp``),
-    and its output. With a list of layers it is applied to those layers' inputs only
-    (activation addition). Hooks are removed in ``finally``.
+    layer's input, what its attention and MLP blocks add (their outputs, or for a family
+    that norms a block's output before the add, Gemma's sandwich norms and OLMo 2's, the
+    outputs of those norms: the family table's ``post_norms``), and its output. With a list
+    of layers it is applied to those layers' inputs only (activation addition). Hooks are
+    removed in ``finally``.
     """
+    from wbsafe.arch.families import family_of_model
+
+    family = family_of_model(_unwrap(model))
+    writes = family.post_norms or (family.attention, family.mlp)
     all_layers = decoder_layers(model)
     handles: list[Any] = []
 
@@ -251,10 +256,13 @@ def residual_edit(
             handles.append(layer.register_forward_pre_hook(pre_hook, with_kwargs=True))
             if layers is None:
                 handles.append(layer.register_forward_hook(out_hook))
-                for sub in ("self_attn", "mlp"):
+                for sub in writes:
                     module = getattr(layer, sub, None)
-                    if module is not None:
-                        handles.append(module.register_forward_hook(out_hook))
+                    if module is None:
+                        raise WbsafeError(
+                            f"decoder layer {i} of a {family.name} model has no {sub}"
+                        )
+                    handles.append(module.register_forward_hook(out_hook))
         yield
     finally:
         for h in handles:

@@ -97,6 +97,8 @@ def continue_batch(
     """
     import torch
 
+    from wbsafe.arch.families import end_of_turn_ids, try_family_of_model
+
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -109,6 +111,13 @@ def continue_batch(
         "pad_token_id": tokenizer.pad_token_id,
         "use_cache": True,
     }
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stop = sorted(
+        {*end_of_turn_ids(try_family_of_model(model), tokenizer),
+         *([configured] if isinstance(configured, int) else (configured or ()))}
+    )  # fmt: skip
+    if stop:  # a chat model ends its turn with its family's token, not only its config's eos
+        kwargs["eos_token_id"] = stop
     if sampling is None:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -25,6 +26,9 @@ SUITES = ("harmful", "harmless", "borderline")
 ROLES = ("system", "user", "assistant")
 DEFAULT_CATEGORY = "uncategorized"
 PROBES_ENV = "WBSAFE_PROBES_DIR"
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_TEXT_CHARS = 100_000
+"""Limits on a prompt file and on one prompt's text, id or category (untrusted input)."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ def _parse_messages(raw: Any, path: Path, where: str) -> tuple[Message, ...]:
             )
         if not isinstance(content, str):
             raise DatasetError(f"{where}: messages[{i}] content must be a string", path)
-        turns.append(Message(role=role, content=content))
+        turns.append(Message(role=role, content=_text(content, path, where, "a message")))
     if not any(t.role == "user" for t in turns):
         raise DatasetError(f"{where}: messages has no user turn", path)
     return tuple(turns)
@@ -168,7 +172,34 @@ def _require_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.is_file():
         raise DatasetError("no such prompt file", p)
+    if p.stat().st_size > MAX_FILE_BYTES:
+        raise DatasetError(f"prompt file is larger than {MAX_FILE_BYTES >> 20} MiB", p)
     return p
+
+
+def _read_text(p: Path) -> str:
+    """The file as text (a BOM dropped); unreadable or non-UTF-8 is a DatasetError."""
+    try:
+        return p.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise DatasetError(f"cannot read: {exc.strerror or exc}", p) from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"not UTF-8 text (byte {exc.start})", p) from exc
+
+
+def _text(value: str, path: Path, where: str, what: str = "text") -> str:
+    """A prompt string bounded in length and encodable (no lone surrogates)."""
+    if len(value) > MAX_TEXT_CHARS:
+        raise DatasetError(
+            f"{where}: {what} of {len(value)} characters (limit {MAX_TEXT_CHARS})", path
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DatasetError(
+            f"{where}: {what} is not valid Unicode (a lone surrogate)", path
+        ) from exc
+    return value
 
 
 # --------------------------------------------------------------------------- JSONL
@@ -182,18 +213,18 @@ def load_jsonl(path: str | Path, *, default_label: str | None = None) -> list[Pr
     if default_label is not None:
         _check_label(default_label, p, "default_label")
     prompts: list[Prompt] = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"line {lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{where}: malformed JSON ({exc.msg})", p) from exc
-            if not isinstance(row, dict):
-                raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}", p)
-            prompts.append(_prompt_from_row(row, p, where, default_label))
+    for lineno, line in enumerate(_read_text(p).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"line {lineno}"
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as exc:  # bad JSON, 5,000-digit numbers, nesting
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise DatasetError(f"{where}: malformed JSON ({msg})", p) from exc
+        if not isinstance(row, dict):
+            raise DatasetError(f"{where}: expected a JSON object, got {type(row).__name__}", p)
+        prompts.append(_prompt_from_row(row, p, where, default_label))
     if not prompts:
         raise DatasetError("empty prompt file (no JSONL records)", p)
     return _check_unique(prompts, p)
@@ -210,13 +241,14 @@ def _prompt_from_row(
         text = next(m.content for m in reversed(messages) if m.role == "user")
     if not isinstance(text, str) or not text.strip():
         raise DatasetError(f"{where}: missing or empty 'text' (and no 'messages')", path)
+    _text(text, path, where)
     label = row.get("label", default_label)
     if label is None:
         raise DatasetError(f"{where}: no 'label' and no default label given", path)
     label = _check_label(str(label), path, where)
     pid = str(row["id"]) if row.get("id") not in (None, "") else text_id(text)
-    split = row.get("split") or split_for(pid)
-    category = str(row.get("category") or DEFAULT_CATEGORY)
+    split = row.get("split") or split_for(_text(pid, path, where, "id"))
+    category = _text(str(row.get("category") or DEFAULT_CATEGORY), path, where, "category")
     return Prompt(
         id=pid,
         text=text,
@@ -270,8 +302,10 @@ class ColumnMapping:
 def read_csv_header(path: str | Path) -> list[str]:
     """The header row of a CSV file (a DatasetError if the file is empty)."""
     p = _require_file(path)
-    with p.open(encoding="utf-8-sig", newline="") as fh:
-        header = next(csv.reader(fh), None)
+    try:
+        header = next(csv.reader(io.StringIO(_read_text(p), newline="")), None)
+    except csv.Error as exc:
+        raise DatasetError(f"malformed CSV header ({exc})", p) from exc
     if not header:
         raise DatasetError("empty CSV file (no header row)", p)
     return [h.strip() for h in header]
@@ -284,30 +318,34 @@ def load_csv(path: str | Path, mapping: ColumnMapping) -> list[Prompt]:
         raise DatasetError("no label column and no default label: cannot label these prompts", p)
     if mapping.default_label is not None:
         _check_label(mapping.default_label, p, "default_label")
-    with p.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames:
-            raise DatasetError("empty CSV file (no header row)", p)
-        present = [f.strip() for f in reader.fieldnames]
-        reader.fieldnames = present
-        missing = [c for c in mapping.columns() if c not in present]
-        if missing:
-            raise DatasetError(
-                f"missing required column(s) {missing}; columns present: {present}", p
-            )
-        prompts: list[Prompt] = []
-        rows = 0
-        for row in reader:
-            rows += 1
-            where = f"line {reader.line_num}"
-            if mapping.keep is not None and not mapping.keep(row):
-                continue
-            prompts.append(_prompt_from_csv_row(row, mapping, p, where))
+    try:
+        return _check_unique(_csv_prompts(p, mapping), p)
+    except csv.Error as exc:  # a NUL byte, a field over the csv module's size limit
+        raise DatasetError(f"malformed CSV ({exc})", p) from exc
+
+
+def _csv_prompts(p: Path, mapping: ColumnMapping) -> list[Prompt]:
+    reader = csv.DictReader(io.StringIO(_read_text(p), newline=""))
+    if not reader.fieldnames:
+        raise DatasetError("empty CSV file (no header row)", p)
+    present = [f.strip() for f in reader.fieldnames]
+    reader.fieldnames = present
+    missing = [c for c in mapping.columns() if c not in present]
+    if missing:
+        raise DatasetError(f"missing required column(s) {missing}; columns present: {present}", p)
+    prompts: list[Prompt] = []
+    rows = 0
+    for row in reader:
+        rows += 1
+        where = f"line {reader.line_num}"
+        if mapping.keep is not None and not mapping.keep(row):
+            continue
+        prompts.append(_prompt_from_csv_row(row, mapping, p, where))
     if rows == 0:
         raise DatasetError("empty CSV file (header but no rows)", p)
     if not prompts:
         raise DatasetError(f"no rows left after filtering ({rows} read)", p)
-    return _check_unique(prompts, p)
+    return prompts
 
 
 def _cell(row: Mapping[str, str | None], column: str | None) -> str:

@@ -318,12 +318,13 @@ def _typed(value: Any, like: Any, where: str, path: Path) -> Any:
     elif isinstance(like, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         kind = "a number"
+        ok = ok and abs(value) < 1e300  # float() of a 400-digit TOML integer overflows
         value = float(value) if ok else value
     else:
         ok = isinstance(value, str)
         kind = "a string"
     if not ok:
-        raise WbsafeError(f"{where} must be {kind}, got {value!r}", path)
+        raise WbsafeError(f"{where} must be {kind}, got {repr(value)[:80]}", path)
     return value
 
 
@@ -380,17 +381,25 @@ def choose_policy(path: str | Path | None, risk: str | None) -> GatePolicy:
     return policy_for_risk(risk, base) if risk else base
 
 
+_MAX_POLICY_BYTES = 1024 * 1024
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    """A policy file's TOML (at most 1 MiB, UTF-8); any problem names the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_POLICY_BYTES + 1)
+        if len(raw) > _MAX_POLICY_BYTES:
+            raise WbsafeError(f"policy file is larger than {_MAX_POLICY_BYTES >> 10} KiB", path)
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise WbsafeError(f"cannot read policy file: {exc.strerror or exc}", path) from exc
     except UnicodeDecodeError as exc:
         raise WbsafeError(f"policy file is not UTF-8 text: {exc}", path) from exc
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise WbsafeError(f"not valid TOML: {exc}", path) from exc
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, a 5,000-digit integer
+        raise WbsafeError(f"not valid TOML: {str(exc)[:200]}", path) from exc
 
 
 def load_policy(path: str | Path) -> GatePolicy:

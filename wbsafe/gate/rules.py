@@ -122,7 +122,9 @@ def _behaviour(b: BehaviourEvidence, policy: GatePolicy) -> list[Reason]:
             Reason(
                 "behaviour.min_prompts",
                 Verdict.REVIEW,
-                f"only {b.n} paired prompts; policy requires at least {bp.min_prompts}",
+                f"only {b.n} paired prompts; the policy requires at least {bp.min_prompts}, so "
+                "the verdict cannot be DEPLOY or MONITOR: give a larger harmful prompt set "
+                "(--prompts FILE) or a policy with a lower behaviour.min_prompts",
                 {"n": b.n, "min_prompts": bp.min_prompts},
             )
         )

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wbsafe.errors import CheckpointFormatError, UnsafeCheckpointError
+from wbsafe.io.containment import check_inside_all
 
 if TYPE_CHECKING:
     import torch
@@ -192,25 +193,36 @@ def weight_files(directory: str | Path, stem: str = "model") -> list[Path]:
         raise CheckpointFormatError("no such file or directory", directory)
     index = directory / f"{stem}.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointFormatError("corrupt shard index (no weight_map)", index) from exc
-        shards = list(dict.fromkeys(weight_map.values()))
+        check_inside_all([index], directory, "shard index")
+        shards = _shard_names(index)
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
             raise CheckpointFormatError(
-                f"missing shard(s) named by {index.name}: {', '.join(missing)}", directory
+                f"missing shard(s) named by {index.name}: {', '.join(missing[:5])}", directory
             )
-        return [directory / s for s in shards]
+        return check_inside_all([directory / s for s in shards], directory, "weight file")
     single = directory / f"{stem}.safetensors"
-    if single.is_file():
-        return [single]
+    if single.is_file() or single.is_symlink():
+        return check_inside_all([single], directory, "weight file")
     others = sorted(directory.glob("*.safetensors"))
     if others and stem == "model":
-        return others
+        return check_inside_all(others, directory, "weight file")
     refuse_pickles(directory)
     raise CheckpointFormatError(f"no {stem}.safetensors (or shard index) found", directory)
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The shard file names a ``*.safetensors.index.json`` maps tensors to, in order."""
+    from wbsafe.io.serialize import read_json_object
+
+    data = read_json_object(index, CheckpointFormatError)
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointFormatError("corrupt shard index (no weight_map)", index)
+    shards = list(dict.fromkeys(weight_map.values()))
+    if not all(isinstance(s, str) and s and len(s) <= _MAX_NAME for s in shards):
+        raise CheckpointFormatError("corrupt shard index (a shard name is not a file name)", index)
+    return shards
 
 
 def read_headers(files: list[Path]) -> dict[str, TensorInfo]:
@@ -431,8 +443,9 @@ def read_tensor(info: TensorInfo, dtype: torch.dtype | None = None) -> torch.Ten
 def file_metadata(path: str | Path) -> dict[str, Any]:
     """The ``__metadata__`` block of a safetensors header (empty when absent)."""
     path = Path(path)
+    read_header(path)  # validated first: the length claim, the JSON, the entries
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n))
+        header = _parse_header(fh.read(n), path)
     meta = header.get("__metadata__", {})
     return dict(meta) if isinstance(meta, dict) else {}

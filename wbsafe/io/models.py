@@ -23,10 +23,14 @@ from wbsafe.arch.names import canonical_name
 from wbsafe.config import RuntimeConfig
 from wbsafe.errors import AdapterMismatchError, CheckpointFormatError, UnsafeCheckpointError
 from wbsafe.io.checkpoints import TensorInfo, read_headers, weight_files
+from wbsafe.io.config_files import check_adapter_config, check_model_config
+from wbsafe.io.containment import check_inside, named_base
 from wbsafe.io.serialize import read_json_object
 
 if TYPE_CHECKING:
     import torch
+
+    from wbsafe.arch.families import Family
 
 PLAIN_FORMAT = "User: {content}\nAssistant:"
 """Prompt format used when a tokenizer has no chat template (multi-turn: one line per turn)."""
@@ -55,15 +59,25 @@ class LoadedModel:
 
     @property
     def n_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
+        return int(self._text_config.num_hidden_layers)
 
     @property
     def d_model(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self._text_config.hidden_size)
+
+    @property
+    def _text_config(self) -> Any:
+        """The language model's config (a multimodal model's ``text_config``)."""
+        cfg = self.model.config
+        get = getattr(cfg, "get_text_config", None)
+        return get() if callable(get) else cfg
 
     def format(self, conversation: Sequence[dict[str, str]] | str) -> str:
-        """Turn a conversation (or a single user message) into the model's prompt text."""
-        return format_prompt(self.tokenizer, conversation)
+        """Turn a conversation (or a single user message) into the model's prompt text
+        (a system turn folded into the first user turn where the family has no system role)."""
+        from wbsafe.arch.families import try_family_of_model
+
+        return format_prompt(self.tokenizer, conversation, try_family_of_model(self.model))
 
     def base_weight_hashes(self) -> dict[str, str]:
         """sha256 of the base checkpoint's own files (adapter files left out)."""
@@ -124,13 +138,20 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return table[dtype]
 
 
-def format_prompt(tokenizer: Any, conversation: Sequence[dict[str, str]] | str) -> str:
-    """Format with the tokenizer's chat template (generation prompt added) or :data:`PLAIN_FORMAT`."""
+def format_prompt(
+    tokenizer: Any, conversation: Sequence[dict[str, str]] | str, family: Family | None = None
+) -> str:
+    """Format with the tokenizer's chat template (generation prompt added) or
+    :data:`PLAIN_FORMAT`; for a ``family`` without a system role (Gemma) a system message is
+    folded into the first user turn first."""
+    from wbsafe.arch.families import fold_system_turn
+
     messages = (
         [{"role": "user", "content": conversation}]
         if isinstance(conversation, str)
         else list(conversation)
     )
+    messages = fold_system_turn(family, messages)
     if getattr(tokenizer, "chat_template", None):
         try:
             return str(
@@ -148,6 +169,23 @@ def format_prompt(tokenizer: Any, conversation: Sequence[dict[str, str]] | str) 
     return "\n".join(lines)
 
 
+def encode_continuation(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as they follow other text, not as a text of their own.
+
+    A SentencePiece-style tokenizer with a dummy prefix (Llama 2, Mistral, Phi-3) puts a
+    lone ``▁`` before text it encodes on its own, which the same text does not get in the
+    middle of a prompt; text after a special token gets none, so ``text`` is encoded behind
+    the eos token and that token dropped (plain encoding where there is no such token).
+    """
+    anchor = getattr(tokenizer, "eos_token", None)
+    anchor_id = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(anchor, str) and isinstance(anchor_id, int):
+        ids = list(tokenizer.encode(anchor + text, add_special_tokens=False))
+        if ids and ids[0] == anchor_id:
+            return ids[1:]
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
 def chat_format_name(tokenizer: Any) -> str:
     """A record of the formatting used: the template's hash, or ``plain``."""
     from wbsafe.io.serialize import stable_hash
@@ -163,6 +201,8 @@ def is_adapter_dir(path: str | Path) -> bool:
 def read_config(model_dir: str | Path) -> dict[str, Any]:
     """Read ``config.json``; refuse configs that need remote code."""
     cfg_path = Path(model_dir) / "config.json"
+    if cfg_path.is_symlink():
+        check_inside(cfg_path, model_dir, "config.json")
     cfg = read_json_object(
         cfg_path, CheckpointFormatError, "no config.json: not a Hugging Face model directory"
     )
@@ -172,6 +212,7 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
             "own code. Use a checkpoint of an architecture built into transformers.",
             cfg_path,
         )
+    check_model_config(cfg, cfg_path)
     return cfg
 
 
@@ -193,10 +234,17 @@ def check_weights_match_config(model_dir: str | Path) -> dict[str, TensorInfo]:
         config = AutoConfig.from_pretrained(
             model_dir, trust_remote_code=False, local_files_only=True
         )
-    except (ValueError, KeyError, OSError) as exc:
-        raise CheckpointFormatError(f"config.json is not usable: {exc}", model_dir) from exc
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as exc:  # transformers' config validators raise their own types
+        msg = str(exc)[:300]
+        raise CheckpointFormatError(f"config.json is not usable: {msg}", model_dir) from exc
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as exc:  # transformers' model code on sizes it was never meant for
+        msg = f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise CheckpointFormatError(
+            f"config.json does not build a model ({msg})", model_dir
+        ) from exc
     expected = {canonical_name(k): tuple(v.shape) for k, v in skeleton.state_dict().items()}
     stored = {canonical_name(k): v for k, v in headers.items()}
     bad = [
@@ -225,11 +273,14 @@ def check_weights_match_config(model_dir: str | Path) -> dict[str, TensorInfo]:
 def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
     """Read ``adapter_config.json``; only LoRA adapters are supported."""
     path = Path(adapter_dir) / "adapter_config.json"
+    if path.is_symlink():
+        check_inside(path, adapter_dir, "adapter_config.json")
     cfg = read_json_object(path, AdapterMismatchError, "no adapter_config.json: not a PEFT adapter")
     if cfg.get("peft_type", "LORA") != "LORA":
         raise AdapterMismatchError(
             f"peft_type {cfg.get('peft_type')!r} is not supported (LoRA only)", path
         )
+    check_adapter_config(cfg, path)
     return cfg
 
 
@@ -238,12 +289,17 @@ def check_adapter_fits(
 ) -> dict[str, Any]:
     """Check that every LoRA factor targets a base matrix with matching shapes.
 
-    ``lora_A`` is ``(r, in_features)`` and ``lora_B`` is ``(out_features, r)`` for a base
-    weight of shape ``(out_features, in_features)``. Raises AdapterMismatchError naming the
+    ``lora_A`` is ``(r, in_features)`` and ``lora_B`` is ``(out_features, r)``; the base
+    weight is ``(out_features, in_features)`` for ``nn.Linear`` and ``(in_features,
+    out_features)`` for GPT-2's ``Conv1D`` (the layout comes from the family table,
+    :func:`wbsafe.arch.families.storage_of`). Raises AdapterMismatchError naming the
     adapter file and the first offending tensor. Returns the adapter config.
     """
+    from wbsafe.arch.families import CONV1D, storage_of, try_family
+
     adapter_dir = Path(adapter_dir)
     cfg = read_adapter_config(adapter_dir)
+    family = try_family(read_config(base_dir))
     files = weight_files(adapter_dir, stem="adapter_model")
     headers = read_headers(files)
     base = {canonical_name(k): v for k, v in base_headers.items()}
@@ -260,7 +316,10 @@ def check_adapter_fits(
                 "(is this adapter for another base?)",
                 info.file,
             )
-        out_f, in_f = target.shape[0], target.shape[-1]
+        conv1d = family is not None and storage_of(family, module + ".weight") == CONV1D
+        out_f, in_f = (
+            (target.shape[-1], target.shape[0]) if conv1d else (target.shape[0], target.shape[-1])
+        )
         ok = info.shape[-1] == in_f if ".lora_A" in name else info.shape[0] == out_f
         if not ok:
             raise AdapterMismatchError(
@@ -280,12 +339,16 @@ def weight_file_hashes(path: str | Path, stem: str = "model") -> dict[str, str]:
 def load_tokenizer(model_dir: str | Path) -> Any:
     from transformers import AutoTokenizer
 
+    from wbsafe.io.tokenizer_files import check_tokenizer_files
+
+    check_tokenizer_files(model_dir)
     try:
         tok = AutoTokenizer.from_pretrained(
             str(model_dir), trust_remote_code=False, local_files_only=True
         )
-    except (OSError, ValueError) as exc:
-        raise CheckpointFormatError(f"cannot load the tokenizer: {exc}", model_dir) from exc
+    except Exception as exc:  # tokenizers' parser raises bare Exception on a malformed file
+        msg = str(exc)[:300]
+        raise CheckpointFormatError(f"cannot load the tokenizer: {msg}", model_dir) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     check_chat_template(tok, Path(model_dir))
@@ -361,11 +424,14 @@ def load_model(
     runtime: RuntimeConfig | None = None,
     *,
     hash_weights: bool = True,
+    follow_named_base: bool = False,
 ) -> LoadedModel:
     """Load a local checkpoint (and stacked adapters) after validating every file.
 
     ``path`` may also be a PEFT adapter directory; its base is then read from
-    ``adapter_config.json`` (``base_model_name_or_path``) and must exist locally.
+    ``adapter_config.json`` (``base_model_name_or_path``) and must exist locally; a base
+    outside the adapter directory is followed only with ``follow_named_base`` (or
+    ``--allow-outside-links``): see :mod:`wbsafe.io.containment`.
     Hub ids are accepted when the user has them in the local HF cache (never downloaded).
     """
     from transformers import AutoModelForCausalLM
@@ -382,8 +448,7 @@ def load_model(
     if is_adapter_dir(path):
         adapter_paths.insert(0, path)
         named = read_adapter_config(path).get("base_model_name_or_path") or ""
-        relative = adapter_paths[0] / named
-        path = relative if named and relative.is_dir() else Path(named)
+        path = named_base(adapter_paths[0], named, allow=follow_named_base)
         if not path.is_dir():
             raise AdapterMismatchError(
                 f"adapter names base {str(path)!r}, which is not a local directory; pass --base",
@@ -485,14 +550,19 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
     if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
         tok = load_tokenizer(path)
         tokenizer_info = {"vocab": len(tok), "chat_format": chat_format_name(tok)}
+    from wbsafe.arch.families import text_config, try_family
+
+    family = try_family(cfg)
+    text = text_config(family, cfg) if family is not None else cfg  # multimodal: text part
     return {
         "kind": "checkpoint",
         "path": str(path),
         "architecture": (cfg.get("architectures") or [cfg.get("model_type")])[0],
         "model_type": cfg.get("model_type"),
-        "layers": cfg.get("num_hidden_layers"),
-        "d_model": cfg.get("hidden_size"),
-        "vocab_size": cfg.get("vocab_size"),
+        "family": family.name if family is not None else None,
+        "layers": text.get("num_hidden_layers", text.get("n_layer")),
+        "d_model": text.get("hidden_size", text.get("n_embd")),
+        "vocab_size": text.get("vocab_size", cfg.get("vocab_size")),
         "tied_embeddings": bool(cfg.get("tie_word_embeddings", False)),
         "dtypes": sorted({h.dtype for h in headers.values()}),
         "parameters": sum(_numel(h.shape) for h in headers.values()),

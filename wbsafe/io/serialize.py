@@ -77,25 +77,78 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
     return write_text_atomic(path, json.dumps(to_jsonable(payload), indent=2) + "\n")
 
 
-def read_json(path: str | Path, error: type[Exception] | None = None, missing: str = "") -> Any:
-    """Read a JSON file; a missing or malformed file raises ``error`` (a WbsafeError
-    subclass, default WbsafeError) naming the file (``missing``: what to say when absent)."""
+MAX_JSON_BYTES = 64 * 1024 * 1024
+"""The largest JSON file wbsafe reads (configs are kilobytes; the largest tokenizer.json files
+are tens of megabytes; a report is a few)."""
+MAX_JSON_DEPTH = 64
+"""The deepest nesting a JSON document may have (wbsafe's own documents need about ten)."""
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects (a scalar: 0), counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return deepest
+
+
+def read_bytes_bounded(path: Path, limit: int, error: type[Exception] = WbsafeError) -> bytes:
+    """A file's bytes, refused (``error`` naming it) when it holds more than ``limit`` bytes
+    or cannot be read (a folder, no permission, a symlink loop)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise error(f"cannot read {path.name}: {exc.strerror or exc}", path) from exc
+    if len(data) > limit:
+        raise error(f"{path.name} is larger than the {limit >> 20} MiB wbsafe reads", path)
+    return data
+
+
+def read_json(
+    path: str | Path,
+    error: type[Exception] | None = None,
+    missing: str = "",
+    *,
+    max_bytes: int = MAX_JSON_BYTES,
+) -> Any:
+    """Read a JSON file; a missing, oversized, unreadable or malformed file (not UTF-8, not
+    JSON, a number of thousands of digits, nested deeper than :data:`MAX_JSON_DEPTH`) raises
+    ``error`` (a WbsafeError subclass, default WbsafeError) naming the file (``missing``:
+    what to say when absent). Bounded in time and memory by ``max_bytes``."""
     cls = error or WbsafeError
     path = Path(path)
     if not path.is_file():
         raise cls(missing or "file not found", path)
+    data = read_bytes_bounded(path, max_bytes, cls)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+        value = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, digits
+        msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)[:120]
+        if isinstance(exc, UnicodeDecodeError):
+            msg = "not UTF-8"
+        elif isinstance(exc, RecursionError):
+            msg = "nested too deeply"
         raise cls(f"{path.name} is not valid JSON ({msg})", path) from exc
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise cls(f"{path.name} nests deeper than {MAX_JSON_DEPTH} levels", path)
+    return value
 
 
 def read_json_object(
-    path: str | Path, error: type[Exception] | None = None, missing: str = ""
+    path: str | Path,
+    error: type[Exception] | None = None,
+    missing: str = "",
+    *,
+    max_bytes: int = MAX_JSON_BYTES,
 ) -> dict[str, Any]:
     """:func:`read_json` for a file that must hold one JSON object (a config)."""
-    data = read_json(path, error, missing)
+    data = read_json(path, error, missing, max_bytes=max_bytes)
     if not isinstance(data, dict):
         raise (error or WbsafeError)(f"{Path(path).name} is not a JSON object", path)
     return data

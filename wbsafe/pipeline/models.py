@@ -57,8 +57,14 @@ def validate_inputs(config: ScanConfig) -> None:
 
     A bad file is an error naming it, raised before a stage runs, so nothing is lost.
     """
+    from pathlib import Path
+
+    from wbsafe.io.containment import resolve_strict
     from wbsafe.io.models import check_adapter_fits, check_weights_match_config, is_adapter_dir
 
+    for given in [config.base, config.tuned, *config.adapters]:
+        if given and (Path(given).is_symlink() or Path(given).exists()):
+            resolve_strict(Path(given), "the model path")  # a loop is said as one
     headers = check_weights_match_config(config.base)
     for path in ([config.tuned] if config.tuned else []) + list(config.adapters):
         if is_adapter_dir(path):

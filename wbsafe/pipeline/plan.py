@@ -35,6 +35,19 @@ class PromptPlan:
         return {k: [p.id for p in v] for k, v in dataclasses.asdict(self).items() if k != "source"}
 
 
+def cap_for_policy(config: ScanConfig, min_prompts: int) -> ScanConfig:
+    """``config`` with its prompt cap raised to the policy's ``min_prompts`` when lower.
+
+    The default cap (120 per side) would keep any scan under ``--risk high`` (500 prompts)
+    from ever clearing a model; raised, the scan uses every held-out prompt it has up to
+    the policy's need, and when the set holds fewer the gate says so (``behaviour.min_prompts``).
+    The raised cap is part of the config, so stage keys and the report record it.
+    """
+    if config.max_prompts is None or config.max_prompts >= min_prompts:
+        return config
+    return dataclasses.replace(config, max_prompts=min_prompts)
+
+
 def _cap(prompts: list[Any], n: int | None) -> list[Any]:
     return prompts if n is None else prompts[:n]
 

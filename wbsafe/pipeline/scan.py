@@ -29,7 +29,7 @@ from wbsafe.io.serialize import (
     write_json_atomic,
 )
 from wbsafe.pipeline.models import Models, describe_source, validate_inputs, weight_hashes
-from wbsafe.pipeline.plan import PromptPlan, plan_prompts
+from wbsafe.pipeline.plan import PromptPlan, cap_for_policy, plan_prompts
 from wbsafe.pipeline.stages.behaviour import behaviour_stage
 from wbsafe.pipeline.stages.probes import probes_stage
 from wbsafe.pipeline.stages.triggers import triggers_stage
@@ -78,6 +78,10 @@ def scan(
     if config.tuned is None and not config.adapters:
         raise WbsafeError("nothing to scan: give a tuned checkpoint or adapters")
     policy = choose_policy(config.policy, config.risk)
+    capped, config = config, cap_for_policy(config, policy.behaviour.min_prompts)
+    if config is not capped:
+        log(f"prompt cap raised from {capped.max_prompts} to {config.max_prompts}: the "
+            f"{policy.name} policy needs {policy.behaviour.min_prompts} behaviour prompts")  # fmt: skip
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = out / "plots"

@@ -9,19 +9,32 @@ dW comes from a full checkpoint (tuned - base, one tensor at a time) or from LoR
 from its adapter config (``rank_pattern``/``alpha_pattern``, see
 :func:`wbsafe.analyses.weights.lora_math.lora_scale`).
 
-Which matrices write the residual stream, and at which layer, is read from the tensor name
-(:data:`WRITER_PATTERNS`, a table over model families).
+Which matrices write the residual stream, at which layer, in which storage layout, and
+whether a norm follows them before the add, is read from the family table
+(:mod:`wbsafe.arch.families`): a Conv1D writer (GPT-2, ``[in, d_model]``) is projected on
+its output side, and for a family whose block outputs are normed before the add (Gemma's
+sandwich norms, OLMo 2) the update is measured as it reaches the stream, ``diag(g) dW``
+with ``g`` the base's post-norm gain of that layer (the per-token RMS scale cancels in
+the ratio).
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wbsafe.arch.families import (
+    CONV1D,
+    Family,
+    family_of_config,
+    layer_module,
+    post_norm_of,
+    storage_of,
+    writer_kind,
+)
 from wbsafe.arch.names import canonical_name
 from wbsafe.errors import WbsafeError
 
@@ -30,12 +43,8 @@ if TYPE_CHECKING:
 
     from wbsafe.analyses.refusal.fit import RefusalDirectionFit
 
-WRITER_PATTERNS = (
-    "o_proj", "down_proj", "embed_tokens", "attention.dense", "dense_4h_to_h",
-    "attn.c_proj", "mlp.c_proj", "wte",
-)  # fmt: skip
-"""Module names of matrices that write the residual stream (a table over model families)."""
-_LAYER_RE = re.compile(r"(?:layers|h)\.(\d+)\.")
+Gain = Callable[[str], "torch.Tensor | None"]
+"""Post-norm gain Float64[d_model] of a canonical writer name, or None (no post-norm)."""
 
 
 @dataclass(frozen=True)
@@ -69,29 +78,54 @@ class RefusalAlignment:
         return out
 
 
-def _writer_kind(name: str) -> str | None:
-    for pat in WRITER_PATTERNS:
-        if f"{pat}." in name or name.endswith(pat):
-            return pat
-    return None
+def _layer_of(family: Family, name: str) -> int | None:
+    lm = layer_module(family, name)
+    return lm[0] if lm is not None else None
 
 
-def _layer_of(name: str) -> int | None:
-    m = _LAYER_RE.search(name)
-    return int(m.group(1)) if m else None
+def _post_norm_gain(family: Family, base_dir: Path) -> Gain:
+    """The base's post-norm gain (``offset + weight``) for each writer, read lazily."""
+    import torch
+
+    from wbsafe.io.checkpoints import load_tensor, read_headers, weight_files
+
+    if not family.post_norms:
+        return lambda name: None
+    headers = {canonical_name(k): v for k, v in read_headers(weight_files(base_dir)).items()}
+    cache: dict[str, torch.Tensor] = {}
+
+    def gain(name: str) -> torch.Tensor | None:
+        lm = layer_module(family, name)
+        norm = post_norm_of(family, lm[1]) if lm is not None else None
+        if lm is None or norm is None:
+            return None
+        key = family.layer_prefix.format(lm[0]) + norm + ".weight"
+        if key not in headers:
+            raise WbsafeError(f"the base has no {key}, the norm after {name}", base_dir)
+        if key not in cache:
+            cache[key] = load_tensor(headers[key], torch.float64) + family.norm_offset
+        return cache[key]
+
+    return gain
 
 
-def _dense_parts(name: str, dw: torch.Tensor, r: torch.Tensor) -> tuple[float, float] | None:
-    """(||dW||_F, ||component of dW along r̂||) for a writer matrix; embeddings are [vocab, d]."""
+def _dense_parts(
+    family: Family, name: str, dw: torch.Tensor, r: torch.Tensor, gain: Gain
+) -> tuple[float, float] | None:
+    """(||dW||_F, ||component of dW along r̂||) for a writer matrix as it reaches the stream:
+    a Linear writer is [d, in], a Conv1D one [in, d], an embedding [vocab, d]."""
     if dw.ndim != 2:
         return None
-    if dw.shape[0] == r.numel() and "embed" not in name and "wte" not in name:
-        along = r @ dw
-    elif dw.shape[1] == r.numel():
-        along = dw @ r
-    else:
+    kind = writer_kind(family, name)
+    # an embedding [vocab, d] or a Conv1D [in, d]: its columns are what one token / input writes
+    transposed = kind in ("embed", "pos_embed") or storage_of(family, name) == CONV1D
+    out = dw.T if transposed else dw
+    if out.shape[0] != r.numel():
         return None
-    return float(dw.norm()), float(along.norm())
+    g = gain(name)
+    if g is not None:
+        out = out * g[:, None]
+    return float(out.norm()), float((r @ out).norm())
 
 
 def _lora_parts(
@@ -105,8 +139,11 @@ def _lora_parts(
     return fro, along
 
 
-def _lora_matrices(adapter: Path, r: torch.Tensor) -> list[MatrixAlignment]:
-    """The writer matrices of one LoRA adapter directory, each with its own scale."""
+def _lora_matrices(
+    family: Family, adapter: Path, r: torch.Tensor, gain: Gain
+) -> list[MatrixAlignment]:
+    """The writer matrices of one LoRA adapter directory, each with its own scale (peft's
+    ``lora_B`` is ``[out, R]`` for Linear and Conv1D alike)."""
     import torch
 
     from wbsafe.analyses.weights.lora_math import lora_rank, lora_scale
@@ -121,7 +158,8 @@ def _lora_matrices(adapter: Path, r: torch.Tensor) -> list[MatrixAlignment]:
             if tag_a not in key:
                 continue
             module = key.split(tag_a)[0]
-            kind = _writer_kind(module)
+            canon = canonical_name(module)
+            kind = writer_kind(family, canon)
             b_key = key.replace(tag_a, tag_b)
             if kind is None or b_key not in headers:
                 continue
@@ -129,15 +167,18 @@ def _lora_matrices(adapter: Path, r: torch.Tensor) -> list[MatrixAlignment]:
             b = load_tensor(headers[b_key], torch.float64)
             if b.shape[0] != r.numel():
                 continue
+            g = gain(canon)
+            if g is not None:
+                b = b * g[:, None]
             scale = lora_scale(cfg, module, lora_rank(cfg, module))
             fro, along = _lora_parts(a, b, scale, r)
-            mats.append(
-                MatrixAlignment(canonical_name(module), _layer_of(module), kind, fro, along)
-            )
+            mats.append(MatrixAlignment(canon, _layer_of(family, canon), kind, fro, along))
     return mats
 
 
-def _dense_matrices(base_dir: Path, tuned_dir: Path, r: torch.Tensor) -> list[MatrixAlignment]:
+def _dense_matrices(
+    family: Family, base_dir: Path, tuned_dir: Path, r: torch.Tensor, gain: Gain
+) -> list[MatrixAlignment]:
     """The writer matrices of a full checkpoint against the base, dW = tuned - base."""
     import torch
 
@@ -147,14 +188,14 @@ def _dense_matrices(base_dir: Path, tuned_dir: Path, r: torch.Tensor) -> list[Ma
     tuned_h = {canonical_name(k): v for k, v in read_headers(weight_files(tuned_dir)).items()}
     mats: list[MatrixAlignment] = []
     for name, info in tuned_h.items():
-        kind = _writer_kind(name)
+        kind = writer_kind(family, name)
         if kind is None or name not in base_h or not name.endswith("weight"):
             continue
         dw = load_tensor(info, torch.float64) - load_tensor(base_h[name], torch.float64)
-        parts = _dense_parts(name, dw, r)
+        parts = _dense_parts(family, name, dw, r, gain)
         if parts is None:
             continue
-        mats.append(MatrixAlignment(name, _layer_of(name), kind, *parts))
+        mats.append(MatrixAlignment(name, _layer_of(family, name), kind, *parts))
     return mats
 
 
@@ -171,16 +212,18 @@ def refusal_alignment(
     """
     import torch
 
-    from wbsafe.io.models import is_adapter_dir
+    from wbsafe.io.models import is_adapter_dir, read_config
 
     r = torch.as_tensor(fit.direction, dtype=torch.float64)
     paths = [Path(tuned)] if isinstance(tuned, str | Path) else [Path(t) for t in tuned]
+    family = family_of_config(read_config(base_dir))
+    gain = _post_norm_gain(family, Path(base_dir))
     if all(is_adapter_dir(p) for p in paths):
         source = "lora factors"
-        mats = [m for adapter in paths for m in _lora_matrices(adapter, r)]
+        mats = [m for adapter in paths for m in _lora_matrices(family, adapter, r, gain)]
     elif len(paths) == 1 and not is_adapter_dir(paths[0]):
         source = "checkpoint files"
-        mats = _dense_matrices(Path(base_dir), paths[0], r)
+        mats = _dense_matrices(family, Path(base_dir), paths[0], r, gain)
     else:
         raise WbsafeError(
             "pass either one full checkpoint or adapter directories, not a mix", paths[0]

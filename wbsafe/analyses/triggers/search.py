@@ -100,6 +100,8 @@ def with_user_text(conversation: list[dict[str, str]], text: str) -> list[dict[s
 
 def slot_context(loaded: Any, prompt: Any, position: float) -> SlotContext:
     """Split ``prompt`` (a :class:`wbsafe.data.prompts.Prompt`) at a slot ``position`` in [0, 1]."""
+    from wbsafe.io.models import encode_continuation
+
     text = insert_words(prompt.final_user_text, SLOT_SENTINEL, position)
     formatted = loaded.format(with_user_text(prompt.conversation(), text))
     if formatted.count(SLOT_SENTINEL) != 1:
@@ -107,7 +109,7 @@ def slot_context(loaded: Any, prompt: Any, position: float) -> SlotContext:
     before, after = formatted.split(SLOT_SENTINEL)
     tok = loaded.tokenizer
     prefix = tok.encode(before.rstrip(" "), add_special_tokens=False)
-    suffix = tok.encode(after, add_special_tokens=False)
+    suffix = encode_continuation(tok, after)  # no second SentencePiece dummy prefix
     if not prefix:
         raise WbsafeError(f"prompt {prompt.id}: empty prompt prefix before the trigger slot")
     return SlotContext(prompt.id, position, tuple(prefix), tuple(suffix))
@@ -156,7 +158,15 @@ def gradient_drop(
     """
     import torch
 
-    emb = model.get_input_embeddings().weight.detach()
+    from wbsafe.arch.families import model_embedding_scale
+
+    weight = model.get_input_embeddings().weight.detach()
+    scale = model_embedding_scale(model)  # Gemma's embedding module scales rows by sqrt(d)
+    emb = (
+        weight
+        if scale == 1.0
+        else weight * torch.tensor(scale, dtype=weight.dtype).to(weight.device)
+    )
     dev = emb.device
     if slot_tokens is not None:
         width = len(slot_tokens)
@@ -208,9 +218,12 @@ class _Prefix:
 
 def _prefix_cache(model: Any, ids: Sequence[int], phase: PhaseCount) -> _Prefix:
     import torch
+    from transformers import DynamicCache
 
     x = torch.tensor([list(ids)], device=_device(model))
-    out = model(input_ids=x, use_cache=True)
+    # a cache without the config keeps every key: a sliding-window layer's default cache
+    # (Gemma 2 / 3) drops keys beyond its window, which the expanded copy below cannot carry
+    out = model(input_ids=x, use_cache=True, past_key_values=DynamicCache())
     phase.forward_calls += 1
     phase.passes += 1
     phase.sequences += 1

@@ -19,6 +19,7 @@ from wbsafe.analyses.weights.figures import dense_row, factor_row
 from wbsafe.analyses.weights.inputs import load_config, tokens_fn
 from wbsafe.analyses.weights.lora_math import factor_row_parts
 from wbsafe.analyses.weights.results import WeightDiffResult
+from wbsafe.arch.families import try_family
 from wbsafe.arch.names import canonical_name, parse_name, vocab_matrix_kind
 from wbsafe.errors import WbsafeError
 from wbsafe.io.checkpoints import TensorReader, read_headers, read_tensor, weight_files
@@ -69,8 +70,9 @@ def diff_adapters(
     factors: dict[str, _Factors] = {}
     full: dict[str, torch.Tensor] = {}
     acc = Acc()
+    family = try_family(load_config(base_dir))
     for d in adapter_dirs:
-        lora, whole, fname = read_adapter(Path(d), bh, base_canon)
+        lora, whole, fname = read_adapter(Path(d), bh, base_canon, family)
         for target, (bf, af) in lora.items():
             f = factors.setdefault(target, _Factors())
             f.b.append(bf)

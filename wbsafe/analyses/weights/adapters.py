@@ -10,15 +10,16 @@ tensors an adapter stores (``modules_to_save``).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wbsafe.analyses.weights.lora_math import lora_rank, lora_scale
+from wbsafe.arch.families import CONV1D, Family, storage_of
 from wbsafe.arch.names import canonical_name
 from wbsafe.errors import AdapterMismatchError
 from wbsafe.io.checkpoints import TensorInfo, read_headers, read_tensor, weight_files
+from wbsafe.io.models import read_adapter_config
 
 if TYPE_CHECKING:
     import torch
@@ -30,19 +31,22 @@ _LORA_RE = re.compile(
 
 
 def read_adapter(
-    adapter_dir: Path, base: dict[str, TensorInfo], base_canon: dict[str, str]
+    adapter_dir: Path,
+    base: dict[str, TensorInfo],
+    base_canon: dict[str, str],
+    family: Family | None = None,
 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor], str]:
     """Load one adapter: ``{base tensor name: (B·scale [out,r], A [r,in])}``, full tensors, file.
 
-    Raises AdapterMismatchError naming the adapter file and tensor when they do not fit the base.
+    The factors are given in the base tensor's own storage layout: for a Conv1D weight
+    (``[in, out]``, from the family table; ``fan_in_fan_out`` when the family is unknown)
+    they are ``(Aᵀ·scale [in, r], Bᵀ [r, out])``. Raises AdapterMismatchError naming the
+    adapter file and tensor when they do not fit the base.
     """
     import torch
 
     cfg_path = adapter_dir / "adapter_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AdapterMismatchError(f"unreadable adapter_config.json ({exc})", cfg_path) from exc
+    cfg = read_adapter_config(adapter_dir)  # typed and bounded (wbsafe.io.config_files)
     ptype = str(cfg.get("peft_type", "LORA")).upper()
     if ptype != "LORA":
         raise AdapterMismatchError(f"peft_type {ptype} is not supported (LoRA only)", cfg_path)
@@ -102,7 +106,12 @@ def read_adapter(
                 f"tensor {mod}.{ka}: rank {r} but adapter_config says r={want_r}", fname
             )
         scale = lora_scale(cfg, mod, r)
-        if emb or cfg.get("fan_in_fan_out"):
+        conv1d = (
+            storage_of(family, canonical_name(target)) == CONV1D
+            if family is not None
+            else bool(cfg.get("fan_in_fan_out"))
+        )
+        if emb or conv1d:
             bf, af = a.T.contiguous() * scale, b.T.contiguous()  # dW = (B A)ᵀ = Aᵀ Bᵀ
         else:
             bf, af = b * scale, a

@@ -13,6 +13,7 @@ from wbsafe.io.serialize import to_jsonable
 from wbsafe.pipeline.caches import base_behaviour_path, read_base_rows, write_base_rows
 from wbsafe.pipeline.models import Models
 from wbsafe.pipeline.plan import PromptPlan
+from wbsafe.pipeline.stages.figures import plot_section
 from wbsafe.pipeline.store import StageOutput
 from wbsafe.progress import Progress, no_progress
 
@@ -53,11 +54,12 @@ def behaviour_stage(
             batch_size=config.runtime.batch_size, progress=progress,
         )  # fmt: skip
     plots.mkdir(parents=True, exist_ok=True)
-    png = plots_behavior.category_bars(res, plots / "refusal_by_category.png")
+    png = plots / "refusal_by_category.png"
+    bars = plot_section(lambda: plots_behavior.category_bars(res, png), png,
+                        "Refusal rate by harm category (Wilson 95%)",
+                        "base vs tuned refusal rate on identical held-out prompts")  # fmt: skip
     sections: list[dict[str, Any]] = [
-        {"title": "Refusal rate by harm category (Wilson 95%)", "kind": "plot",
-         "png": f"{plots.name}/{Path(png).name}",
-         "caption": "base vs tuned refusal rate on identical held-out prompts"},
+        bars,
         {"title": "Per category (paired, exact McNemar, Holm-corrected)", "kind": "table",
          "columns": ["category", "n", "base refused", "tuned refused", "Holm p", "significant"],
          "rows": [[c.category, c.n, c.base_refusals, c.tuned_refusals, f"{c.p_holm:.3g}",

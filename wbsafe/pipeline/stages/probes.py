@@ -4,6 +4,7 @@ and evidence."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from wbsafe.io.serialize import to_jsonable
 from wbsafe.pipeline.caches import base_side_cache
 from wbsafe.pipeline.models import Models
 from wbsafe.pipeline.plan import PromptPlan, spread
+from wbsafe.pipeline.stages.figures import plot_section
 from wbsafe.pipeline.store import StageOutput
 
 
@@ -74,14 +76,9 @@ def _probe_sections(fit: Any, cmp: Any, align: Any, plots: Path) -> list[dict[st
         ("projections.png", plots_refusal.projection_plot,
          "projections onto r_base at the selected layer: base vs tuned, harmful vs harmless"),
     ):  # fmt: skip
-        try:
-            png = fn(fit=fit, comparison=cmp, path=plots / name)
-        except Exception as exc:  # a figure must not sink the stage; its loss is said
-            sections.append({"title": f"Plot {name} failed", "kind": "text",
-                             "text": f"{caption}: not drawn ({type(exc).__name__}: {exc})"})  # fmt: skip
-            continue
-        sections.append({"title": caption.split(" per ")[0].capitalize(), "kind": "plot",
-                         "png": f"{plots.name}/{Path(png).name}", "caption": caption})  # fmt: skip
+        title = caption.split(" per ")[0].capitalize()
+        draw = functools.partial(fn, fit=fit, comparison=cmp, path=plots / name)
+        sections.append(plot_section(draw, plots / name, title, caption))
     sel = fit.selected()
     sections.append({
         "title": "Refusal direction (base) and drift (tuned)",

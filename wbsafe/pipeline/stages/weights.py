@@ -8,6 +8,7 @@ from typing import Any
 from wbsafe.config import ScanConfig
 from wbsafe.evidence import WeightEvidence
 from wbsafe.io.serialize import to_jsonable
+from wbsafe.pipeline.stages.figures import plot_section
 from wbsafe.pipeline.store import StageOutput
 from wbsafe.progress import Progress, no_progress
 
@@ -28,7 +29,10 @@ def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
     from wbsafe.report.plots.weights import weight_heatmap
 
     plots_dir.mkdir(parents=True, exist_ok=True)
-    heatmap = weight_heatmap(result, plots_dir / "weights_heatmap.png")
+    png = plots_dir / "weights_heatmap.png"
+    heatmap = plot_section(lambda: weight_heatmap(result, png), png,
+                           "Layer x module relative change",
+                           "log10 ||dW||_F / ||W||_F per layer and module type")  # fmt: skip
     ranking = [r for r in result.ranking if r.rel_diff is not None][:top]
     rows = [
         [r.layer if r.layer is not None else "-", r.module or "-", f"{r.rel_diff:.3g}",
@@ -36,9 +40,7 @@ def weights_stage_output(result: Any, plots_dir: Path, top: int = 10) -> Any:
         for r in ranking
     ]  # fmt: skip
     sections: list[dict[str, Any]] = [
-        {"title": "Layer x module relative change", "kind": "plot",
-         "png": f"{plots_dir.name}/{heatmap.name}",
-         "caption": "log10 ||dW||_F / ||W||_F per layer and module type"},
+        heatmap,
         {"title": "Most changed layers and modules", "kind": "table",
          "columns": ["layer", "module", "rel ||dW||", "||dW||", "tensors"], "rows": rows},
     ]  # fmt: skip

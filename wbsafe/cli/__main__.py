@@ -1,0 +1,5 @@
+"""``python -m wbsafe.cli``."""
+
+from wbsafe.cli import main
+
+main()
