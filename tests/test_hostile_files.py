@@ -296,3 +296,25 @@ def test_config_files_linking_out_are_refused(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert read_config(d)["model_type"] == "llama"
+
+
+def test_an_adapter_naming_another_base_is_reported_not_followed(
+    tiny_organisms: dict[str, Organism], tiny_base: Path, tmp_path: Path
+) -> None:
+    """With --base given, the base an adapter names is never loaded; when it is not the base
+    given, the report says which base the adapter named and which it was screened against."""
+    from wbsafe.config import ScanConfig
+    from wbsafe.pipeline.models import named_base_notes
+    from wbsafe.report.markdown import render_markdown
+
+    adapter = Path(tiny_organisms["benign_lora"].path)
+    assert named_base_notes(ScanConfig(base=str(tiny_base), adapters=(str(adapter),))) == []
+    moved = tmp_path / "adapter"
+    shutil.copytree(adapter, moved)
+    cfg = json.loads((moved / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "/srv/models/some-other-base"
+    (moved / "adapter_config.json").write_text(json.dumps(cfg))
+    (note,) = named_base_notes(ScanConfig(base=str(tiny_base), adapters=(str(moved),)))
+    assert "/srv/models/some-other-base" in note and str(tiny_base) in note
+    report = {"models": {"base": {"path": str(tiny_base)}, "tuned": {"base_notes": [note]}}}
+    assert "some-other-base" in render_markdown(report, tmp_path)

@@ -190,6 +190,10 @@ def test_gate_and_report_rerun_without_a_model(
                               "--out", str(tmp_path / "again.md")])  # fmt: skip
     assert md.exit_code == 0, md.output
     assert (tmp_path / "again.md").read_text().startswith("# Verdict: BLOCK")
+    # the behaviour section says how far its judge agrees with people, with an interval
+    again = (tmp_path / "again.md").read_text()
+    assert "How far the string judge agrees with people" in again
+    assert "judge_labels_free.csv free_test" in again and "%]" in again
 
 
 def test_scan_many_reports_each_and_survives_a_bad_adapter(

@@ -13,6 +13,7 @@ that gives three-way labels also gets its three-way confusion matrix.
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,3 +237,24 @@ def agreement_lines(title: str, groups: dict[str, Agreement]) -> list[str]:
         )
         lines.append(f"  {name:<28} n={a.n:<4} agree {rate:>6} [{lo:.1%}, {hi:.1%}]  {calls}")
     return lines
+
+
+HELD_BACK = (("judge_labels.csv", "test"), ("judge_labels_free.csv", "free_test"))
+"""The labelled rows the string judge was not tuned on (probes/judge_labels*.md)."""
+
+
+@functools.lru_cache(maxsize=1)
+def string_judge_agreement() -> tuple[tuple[str, Proportion], ...]:
+    """The default string judge's binary agreement with people on :data:`HELD_BACK`, as
+    ``(set and split, proportion)``; empty where the labelled files are absent."""
+    from wbsafe.capture.judges import StringMatchJudge
+    from wbsafe.data.prompts import probes_dir
+
+    out = []
+    for name, split in HELD_BACK:
+        path = probes_dir() / name
+        if path.is_file():
+            out.append(
+                (f"{name} {split}", judge_eval(StringMatchJudge(), path, split=split).accuracy)
+            )
+    return tuple(out)

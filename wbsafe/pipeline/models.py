@@ -83,6 +83,32 @@ def weight_hashes(config: ScanConfig) -> dict[str, str]:
     return hashes
 
 
+def named_base_notes(config: ScanConfig) -> list[str]:
+    """One line per adapter whose ``base_model_name_or_path`` is not the base the user gave:
+    the scan used the given base (a named base is never followed), and the report says so,
+    since an adapter trained on another base screened against this one may read as damage."""
+    from pathlib import Path
+
+    from wbsafe.io.models import is_adapter_dir, read_adapter_config
+
+    given = Path(config.base).resolve()
+    notes = []
+    for adapter in ([config.tuned] if config.tuned else []) + list(config.adapters):
+        if not is_adapter_dir(adapter):
+            continue
+        named = str(read_adapter_config(adapter).get("base_model_name_or_path") or "")
+        where = Path(adapter) / named if named and (Path(adapter) / named).is_dir() else None
+        where = where or (Path(named) if named and Path(named).is_dir() else None)
+        if where is not None and where.resolve() == given:
+            continue
+        notes.append(
+            f"adapter {adapter} names its base as {named or '(nothing)'!r} in "
+            f"adapter_config.json, not the base given ({config.base}): it was screened against "
+            "the base given"
+        )
+    return notes
+
+
 def describe_source(config: ScanConfig, models: Models) -> dict[str, Any]:
     """What was scanned, as recorded in the report (device/dtype when a model was loaded)."""
     runtime = to_jsonable(config.runtime)
@@ -94,6 +120,6 @@ def describe_source(config: ScanConfig, models: Models) -> dict[str, Any]:
                 "weight_sha256": models._tuned.base_weight_hashes()}  # fmt: skip
     return {
         "base": base or {"path": config.base, "adapters": [], "runtime": runtime},
-        "tuned": tuned or {"path": config.tuned or config.base, "adapters": models.adapters,
-                           "runtime": runtime},
+        "tuned": {**(tuned or {"path": config.tuned or config.base, "adapters": models.adapters,
+                               "runtime": runtime}), "base_notes": named_base_notes(config)},
     }  # fmt: skip

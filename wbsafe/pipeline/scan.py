@@ -28,7 +28,13 @@ from wbsafe.io.serialize import (
     to_jsonable,
     write_json_atomic,
 )
-from wbsafe.pipeline.models import Models, describe_source, validate_inputs, weight_hashes
+from wbsafe.pipeline.models import (
+    Models,
+    describe_source,
+    named_base_notes,
+    validate_inputs,
+    weight_hashes,
+)
 from wbsafe.pipeline.plan import PromptPlan, cap_for_policy, plan_prompts
 from wbsafe.pipeline.stages.behaviour import behaviour_stage
 from wbsafe.pipeline.stages.probes import probes_stage
@@ -89,6 +95,8 @@ def scan(
     t_start = time.perf_counter()
     set_seed(config.seed)
     validate_inputs(config)
+    for note in named_base_notes(config):
+        log(f"note: {note}")
     hashes = weight_hashes(config)
     models = Models(config)
     records: dict[str, StageRecord] = {}

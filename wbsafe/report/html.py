@@ -21,6 +21,7 @@ from wbsafe.report.view import (
     fmt_seconds,
     is_number,
     model_label,
+    model_notes,
     numeric_columns,
     ordered_reasons,
     ordered_stages,
@@ -246,7 +247,8 @@ def _banner(report: Mapping[str, Any], verdict: str) -> str:
         f" · policy <code>{_e(decision.get('policy_name') or '—')}</code>{_e(inconclusive)}</div>"
         f'<div class="facts">base <code>{_e(model_label(report, "base"))}</code> · tuned '
         f"<code>{_e(model_label(report, 'tuned'))}</code></div>"
-        f"{reasons}</section>"
+        + "".join(f'<div class="facts">note: {_e(n)}</div>' for n in model_notes(report))
+        + f"{reasons}</section>"
     )
 
 

@@ -118,6 +118,14 @@ def resolve_png(base_dir: Path, png: Any) -> tuple[Path | None, str]:
     return (path if ok else None), shown
 
 
+def model_notes(report: Mapping[str, Any]) -> list[str]:
+    """What the scan says about its inputs (an adapter that names another base)."""
+    models = report.get("models") or {}
+    tuned = models.get("tuned") if isinstance(models, dict) else None
+    notes = tuned.get("base_notes") if isinstance(tuned, dict) else None
+    return [str(n) for n in notes] if isinstance(notes, list) else []
+
+
 def model_label(report: Mapping[str, Any], which: str) -> str:
     """``path`` or ``path + adapter, ...`` for the base or tuned model."""
     models = report.get("models") or {}
