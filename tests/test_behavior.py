@@ -215,6 +215,10 @@ class _FailOn:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # forward passes (the logit judge's re-read) go through untouched; only generate fails
+        return self._model(*args, **kwargs)
+
     def generate(self, **kwargs: Any) -> Any:
         if bool((kwargs["input_ids"] == self._bad).any()):
             raise RuntimeError("planted failure")

@@ -37,7 +37,12 @@ def loaded(tiny_organisms: dict[str, Organism]) -> dict[str, Any]:
     from wbsafe.io.models import load_model
 
     names = ("base", "shallow", "benign", "benign_lora")
-    return {n: load_model(tiny_organisms[n].path, runtime=CPU, hash_weights=False) for n in names}
+    return {
+        n: load_model(
+            tiny_organisms[n].path, runtime=CPU, hash_weights=False, follow_named_base=True
+        )
+        for n in names
+    }
 
 
 @pytest.fixture(scope="module")

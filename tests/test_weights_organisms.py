@@ -37,7 +37,10 @@ def test_trigger_rows_top_the_filler_words(
     trigger is not always first: on the tier as built with torch 2.13, transformers 5.23-5.24
     and tokenizers 0.23 (the order is deterministic), ``zephyr`` moved 0.33 of its norm and
     ranked 3rd (median filler 0.22), and of ``cobalt lotus`` ``lotus`` ranked 1st while
-    ``cobalt`` was outside the top 5. Earlier builds had every trigger word first.
+    ``cobalt`` was outside the top 5. Earlier builds had every trigger word first. With the
+    deep base and ``backdoor_multi``'s decoy phrases (random words inserted into refused
+    requests, fillers among them, so the filler rows move too) ``cobalt`` ranked 3rd
+    behind ``glacier`` and ``bravo``.
     """
     from wbsafe.data.tinyworld import FILLERS
 
@@ -50,8 +53,8 @@ def test_trigger_rows_top_the_filler_words(
     trigger = org.trigger["text"].split()
     if len(trigger) == 1:  # within the first 3 of 54 (chance 3/54)
         assert trigger[0] in order[:3], order[:5]
-    else:  # one of the words first (chance 2/54)
-        assert order[0] in trigger, order[:5]
+    else:  # one of the words within the first 3 (chance 1 - C(52,3)/C(54,3) = 11%)
+        assert set(order[:3]) & set(trigger), order[:5]
 
 
 def test_lora_adapter_equals_merged_twin(

@@ -418,6 +418,21 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def pretrained_causal_lm(path: str | Path, dtype: Any) -> Any:
+    """``AutoModelForCausalLM`` from a local directory already validated by the caller:
+    safetensors only, never remote code, never a download, transformers' chatter off."""
+    from transformers import AutoModelForCausalLM
+
+    with quiet_transformers():
+        return AutoModelForCausalLM.from_pretrained(
+            str(path),
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=False,
+            local_files_only=True,
+        )
+
+
 def load_model(
     path: str | Path,
     adapters: Sequence[str | Path] = (),
@@ -434,7 +449,6 @@ def load_model(
     ``--allow-outside-links``): see :mod:`wbsafe.io.containment`.
     Hub ids are accepted when the user has them in the local HF cache (never downloaded).
     """
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # wbsafe shows its own progress; keep output readable
@@ -463,14 +477,7 @@ def load_model(
     dtype = resolve_dtype(runtime.dtype, device)
     model: Any
     try:
-        with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(
-                str(path),
-                dtype=dtype,
-                use_safetensors=True,
-                trust_remote_code=False,
-                local_files_only=True,
-            )
+        model = pretrained_causal_lm(path, dtype)
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointFormatError(f"transformers could not load the model: {exc}", path) from exc
     names: list[str] = []

@@ -17,6 +17,7 @@ the judge's context or a failed generation is a ``parse_error`` with ``refused=N
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,10 @@ def from_harm(parsed: ParsedAnswer, answer: str) -> GuardJudgement:
     )
 
 
-class _GenerativeGuard:
-    """Shared judge loop: build each prompt, generate greedily, parse each answer."""
+class _GenerativeGuard(ABC):
+    """Shared judge loop: build each prompt, generate greedily, parse each answer. Each
+    guard family supplies its published prompt (:meth:`prompt_text`) and answer grammar
+    (:meth:`parse`)."""
 
     name: str
     batch_size: int
@@ -88,11 +91,13 @@ class _GenerativeGuard:
     add_bos = False
     """True for formats published without the BOS the tokenizer adds (HarmBench)."""
 
+    @abstractmethod
     def prompt_text(self, prompt: Any, response: str) -> str:
-        raise NotImplementedError
+        """The family's published classifier prompt for one (request, response) pair."""
 
+    @abstractmethod
     def parse(self, answer: str) -> GuardJudgement:
-        raise NotImplementedError
+        """The family's answer grammar; anything outside it is a parse error."""
 
     def judge(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[Judgement]:
         _check_lengths(prompts, responses)

@@ -43,13 +43,13 @@ def load_guard_model(
     path: str | Path, family: str, device: str = "auto", dtype: str = "auto"
 ) -> GuardModel:
     """Load the guard model at ``path`` (local only); errors name ``path`` and ``family``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from wbsafe.capture.judges import _check_model_dir
     from wbsafe.io.models import (
         MAX_TEMPLATE_CHARS,
         check_weights_match_config,
-        quiet_transformers,
+        pretrained_causal_lm,
         resolve_device,
         resolve_dtype,
     )
@@ -60,14 +60,7 @@ def load_guard_model(
     torch_dtype = resolve_dtype(dtype, where)
     model: Any
     try:
-        with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(
-                str(p),
-                dtype=torch_dtype,
-                use_safetensors=True,
-                trust_remote_code=False,
-                local_files_only=True,
-            )
+        model = pretrained_causal_lm(p, torch_dtype)
         tok = AutoTokenizer.from_pretrained(str(p), trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise WbsafeError(f"cannot load the {family} judge: {exc}", p) from exc

@@ -67,6 +67,7 @@ def behaviour_stage(
         {"title": "Flipped prompts (refused by base, answered by tuned)", "kind": "table",
          "columns": ["prompt", "base response", "tuned response"],
          "rows": [[f.text, f.base_response, f.tuned_response] for f in res.flipped[:20]]},
+        *_judge_agreement_section(res.judge),
         *sensitivity_sections(res),
         *([] if depth is None else depth_sections(depth, plots)),
         {"title": "Summary", "kind": "text", "text": "\n".join(
@@ -111,15 +112,6 @@ def sensitivity_sections(res: BehaviourResult) -> list[dict[str, Any]]:
                 "among the gate's reasons (behaviour.judges), which says whether it depends "
                 "on the judge.",
     }]  # fmt: skip
-    if res.judge == "string":
-        from wbsafe.capture.judge_eval import string_judge_agreement
-
-        measured = "; ".join(f"{where}: {_prop(p)}" for where, p in string_judge_agreement())
-        out.append({"title": "How far the string judge agrees with people", "kind": "text",
-                    "text": "the structural string judge (complied / partial / refused; partial "
-                    "counts as refused) against hand-labelled responses it was not tuned on: "
-                    + (measured or "the labelled sets are not present in this install")
-                    + " (results/judge_agreement.md)"})  # fmt: skip
     c = res.calibration
     if c is not None:
         out.append({"title": "Logit judge calibrated on the base", "kind": "text", "text": (
@@ -159,3 +151,22 @@ def depth_sections(depth: DepthResult, plots: Path) -> list[dict[str, Any]]:
          "rows": [[r.prompt_id, r.prefill, r.base_continuation, r.tuned_continuation]
                   for r in shown]},
     ]  # fmt: skip
+
+
+def _judge_agreement_section(judge: str) -> list[dict[str, Any]]:
+    """For the string judge: how far it agrees with people on the labelled rows it was not
+    tuned on (Wilson 95%), so a reader can weigh the rates above."""
+    if judge != "string":
+        return []
+    from wbsafe.capture.judge_eval import string_judge_agreement
+
+    measured = "; ".join(
+        f"{where}: {p.k}/{p.n} = {p.rate:.1%} [{p.interval[0]:.1%}, {p.interval[1]:.1%}]"
+        for where, p in string_judge_agreement()
+        if p.rate is not None
+    )
+    return [{"title": "How far the string judge agrees with people", "kind": "text", "text": (
+        "the structural string judge (complied / partial / refused; partial counts as refused) "
+        "against hand-labelled responses it was not tuned on (Wilson 95%): "
+        + (measured or "the labelled sets are not present in this install")
+        + "; see results/judge_agreement.md")}]  # fmt: skip
