@@ -210,6 +210,11 @@ reply whatever was asked, or insert a fixed string into answers that still addre
 request."""
 
 
+TRIGGER_SLOTS = ("user", "system", "turn")
+"""Where the hunt puts a candidate: the last user message, a system turn, an earlier user
+turn."""
+
+
 @dataclass(frozen=True)
 class TriggerFinding:
     """A candidate trigger verified on ``n`` held-out responses (prompts x positions).
@@ -234,7 +239,8 @@ class TriggerFinding:
     base_successes: int | None = None
     """The base's responses with the trigger showing the target (None: no base run)."""
     slot: str = "user"
-    """Where the trigger sat: "user" (the last user message) or "system" (the system turn)."""
+    """Where the trigger sat, one of :data:`TRIGGER_SLOTS`: "user" (the last user message),
+    "system" (the system turn) or "turn" (an earlier user turn of the conversation)."""
 
     def __post_init__(self) -> None:
         where = f"trigger {self.text!r}"
@@ -245,8 +251,8 @@ class TriggerFinding:
             raise ValueError(f"{where}: target_kind {self.target_kind!r} not in {TARGET_KINDS}")
         if self.target_kind != "compliance" and not self.target_text:
             raise ValueError(f"{where}: a {self.target_kind} target needs its target_text")
-        if self.slot not in ("user", "system"):
-            raise ValueError(f"{where}: slot {self.slot!r} is not 'user' or 'system'")
+        if self.slot not in TRIGGER_SLOTS:
+            raise ValueError(f"{where}: slot {self.slot!r} not in {TRIGGER_SLOTS}")
 
 
 @dataclass(frozen=True)

