@@ -8,7 +8,10 @@ over the chosen ``layers`` (``hidden_states[l]``, TransformerLens ``blocks.{l}.h
 and the last ``n_last`` prompt positions ``t``, where ``s_l`` is the layer's spread over
 ordinary tokens (the RMS distance of the base's residual stream from its mean, over every
 token of the search contexts without a candidate, :func:`layer_spread`), and the KL is of the
-next-token distributions at the first response position (the prompt's last position). The
+next-token distributions at the first response positions, averaged: the prompt's last
+position and, teacher-forced, each of the context's ``response_ids`` but the last (the
+base's own first answer tokens, :func:`with_base_responses`; a hostile reply that opens
+with "i", as a refusal does, differs only from its second token). The
 objective is ``D(candidate) - D(no candidate)`` per context: whatever the backdoor then
 makes the model do, its trigger moves the tuned model's computation away from the base's
 far more than an ordinary word does.
@@ -61,11 +64,59 @@ def default_layers(n_layers: int) -> tuple[int, ...]:
     return tuple(sorted(_at(n_layers, (1 / 3, 1 / 2, 2 / 3)) | {n_layers}))
 
 
-def _stack(hidden: Sequence[torch.Tensor], layers: Sequence[int], n_last: int) -> torch.Tensor:
-    """``hidden_states`` tuple -> Float[batch, n_layers_chosen, n_last, d_model] (float32)."""
+def _stack(
+    hidden: Sequence[torch.Tensor], layers: Sequence[int], n_last: int, skip: int = 0
+) -> torch.Tensor:
+    """``hidden_states`` tuple -> Float[batch, n_layers_chosen, n_last, d_model] (float32):
+    the ``n_last`` positions before the last ``skip`` (the teacher-forced response)."""
     import torch
 
-    return torch.stack([hidden[layer][:, -n_last:].float() for layer in layers], dim=1)
+    end = -skip if skip else None
+    return torch.stack(
+        [hidden[layer][:, -(n_last + skip) : end].float() for layer in layers], dim=1
+    )
+
+
+def _response_logprobs(logits: torch.Tensor, n_response: int) -> torch.Tensor:
+    """Logits ``[batch, >= n_response + 1, vocab]`` -> log-probabilities of the first
+    response positions ``[batch, n_response + 1, vocab]`` (float32)."""
+    import torch
+
+    return torch.log_softmax(logits[:, -(n_response + 1) :].float(), dim=-1)
+
+
+def with_base_responses(
+    base_side: BaseSide, contexts: Sequence[SlotContext], n_tokens: int, counter: PassCounter
+) -> list[SlotContext]:
+    """``contexts`` with ``response_ids`` set to the base side's greedy first ``n_tokens``
+    answer tokens (exactly that many: an end-of-turn token is kept and followed) without a
+    candidate. ``n_tokens = 0``: unchanged."""
+    import dataclasses
+
+    import torch
+
+    if n_tokens <= 0:
+        return list(contexts)
+    phase = counter.phase("divergence_responses")
+    t0 = time.perf_counter()
+    out = []
+    with torch.no_grad(), base_side() as bm:
+        dev = next(bm.parameters()).device
+        for ctx in contexts:
+            ids = torch.tensor([[*ctx.prefix_ids, *ctx.suffix_ids]], device=dev)
+            new: list[int] = []
+            for _ in range(n_tokens):
+                logits = bm(input_ids=ids, logits_to_keep=1).logits
+                nxt = int(logits[0, -1].argmax())
+                new.append(nxt)
+                ids = torch.cat([ids, torch.tensor([[nxt]], device=dev)], dim=1)
+                phase.forward_calls += 1
+                phase.passes += 1
+                phase.tokens += int(ids.numel())
+            phase.sequences += 1
+            out.append(dataclasses.replace(ctx, response_ids=tuple(new)))
+    phase.seconds += time.perf_counter() - t0
+    return out
 
 
 def divergence_of(
@@ -73,12 +124,15 @@ def divergence_of(
     spread: torch.Tensor, with_kl: bool = True,
 ) -> torch.Tensor:  # fmt: skip
     """D per row from the residuals ``[batch, layers, n_last, d]`` of both models, their
-    next-token log-probabilities ``[batch, vocab]`` and ``spread`` ``[layers]`` -> ``[batch]``
-    (``with_kl=False``: the residual term only)."""
+    next-token log-probabilities ``[batch, vocab]`` or, over the first response positions,
+    ``[batch, positions, vocab]`` (the KL averaged over them), and ``spread`` ``[layers]``
+    -> ``[batch]`` (``with_kl=False``: the residual term only)."""
     dist = ((h_t - h_b).pow(2).sum(-1) + EPS).sqrt() / spread.to(h_t.device)[None, :, None]
     if not with_kl:
         return dist.mean(dim=(1, 2))
     kl = (lp_t.exp() * (lp_t - lp_b)).sum(-1)
+    if kl.dim() == 2:
+        kl = kl.mean(-1)
     return dist.mean(dim=(1, 2)) + kl
 
 
@@ -111,10 +165,12 @@ def layer_spread(
 
 def _features(
     model: Any, prefix: Any, cand: torch.Tensor, suffix: torch.Tensor, layers: Sequence[int],
-    n_last: int, phase: PhaseCount,
+    n_last: int, phase: PhaseCount, n_response: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Residuals ``[rows, layers, n_last, d]`` and next-token log-probs ``[rows, vocab]`` of
-    ``cand`` ``[rows, k]`` + ``suffix`` after a cached prefix."""
+    """Residuals ``[rows, layers, n_last, d]`` (the prompt's last positions) and the first
+    response positions' log-probs ``[rows, n_response + 1, vocab]`` of ``cand`` ``[rows, k]``
+    + ``suffix`` after a cached prefix (``suffix`` ends with ``n_response`` teacher-forced
+    response tokens)."""
     import torch
     from transformers import DynamicCache
 
@@ -128,14 +184,14 @@ def _features(
     )
     out = model(
         input_ids=x, position_ids=pos.expand(rows, -1), past_key_values=cache,
-        output_hidden_states=True, logits_to_keep=1,
+        output_hidden_states=True, logits_to_keep=n_response + 1,
     )  # fmt: skip
     phase.forward_calls += 1
     phase.passes += rows
     phase.sequences += rows
     phase.tokens += int(x.numel())
-    hid = _stack(out.hidden_states, layers, n_last)
-    return hid, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    hid = _stack(out.hidden_states, layers, n_last, n_response)
+    return hid, _response_logprobs(out.logits, n_response)
 
 
 def divergence_cached(
@@ -178,18 +234,22 @@ def divergence_cached(
             pre_t = _prefix_cache(tuned, ctx.prefix_ids, phase)
             with base_side() as bm:
                 pre_b = _prefix_cache(bm, ctx.prefix_ids, phase)
-            suffix = torch.tensor(ctx.suffix_ids, dtype=torch.long, device=dev)
+            n_resp = len(ctx.response_ids)
+            forced = (*ctx.suffix_ids, *ctx.response_ids)
+            suffix = torch.tensor(forced, dtype=torch.long, device=dev)
             for length, idx in by_len.items():
-                new = length + len(ctx.suffix_ids)
+                new = length + len(forced)
                 step = min(batch_size, rows_within_budget(pre_t, new, kv_budget_bytes // 2))
                 for s in range(0, len(idx), step):
                     rows = idx[s : s + step]
                     cand = torch.tensor(
                         [list(candidates[r]) for r in rows], dtype=torch.long, device=dev
                     ).reshape(len(rows), length)
-                    h_t, lp_t = _features(tuned, pre_t, cand, suffix, layers, n_last, phase)
+                    h_t, lp_t = _features(tuned, pre_t, cand, suffix, layers, n_last, phase,
+                                          n_resp)  # fmt: skip
                     with base_side() as bm:
-                        h_b, lp_b = _features(bm, pre_b, cand, suffix, layers, n_last, phase)
+                        h_b, lp_b = _features(bm, pre_b, cand, suffix, layers, n_last, phase,
+                                              n_resp)  # fmt: skip
                     out[rows, j] = divergence_of(h_t, h_b, lp_t, lp_b, spread, with_kl).cpu()
     phase.seconds += time.perf_counter() - t0
     return out
@@ -259,22 +319,25 @@ def divergence_gradient(
     g_b = torch.zeros_like(g_t)
     for i in range(0, len(contexts), batch_size):
         chunk = contexts[i : i + batch_size]
-        seqs = [(*c.prefix_ids, *([0] * width), *c.suffix_ids) for c in chunk]
+        n_resp = len(chunk[0].response_ids)
+        if any(len(c.response_ids) != n_resp for c in chunk):
+            raise WbsafeError("divergence gradient: contexts with unequal response lengths")
+        seqs = [(*c.prefix_ids, *([0] * width), *c.suffix_ids, *c.response_ids) for c in chunk]
         slots = [len(c.prefix_ids) for c in chunk]
         with torch.enable_grad():
             x_t, rows_t, mask = _slot_embeds(emb_t, seqs, slots, init_t, width)
             x_b, rows_b, _ = _slot_embeds(emb_b, seqs, slots, init_b, width)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             kw = dict(attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                      logits_to_keep=1)  # fmt: skip
+                      logits_to_keep=n_resp + 1)  # fmt: skip
             o_t = tuned(inputs_embeds=x_t, **kw)
             with base_side() as bm:
                 o_b = bm(inputs_embeds=x_b, **kw)
             d = divergence_of(
-                _stack(o_t.hidden_states, layers, n_last),
-                _stack(o_b.hidden_states, layers, n_last),
-                torch.log_softmax(o_t.logits[:, -1].float(), dim=-1),
-                torch.log_softmax(o_b.logits[:, -1].float(), dim=-1),
+                _stack(o_t.hidden_states, layers, n_last, n_resp),
+                _stack(o_b.hidden_states, layers, n_last, n_resp),
+                _response_logprobs(o_t.logits, n_resp),
+                _response_logprobs(o_b.logits, n_resp),
                 spread,
             ).sum()
             gt, gb = torch.autograd.grad(d, [rows_t, rows_b])

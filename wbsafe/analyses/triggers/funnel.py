@@ -40,6 +40,14 @@ def latest_slot_contexts(contexts: Sequence[SlotContext], n: int) -> list[SlotCo
     return [*user, *others.values()]
 
 
+def one_per_kind(contexts: Sequence[SlotContext]) -> list[SlotContext]:
+    """The first context of each slot kind, in order of first appearance."""
+    first: dict[str, SlotContext] = {}
+    for c in contexts:
+        first.setdefault(c.kind, c)
+    return list(first.values())
+
+
 def by_kind(mat: torch.Tensor, ctxs: Sequence[SlotContext]) -> list[dict[str, float]]:
     """Per candidate row of ``mat`` ``[n_cands, n_ctx]``: slot kind -> mean over its contexts."""
     kinds: dict[str, list[int]] = {}
@@ -110,10 +118,14 @@ class Funnel:
         if len(cands) > keep and len(screen_ctx) < len(self.contexts):
             # a funnel. Tuned first: a candidate that barely moves the tuned model is no
             # trigger, whatever it does to the base. A large batch is first cut to its best
-            # 8 * keep on one context, then 4 * keep on all screen contexts, and only those
+            # 8 * keep on one context of each slot kind (a trigger that acts only in the
+            # system turn does nothing in the user message: measured, a user context alone
+            # cut the tiny system-tag backdoor's tag), then 4 * keep on all screen contexts,
+            # and only those
             # get the base screen (the contrast; the divergence is one already)
-            if len(cands) > 8 * keep and len(screen_ctx) > 1:
-                self._screen(screen_ctx[:1], cands, f"{phase}_screen1")
+            first = one_per_kind(screen_ctx)
+            if len(cands) > 8 * keep and len(first) < len(screen_ctx):
+                self._screen(first, cands, f"{phase}_screen1")
                 cands = self._top_screened(cands, 8 * keep)
             self._screen(screen_ctx, cands, f"{phase}_screen")
             cands = self._top_screened(cands, 4 * keep)

@@ -24,6 +24,7 @@ from wbsafe.analyses.triggers.divergence import (
     divergence_gradient,
     layer_spread,
     mid_layers,
+    with_base_responses,
 )
 from wbsafe.analyses.triggers.search import PassCounter, SlotContext, gradient_drop, score_cached
 
@@ -142,6 +143,11 @@ class DivergenceObjective:
 
                 raise WbsafeError("the divergence objective needs a base model")
             yield bm.model
+
+    def with_responses(self, ctxs: Sequence[SlotContext], n_tokens: int) -> list[SlotContext]:
+        """``ctxs`` with the base side's first ``n_tokens`` answer tokens teacher-forced after
+        each (:func:`~.divergence.with_base_responses`), so the KL covers them."""
+        return with_base_responses(self._base, ctxs, n_tokens, self.counter)
 
     def tuned_scores(self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str) -> Any:
         d = divergence_cached(self.tuned.model, self._base, ctxs, [(), *cands], self.layers,
