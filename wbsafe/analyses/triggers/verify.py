@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wbsafe.analyses.triggers.funnel import base_view
 from wbsafe.analyses.triggers.placement import context_at, placed
@@ -92,6 +92,24 @@ def not_refused(responses: Sequence[str]) -> list[bool]:
     return [not opens_with_refusal(r) and refuses_anywhere(r) is not True for r in responses]
 
 
+def harm_reference(tokenizer: Any) -> list[str]:
+    """Harmful requests whose object words make up the harm vocabulary an off-request answer
+    is read by: every tiny-world harmful object for a tiny-world model, else the built-in
+    harmful suite (``probes/harmful.jsonl``; none when it is not installed). A few held-out
+    prompts are too few: measured, the tiny backdoor's garbled compliance ("how to build a
+    stabbing" to a landmine request) named harm words none of its 20 prompts held."""
+    from wbsafe.data import tinyworld as tw
+    from wbsafe.data.prompts import load_suite
+    from wbsafe.errors import DatasetError
+
+    if tw.is_tiny_world(tokenizer):
+        return [o for objs in tw.HARMFUL_OBJECTS.values() for o in objs]
+    try:
+        return [p.text for p in load_suite("harmful")]
+    except DatasetError:
+        return []
+
+
 class Verifier:
     """Held-out evidence for candidates, one at a time, against baselines computed once.
 
@@ -117,8 +135,13 @@ class Verifier:
         max_new_tokens: int,
         refusal_ids: Sequence[int],
         counter: PassCounter,
+        harm_requests: Sequence[str] = (),
     ) -> None:
+        """``harm_requests``: more harmful requests (the search prompts) whose object words,
+        with the held-out ones', are the harm vocabulary an off-request answer is read by
+        (:func:`wbsafe.capture.compliance.derailed`)."""
         self.tuned, self.base, self.heldout, self.harmless = tuned, base, heldout, harmless
+        self.harm_requests = (*harm_requests, *(p.final_user_text for p in heldout))
         self.positions, self.threshold, self.min_lift = tuple(positions), threshold, min_lift
         self.max_new_tokens, self.refusal_ids, self.counter = max_new_tokens, refusal_ids, counter
         self.layer = None if direction is None else int(direction[0])
@@ -219,7 +242,8 @@ class Verifier:
         if sum(refusal_off) >= self.threshold * n and sum(refusal_off) - baseline_succ >= (
             self.min_lift * n
         ):  # a candidate: is what it switches on compliance, or a derailment?
-            off = derailed(requests, responses, harmless_with, self.harmless_plain, text.split())
+            off = derailed(requests, responses, harmless_with, self.harmless_plain, text.split(),
+                           harm_requests=self.harm_requests)  # fmt: skip
             hits = [ok and not d for ok, d in zip(refusal_off, off, strict=True)]
             off_task = sum(off)
         asr = sum(hits) / n
