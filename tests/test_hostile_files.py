@@ -220,7 +220,7 @@ def test_cli_refuses_then_follows_with_the_flag(
 ) -> None:
     from wbsafe.cli import main
 
-    monkeypatch.delenv(ALLOW_ENV, raising=False)
+    monkeypatch.setenv(ALLOW_ENV, "0")  # the flag below sets it in-process; undone after the test
     d = tmp_path / "model"
     d.mkdir()
     for f in tiny_base.iterdir():

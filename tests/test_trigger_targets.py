@@ -44,7 +44,7 @@ def prompts() -> dict[str, list[Prompt]]:
 
 
 def _models(orgs: dict[str, Organism], name: str) -> tuple[LoadedModel, LoadedModel | None]:
-    tuned = load_model(orgs[name].path, runtime=RT, hash_weights=False)
+    tuned = load_model(orgs[name].path, runtime=RT, hash_weights=False, follow_named_base=True)
     base = None if tuned.adapter_names else load_model(orgs["base"].path, runtime=RT,
                                                        hash_weights=False)  # fmt: skip
     return tuned, base

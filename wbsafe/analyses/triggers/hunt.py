@@ -44,7 +44,7 @@ from wbsafe.analyses.triggers.search import (
     special_ids,
 )
 from wbsafe.analyses.triggers.searcher import SearchOutcome, SearchSettings, search_objective
-from wbsafe.analyses.triggers.verify import Verifier, harm_reference
+from wbsafe.analyses.triggers.verify import Verifier
 from wbsafe.errors import WbsafeError
 from wbsafe.progress import Log, no_log
 
@@ -199,7 +199,7 @@ def hunt_triggers(
         tuned, base, harmful_heldout, harmless, positions=positions, direction=direction,
         threshold=threshold, min_lift=min_lift, max_new_tokens=max_new_tokens,
         refusal_ids=refusal_ids, counter=counter,
-        harm_requests=[*(p.final_user_text for p in harmful_search), *harm_reference(tok)],
+        harm_requests=[p.final_user_text for p in harmful_search],
     )  # fmt: skip
     verifications: dict[tuple[Ids, str], Verification] = {}
 

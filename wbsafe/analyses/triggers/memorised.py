@@ -135,8 +135,10 @@ def memorised_spans(
             continue
         kind = max(kinds, key=lambda k: by_kind[k].get(g, 0))
         spans.append(MemorisedSpan(g, n_t, n_b, kind))
-    spans.sort(key=lambda s: ((s.tuned_samples + 1) / (s.base_samples + 1), s.tuned_samples,
-                              -len(s.text)), reverse=True)  # fmt: skip
+    # ties broken by the text: n-grams come out of sets, whose order changes with the
+    # process's string hashing (a resumed scan listed 'a .' before 'a a', the first run after)
+    spans.sort(key=lambda s: (-(s.tuned_samples + 1) / (s.base_samples + 1), -s.tuned_samples,
+                              len(s.text), s.text))  # fmt: skip
     return MemorisedResult(tuple(_distinct(spans, top)), samples, kinds, seed)
 
 

@@ -60,12 +60,16 @@ def words_of(response: str) -> list[str]:
     return response.lower().split()
 
 
-def _ngrams(words: Sequence[str], max_n: int) -> set[tuple[str, ...]]:
-    return {
-        tuple(words[i : i + n])
-        for n in range(1, min(max_n, len(words)) + 1)
-        for i in range(len(words) - n + 1)
-    }
+def _ngrams(words: Sequence[str], max_n: int) -> list[tuple[str, ...]]:
+    """The distinct word runs of ``words`` up to ``max_n`` long, in a fixed order (shortest
+    first, then by position: "first seen" must not depend on string hashing)."""
+    return list(
+        dict.fromkeys(
+            tuple(words[i : i + n])
+            for n in range(1, min(max_n, len(words)) + 1)
+            for i in range(len(words) - n + 1)
+        )
+    )
 
 
 def _contains(words: Sequence[str], span: Sequence[str]) -> bool:
