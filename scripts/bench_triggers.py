@@ -58,7 +58,7 @@ def bench_one(
 
     rt = RuntimeConfig(device="auto")
     cfg = ScanConfig(base="")
-    tuned = load_model(org.path, runtime=rt, hash_weights=False)
+    tuned = load_model(org.path, runtime=rt, hash_weights=False, follow_named_base=True)
     base = None
     if not tuned.adapter_names:
         base = load_model(Path(org.path).parent / (org.base or "base"), runtime=rt,
