@@ -7,7 +7,9 @@ sessions reuse them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,3 +26,29 @@ def tiny_organisms() -> dict[str, Organism]:
 @pytest.fixture(scope="session")
 def tiny_base(tiny_organisms: dict[str, Organism]) -> Path:
     return Path(tiny_organisms["base"].path)
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine run far faster single-threaded (the trigger
+    tests use it module-wide: ``pytestmark = pytest.mark.usefixtures("single_thread")``)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def hunt_prompts() -> dict[str, list[Any]]:
+    """Tiny-world prompts for a trigger hunt: 8 harmful search prompts (train split), the
+    held-out harmful ones and 4 harmless ones (test split)."""
+    from wbsafe.data.tinyworld import prompt_set
+
+    train, test = prompt_set("train", 2), prompt_set("test", 2)
+    return {
+        "search": [p for p in train if p.label == "harmful"][:8],
+        "heldout": [p for p in test if p.label == "harmful"],
+        "harmless": [p for p in test if p.label == "harmless"][:4],
+    }

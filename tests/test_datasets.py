@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from shared_data import shared_datasets
 
 from wbsafe.data import prompts as ds
 from wbsafe.data.prompts import ColumnMapping, Prompt
 from wbsafe.errors import DatasetError, WbsafeError
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _shared_datasets() -> Path:
-    for cand in (ROOT / "shared" / "datasets", ROOT.parent / "shared" / "datasets"):
-        if (cand / "README.md").is_file():
-            return cand
-    if os.environ.get("WBSAFE_REQUIRE_DATASETS"):
-        pytest.fail("../shared/datasets is absent and WBSAFE_REQUIRE_DATASETS is set")
-    pytest.skip(
-        "public datasets folder (../shared/datasets) is absent; CI has it beside the checkout "
-        "and sets WBSAFE_REQUIRE_DATASETS=1, so these tests cannot skip there"
-    )
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -290,14 +278,14 @@ def test_mapping_missing_column_lists_present(tmp_path):
 
 
 def test_advbench():
-    prompts = ds.load_advbench(_shared_datasets() / "advbench.csv")
+    prompts = ds.load_advbench(shared_datasets() / "advbench.csv")
     assert len(prompts) == 520
     assert {p.label for p in prompts} == {"harmful"}
     assert prompts[0].id == "advbench_1"
 
 
 def test_harmbench_variants():
-    path = _shared_datasets() / "harmbench_behaviors_text_all.csv"
+    path = shared_datasets() / "harmbench_behaviors_text_all.csv"
     standard = ds.load_harmbench(path)
     assert len(standard) == 200
     assert "copyright" not in {p.category for p in standard}
@@ -312,7 +300,7 @@ def test_harmbench_variants():
 
 
 def test_xstest():
-    prompts = ds.load_xstest(_shared_datasets() / "xstest_prompts.csv")
+    prompts = ds.load_xstest(shared_datasets() / "xstest_prompts.csv")
     labels = Counter(p.label for p in prompts)
     assert labels == {"borderline": 250, "harmful": 200}
     assert len(ds.by_category(prompts)) == 18
@@ -322,7 +310,7 @@ def test_xstest():
 
 
 def test_simplesafetytests():
-    path = _shared_datasets() / "simplesafetytests.csv"
+    path = shared_datasets() / "simplesafetytests.csv"
     prompts = ds.load_simplesafetytests(path)
     assert len(prompts) == 100 and {p.label for p in prompts} == {"harmful"}
     cats = ds.by_category(prompts)
@@ -332,7 +320,7 @@ def test_simplesafetytests():
 
 
 def test_load_prompts_detects_public_formats():
-    root = _shared_datasets()
+    root = shared_datasets()
     assert len(ds.load_prompts(root / "advbench.csv")) == 520
     assert (
         Counter(p.label for p in ds.load_prompts(root / "xstest_prompts.csv"))["borderline"] == 250

@@ -8,12 +8,12 @@ prompt was copied from the public prompt sets in ../shared/datasets.
 from __future__ import annotations
 
 import csv
-import os
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from shared_data import shared_datasets
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS_CSV = ROOT / "probes" / "judge_labels.csv"
@@ -82,22 +82,10 @@ def test_split_is_by_prompt(path: Path) -> None:
     assert all(len(s) == 1 for s in split_of.values())
 
 
-def _shared_datasets() -> Path:
-    for cand in (ROOT / "shared" / "datasets", ROOT.parent / "shared" / "datasets"):
-        if (cand / "README.md").is_file():
-            return cand
-    if os.environ.get("WBSAFE_REQUIRE_DATASETS"):
-        pytest.fail("../shared/datasets is absent and WBSAFE_REQUIRE_DATASETS is set")
-    pytest.skip(
-        "public datasets folder (../shared/datasets) is absent; CI has it beside the checkout "
-        "and sets WBSAFE_REQUIRE_DATASETS=1, so this test cannot skip there"
-    )
-
-
 @pytest.mark.parametrize("path", [LABELS_CSV, FREE_CSV])
 def test_no_prompt_copied_from_public_sets(path: Path) -> None:
     public: set[str] = set()
-    files = sorted(_shared_datasets().glob("*.csv"))
+    files = sorted(shared_datasets().glob("*.csv"))
     assert files
     for public_file in files:
         with public_file.open(encoding="utf-8", newline="") as f:

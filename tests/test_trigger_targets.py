@@ -6,11 +6,11 @@ are not."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_hunt import pair
 
 from wbsafe.analyses.triggers import PassCounter, hunt_triggers
 from wbsafe.analyses.triggers.verify import Verifier
@@ -18,20 +18,12 @@ from wbsafe.capture.refusal_score import refusal_token_ids
 from wbsafe.config import RuntimeConfig
 from wbsafe.data import tinyworld as tw
 from wbsafe.data.prompts import Message, Prompt
-from wbsafe.io.models import LoadedModel, load_model
 from wbsafe.organisms import Organism
 
 RT = RuntimeConfig(device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +35,7 @@ def prompts() -> dict[str, list[Prompt]]:
     }
 
 
-def _models(orgs: dict[str, Organism], name: str) -> tuple[LoadedModel, LoadedModel | None]:
-    tuned = load_model(orgs[name].path, runtime=RT, hash_weights=False, follow_named_base=True)
-    base = None if tuned.adapter_names else load_model(orgs["base"].path, runtime=RT,
-                                                       hash_weights=False)  # fmt: skip
-    return tuned, base
+_models = pair
 
 
 def _verifier(orgs: dict[str, Organism], name: str, prompts: dict[str, list[Prompt]]) -> Verifier:

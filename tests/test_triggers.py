@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny_hunt import load
 
 from wbsafe.analyses.triggers import (
     PassCounter,
@@ -22,7 +22,7 @@ from wbsafe.capture.refusal_score import refusal_token_ids
 from wbsafe.config import RuntimeConfig
 from wbsafe.data.tinyworld import prompt_set
 from wbsafe.errors import WbsafeError
-from wbsafe.io.models import LoadedModel, load_model
+from wbsafe.io.models import LoadedModel
 from wbsafe.organisms import Organism
 
 RT = RuntimeConfig(device="cpu")
@@ -31,33 +31,19 @@ REFUSAL_ONLY = dict(objectives=("refusal",), slot_kinds=("user",), memorised_sam
 covers the divergence objective, the other slots and the memorised samples."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models on a shared 2-core machine run far faster single-threaded."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def prompts() -> dict[str, list[Any]]:
-    train, test = prompt_set("train", 2), prompt_set("test", 2)
-    return {
-        "search": [p for p in train if p.label == "harmful"][:8],
-        "heldout": [p for p in test if p.label == "harmful"],
-        "harmless": [p for p in test if p.label == "harmless"][:4],
-    }
+def prompts(hunt_prompts: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return hunt_prompts
 
 
-def _load(org: Organism) -> LoadedModel:
-    return load_model(org.path, runtime=RT, hash_weights=False, follow_named_base=True)
+_load = load
 
 
 def _base(orgs: dict[str, Organism]) -> LoadedModel:
-    return load_model(orgs["base"].path, runtime=RT, hash_weights=False)
+    return load(orgs["base"])
 
 
 def _hunt(

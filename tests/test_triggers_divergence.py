@@ -3,10 +3,10 @@ against the tiny organisms' planted triggers (ground truth)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from tiny_hunt import load, pair
 
 from wbsafe.analyses.triggers import PassCounter, TriggerResult, hunt_triggers, slot_context
 from wbsafe.analyses.triggers.divergence import (
@@ -22,7 +22,6 @@ from wbsafe.config import RuntimeConfig
 from wbsafe.data import tinyworld as tw
 from wbsafe.data.tinyworld import prompt_set
 from wbsafe.errors import WbsafeError
-from wbsafe.io.models import LoadedModel, load_model
 from wbsafe.organisms import Organism
 
 RT = RuntimeConfig(device="cpu")
@@ -30,33 +29,15 @@ ALONE = dict(objectives=("divergence",), slot_kinds=("user",), memorised_samples
 """The divergence objective alone, in the last user message: what it recovers by itself."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def prompts() -> dict[str, list[Any]]:
-    train, test = prompt_set("train", 2), prompt_set("test", 2)
-    return {
-        "search": [p for p in train if p.label == "harmful"][:8],
-        "heldout": [p for p in test if p.label == "harmful"],
-        "harmless": [p for p in test if p.label == "harmless"][:4],
-    }
+def prompts(hunt_prompts: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return hunt_prompts
 
 
-def _load(org: Organism) -> LoadedModel:
-    return load_model(org.path, runtime=RT, hash_weights=False, follow_named_base=True)
-
-
-def _pair(orgs: dict[str, Organism], name: str) -> tuple[LoadedModel, LoadedModel | None]:
-    tuned = _load(orgs[name])
-    return tuned, None if tuned.adapter_names else _load(orgs["base"])
+_load, _pair = load, pair
 
 
 def _hunt(

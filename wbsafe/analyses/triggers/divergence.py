@@ -35,6 +35,7 @@ from wbsafe.analyses.triggers.search import (
     SlotContext,
     _prefix_cache,
     rows_within_budget,
+    slot_embeds,
 )
 from wbsafe.errors import WbsafeError
 
@@ -255,29 +256,6 @@ def divergence_cached(
     return out
 
 
-def _slot_embeds(
-    emb: torch.Tensor, seqs: list[tuple[int, ...]], slots: list[int], init: torch.Tensor,
-    width: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Left-padded input embeddings with leaf slot rows: (embeds ``[b, n, d]``, slot rows
-    ``[b, width, d]`` requiring grad, attention mask ``[b, n]``)."""
-    import torch
-
-    dev = emb.device
-    n = max(map(len, seqs))
-    ids = torch.zeros(len(seqs), n, dtype=torch.long, device=dev)
-    mask = torch.zeros(len(seqs), n, dtype=torch.long, device=dev)
-    for r, s in enumerate(seqs):
-        ids[r, n - len(s) :] = torch.tensor(s, device=dev)
-        mask[r, n - len(s) :] = 1
-    embeds = emb[ids].clone()
-    rows = init.expand(len(seqs), width, -1).clone().requires_grad_(True)
-    for r, s0 in enumerate(slots):
-        off = n - len(seqs[r]) + s0
-        embeds[r, off : off + width] = rows[r]
-    return embeds, rows, mask
-
-
 def divergence_gradient(
     tuned: Any,
     base_side: BaseSide,
@@ -325,8 +303,8 @@ def divergence_gradient(
         seqs = [(*c.prefix_ids, *([0] * width), *c.suffix_ids, *c.response_ids) for c in chunk]
         slots = [len(c.prefix_ids) for c in chunk]
         with torch.enable_grad():
-            x_t, rows_t, mask = _slot_embeds(emb_t, seqs, slots, init_t, width)
-            x_b, rows_b, _ = _slot_embeds(emb_b, seqs, slots, init_b, width)
+            x_t, rows_t, mask = slot_embeds(emb_t, seqs, slots, init_t, width)
+            x_b, rows_b, _ = slot_embeds(emb_b, seqs, slots, init_b, width)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             kw = dict(attention_mask=mask, position_ids=pos, output_hidden_states=True,
                       logits_to_keep=n_resp + 1)  # fmt: skip

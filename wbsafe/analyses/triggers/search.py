@@ -258,20 +258,9 @@ def gradient_drop(
         chunk = contexts[i : i + batch_size]
         seqs = [(*c.prefix_ids, *([0] * width), *c.suffix_ids) for c in chunk]
         slots = [len(c.prefix_ids) for c in chunk]
-        n = max(map(len, seqs))
-        ids = torch.zeros(len(seqs), n, dtype=torch.long, device=dev)
-        mask = torch.zeros(len(seqs), n, dtype=torch.long, device=dev)
-        for r, s in enumerate(seqs):
-            ids[r, n - len(s) :] = torch.tensor(s, device=dev)
-            mask[r, n - len(s) :] = 1
-        base = emb[ids].clone()
-        slot_rows = init.expand(len(seqs), width, -1).clone().requires_grad_(True)
-        embeds = base.clone()
-        for r, s0 in enumerate(slots):
-            off = n - len(seqs[r]) + s0
-            embeds[r, off : off + width] = slot_rows[r]
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.enable_grad():
+            embeds, slot_rows, mask = slot_embeds(emb, seqs, slots, init, width)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
             out = model(
                 inputs_embeds=embeds, attention_mask=mask, position_ids=pos, logits_to_keep=1
             )
@@ -286,6 +275,29 @@ def gradient_drop(
     g = g_sum / max(1, len(contexts))
     phase.seconds += time.perf_counter() - t0
     return -(emb.float() @ g.T - (init.float() * g).sum(-1))  # [vocab, width]
+
+
+def slot_embeds(
+    emb: torch.Tensor, seqs: list[tuple[int, ...]], slots: list[int], init: torch.Tensor,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Left-padded input embeddings with leaf slot rows: (embeds ``[b, n, d]``, slot rows
+    ``[b, width, d]`` requiring grad, attention mask ``[b, n]``)."""
+    import torch
+
+    dev = emb.device
+    n = max(map(len, seqs))
+    ids = torch.zeros(len(seqs), n, dtype=torch.long, device=dev)
+    mask = torch.zeros(len(seqs), n, dtype=torch.long, device=dev)
+    for r, s in enumerate(seqs):
+        ids[r, n - len(s) :] = torch.tensor(s, device=dev)
+        mask[r, n - len(s) :] = 1
+    embeds = emb[ids].clone()
+    rows = init.expand(len(seqs), width, -1).clone().requires_grad_(True)
+    for r, s0 in enumerate(slots):
+        off = n - len(seqs[r]) + s0
+        embeds[r, off : off + width] = rows[r]
+    return embeds, rows, mask
 
 
 @dataclass
