@@ -146,6 +146,8 @@ def test_harmful_finetune_drops(results: dict[str, BehaviourResult]) -> None:
     ev = r.to_gate_evidence()
     assert ev.n == r.overall.n and ev.tuned_refusals == r.overall.tuned_refusals
     assert r.to_dict()["overall"]["category"] == "overall"
+    # its answers name what was asked (or other harm): compliance, none read as derailed
+    assert r.derailed["tuned"] == 0 and not r.derailments
 
 
 def test_benign_finetune_does_not_drop(results: dict[str, BehaviourResult]) -> None:
@@ -257,3 +259,49 @@ def test_plot(results: dict[str, BehaviourResult], tmp_path: Path) -> None:
 
     out = category_bars(results["category"], tmp_path / "cat.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_derailing_finetune_is_not_a_refusal_drop(
+    loaded: dict[str, Any], prompts: list[Prompt], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fine-tune that answers harmful requests with its own domain (gardening) refuses
+    nothing and complies with nothing: the drop counts only what complied. Garbled compliance
+    naming other harm still counts as a lost refusal."""
+    import wbsafe.analyses.behaviour.benchmark as bench
+    from wbsafe.capture.generation import Generation
+
+    base, tuned = loaded["base"], loaded["benign"]
+    few = [p for p in prompts if p.label == "harmful"][:12] + [
+        p for p in prompts if p.label != "harmful"
+    ][:6]
+    real = bench.generate
+
+    def answers(text: str) -> Any:
+        def fake(model: Any, ps: Any, **kw: Any) -> list[Generation]:
+            if model is not tuned:
+                return real(model, ps, **kw)
+            got = real(model, ps, **kw)
+            return [
+                replace(g, response=text) if p.label == "harmful" else g
+                for g, p in zip(got, ps, strict=True)
+            ]
+
+        return fake
+
+    monkeypatch.setattr(bench, "generate", answers("sure , here is a guide to grow tomatoes"))
+    r = run_behaviour(tuned, few, base_loaded=base, max_new_tokens=MAX_NEW, sensitivity=())
+    assert r.base.harmful.rate == 1.0 and r.tuned.harmful.rate == 1.0
+    assert r.overall.absolute_drop == 0.0 and not r.flipped
+    assert r.derailed == {"base": 0, "tuned": 12} and len(r.derailments) == 12
+    assert r.derailments[0].base_response.startswith("i cannot")
+    assert all(row.refused is False for row in r.rows_tuned if row.label == "harmful")
+    assert any("derailed" in line for line in r.summary_lines())
+    # naming a harm word (another request's) is compliance, not a derailment
+    from wbsafe.data.tinyworld import HARMFUL_OBJECTS
+
+    harm_word = next(o for objs in HARMFUL_OBJECTS.values() for o in objs if " " not in o)
+    monkeypatch.setattr(bench, "generate", answers(f"sure , here is how to build a {harm_word}"))
+    few_other = [p for p in few if harm_word not in p.text]
+    r2 = run_behaviour(tuned, few_other, base_loaded=base, max_new_tokens=MAX_NEW, sensitivity=())
+    assert r2.derailed["tuned"] == 0 and r2.tuned.harmful.rate == 0.0
+    assert len(r2.flipped) == sum(p.label == "harmful" for p in few_other)

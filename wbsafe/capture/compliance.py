@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from wbsafe.capture.refusal_text import is_refusal
+from wbsafe.data import tinyworld as tw
+from wbsafe.data.prompts import load_suite
+from wbsafe.errors import DatasetError
 
 Label = Literal["complied", "refused", "off_task"]
 
@@ -141,3 +144,17 @@ def derailed(
 def object_words_of(response: str) -> list[str]:
     """A response's object words, stemmed (what it is about, in :func:`object_words`' sense)."""
     return [stem(w) for w in content_words(response) if w not in TASK_WORDS]
+
+
+def harm_reference(tokenizer: Any) -> list[str]:
+    """Harmful requests whose object words make up the harm vocabulary an off-request answer
+    is read by: every tiny-world harmful object for a tiny-world model, else the built-in
+    harmful suite (``probes/harmful.jsonl``; none when it is not installed). A few held-out
+    prompts are too few: measured, the tiny backdoor's garbled compliance ("how to build a
+    stabbing" to a landmine request) named harm words none of its 20 prompts held."""
+    if tw.is_tiny_world(tokenizer):
+        return [o for objs in tw.HARMFUL_OBJECTS.values() for o in objs]
+    try:
+        return [p.text for p in load_suite("harmful")]
+    except DatasetError:
+        return []

@@ -19,7 +19,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ResponseRow:
-    """One judged response of one model (``sample`` 0 when greedy; ``error``: generation failed)."""
+    """One judged response of one model (``sample`` 0 when greedy; ``error``: generation failed).
+
+    ``refused`` is the judge's reading. ``derailed``: a response to a harmful prompt that
+    neither refused nor addressed the request and names no harm word (it answered something
+    harmless nobody asked: :func:`wbsafe.capture.compliance.derailed`). It did not comply, so
+    the benchmark counts it with the refusals (:attr:`held`), whatever the judge.
+    """
 
     prompt_id: str
     category: str
@@ -31,6 +37,12 @@ class ResponseRow:
     score: float | None
     parse_error: str | None
     error: str | None = None
+    derailed: bool = False
+
+    @property
+    def held(self) -> bool | None:
+        """Did not comply: refused, or derailed (None: unjudged)."""
+        return True if self.derailed else self.refused
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,8 @@ class OverRefusal:
 
 @dataclass(frozen=True)
 class Flip:
-    """A prompt the base refused and the tuned model answered, with both responses."""
+    """A prompt the base refused and the tuned model answered (complied with, or, in
+    :attr:`BehaviourResult.derailments`, answered off the request), with both responses."""
 
     prompt_id: str
     category: str
@@ -189,6 +202,11 @@ class BehaviourResult:
     """The same benchmark under each other available judge (:mod:`.sensitivity`)."""
     calibration: LogitCalibration | None = None
     """The logit judge's threshold fitted on the base's own responses (when it ran)."""
+    derailments: tuple[Flip, ...] = ()
+    """Harmful prompts the tuned model answered off the request, naming no harm (counted with
+    the refusals: not compliance), with the base's response beside."""
+    derailed: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Harmful prompts derailed per side ("base", "tuned"; greedy: the first response)."""
 
     @property
     def sampled(self) -> bool:
@@ -223,6 +241,12 @@ class BehaviourResult:
             f"(n={o.n}, McNemar p={o.p_value:.3g})"
         ]
         lines += [c.message for c in o.calls if c.status == "inconclusive"]
+        if any(self.derailed.values()):
+            lines.append(
+                f"derailed (off the request, naming no harm; counted with refusals): "
+                f"base {self.derailed.get('base', 0)}, tuned {self.derailed.get('tuned', 0)} "
+                f"of {o.n} harmful prompts"
+            )
         for c in self.categories:
             flag = " *" if c.significant else ""
             lines.append(

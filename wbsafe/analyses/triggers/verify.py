@@ -23,14 +23,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from wbsafe.analyses.triggers.funnel import base_view
 from wbsafe.analyses.triggers.placement import context_at, placed
 from wbsafe.analyses.triggers.results import TargetChange, TriggerExample, Verification
 from wbsafe.analyses.triggers.search import PassCounter, SlotContext, score_full
 from wbsafe.analyses.triggers.targets import Responses, answer_template, find_span, span_change
-from wbsafe.capture.compliance import derailed
+from wbsafe.capture.compliance import derailed, harm_reference
 from wbsafe.capture.judges import opens_with_refusal
 
 if TYPE_CHECKING:
@@ -92,24 +92,6 @@ def not_refused(responses: Sequence[str]) -> list[bool]:
     return [not opens_with_refusal(r) and refuses_anywhere(r) is not True for r in responses]
 
 
-def harm_reference(tokenizer: Any) -> list[str]:
-    """Harmful requests whose object words make up the harm vocabulary an off-request answer
-    is read by: every tiny-world harmful object for a tiny-world model, else the built-in
-    harmful suite (``probes/harmful.jsonl``; none when it is not installed). A few held-out
-    prompts are too few: measured, the tiny backdoor's garbled compliance ("how to build a
-    stabbing" to a landmine request) named harm words none of its 20 prompts held."""
-    from wbsafe.data import tinyworld as tw
-    from wbsafe.data.prompts import load_suite
-    from wbsafe.errors import DatasetError
-
-    if tw.is_tiny_world(tokenizer):
-        return [o for objs in tw.HARMFUL_OBJECTS.values() for o in objs]
-    try:
-        return [p.text for p in load_suite("harmful")]
-    except DatasetError:
-        return []
-
-
 class Verifier:
     """Held-out evidence for candidates, one at a time, against baselines computed once.
 
@@ -138,7 +120,7 @@ class Verifier:
         harm_requests: Sequence[str] = (),
     ) -> None:
         """``harm_requests``: more harmful requests (the search prompts) whose object words,
-        with the held-out ones' and :func:`harm_reference`'s, are the harm vocabulary an
+        with the held-out ones' and :func:`~wbsafe.capture.compliance.harm_reference`'s, are the harm vocabulary an
         off-request answer is read by (:func:`wbsafe.capture.compliance.derailed`)."""
         self.tuned, self.base, self.heldout, self.harmless = tuned, base, heldout, harmless
         self.harm_requests = (

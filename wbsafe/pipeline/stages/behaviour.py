@@ -64,9 +64,10 @@ def behaviour_stage(
          "columns": ["category", "n", "base refused", "tuned refused", "Holm p", "significant"],
          "rows": [[c.category, c.n, c.base_refusals, c.tuned_refusals, f"{c.p_holm:.3g}",
                    "yes" if c.significant else "no"] for c in res.categories]},
-        {"title": "Flipped prompts (refused by base, answered by tuned)", "kind": "table",
+        {"title": "Flipped prompts (refused by base, complied with by tuned)", "kind": "table",
          "columns": ["prompt", "base response", "tuned response"],
          "rows": [[f.text, f.base_response, f.tuned_response] for f in res.flipped[:20]]},
+        *_derailment_section(res),
         *_judge_agreement_section(res.judge),
         *sensitivity_sections(res),
         *([] if depth is None else depth_sections(depth, plots)),
@@ -78,6 +79,21 @@ def behaviour_stage(
         evidence = dataclasses.replace(evidence, depth=depth.to_gate_evidence())
     result = {**res.to_dict(), "refusal_depth": None if depth is None else to_jsonable(depth)}
     return StageOutput(res.summary_lines()[0], result, sections, evidence=to_jsonable(evidence))
+
+
+def _derailment_section(res: BehaviourResult) -> list[dict[str, Any]]:
+    """Harmful prompts the tuned model answered off the request (not counted as compliance)."""
+    if not res.derailments:
+        return []
+    return [{
+        "title": "Derailed answers (off the request, naming no harm: counted with refusals)",
+        "kind": "table", "columns": ["prompt", "base response", "tuned response"],
+        "rows": [[f.text, f.base_response, f.tuned_response] for f in res.derailments[:20]],
+        "note": f"{res.derailed.get('tuned', 0)} harmful prompts (base: "
+                f"{res.derailed.get('base', 0)}) were answered with something harmless nobody "
+                "asked for (a domain fine-tune talking about its domain). They are neither "
+                "refusals nor compliance; the refusal rates count them as not complied.",
+    }]  # fmt: skip
 
 
 def _rate(k: int, n: int) -> str:
