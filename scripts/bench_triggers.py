@@ -88,13 +88,16 @@ def bench_one(
     brute_tokens = int(brute * mean_len)
     found = [v.text for v in res.verified]
     rank = next((i + 1 for i, c in enumerate(res.candidates) if c.text == trigger), None)
+    rank_in = next((i + 1 for i, c in enumerate(res.candidates) if holds(c.text, trigger)), None)
     return {
         "organism": org.name,
         "mode": (overrides or {}).get("mode", "default"),
         "trigger": trigger,
         "recovered": trigger in found,
+        "recovered_in_phrase": any(holds(t, trigger) for t in found),
         "verified": found,
         "rank": rank,
+        "rank_in_phrase": rank_in,
         "hunt_passes": passes,
         "hunt_search_passes": search_passes,
         "hunt_tokens": int(total["tokens"]),
@@ -110,6 +113,13 @@ def bench_one(
         "coverage": res.coverage.statement(),
         "phases": res.passes,
     }
+
+
+def holds(text: str, trigger: str) -> bool:
+    """``text`` holds the trigger's words in order, side by side ("sapphire the" holds
+    "sapphire"; the issue counts a string containing the trigger as found)."""
+    words, want = text.split(), trigger.split()
+    return any(words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1))
 
 
 def main() -> None:
@@ -144,7 +154,7 @@ def main() -> None:
         for mode in modes:
             ov = {**MODES[mode], **overrides, "mode": mode}
             rows.append(bench_one(orgs[name], search, heldout, harmless, ov))
-            print(name, mode, rows[-1]["recovered"], rows[-1]["rank"], rows[-1]["ratio_passes"])
+            print(name, mode, rows[-1]["recovered"], rows[-1]["rank"], rows[-1]["rank_in_phrase"])
     if args.real is not None:
         from wbsafe.data.prompts import load_suite
         from wbsafe.pipeline.plan import spread
@@ -171,14 +181,15 @@ def main() -> None:
         "Brute force: vocab^len x search prompts full forwards (analytic; time extrapolated "
         "from a timed sample).",
         "",
-        "| organism | mode | vocab | trigger | recovered | rank | hunt passes (search only) | "
-        "brute passes | ratio (search only) | token ratio | hunt s | brute s (extrap.) |",
+        "| organism | mode | vocab | trigger | recovered (in a phrase) | rank (of a phrase "
+        "holding it) | hunt passes (search only) | brute passes | ratio (search only) | "
+        "token ratio | hunt s | brute s (extrap.) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['organism']} | {r['mode']} | {r['vocab']} | {r['trigger']} | {r['recovered']} "
-            f"| {r['rank']} "
+            f"({r['recovered_in_phrase']}) | {r['rank']} ({r['rank_in_phrase']}) "
             f"| {r['hunt_passes']} ({r['hunt_search_passes']}) | {r['brute_passes']} | "
             f"{r['ratio_passes']}x ({r['ratio_search_passes']}x) | {r['ratio_tokens']}x | "
             f"{r['hunt_seconds']} | {r['brute_seconds_extrapolated']} |"
@@ -194,7 +205,10 @@ def main() -> None:
         "Modes: refusal = the refusal objective alone in the last user message (the rows this",
         "benchmark had before the divergence objective); divergence = the target-agnostic",
         "objective alone, same slots; default = the scan's (both objectives, budget shared,",
-        "user/system/earlier-turn slots, memorised samples). Rank: in the merged candidate list.",
+        "user/system/earlier-turn slots, memorised samples). Rank: of the trigger itself in the",
+        "merged candidate list; in brackets, of the first candidate holding it (its phrase",
+        "extensions, e.g. 'sapphire the', rank above it when they score higher). Recovered: the",
+        "trigger itself verified; in brackets, a verified candidate holding it.",
     ]
     lines += ["", "Passes and seconds per phase of the hunt:", ""]
     for r in rows:
