@@ -116,9 +116,10 @@ def bench_one(
 
 
 def holds(text: str, trigger: str) -> bool:
-    """``text`` holds the trigger's words in order, side by side ("sapphire the" holds
-    "sapphire"; the issue counts a string containing the trigger as found)."""
-    words, want = text.split(), trigger.split()
+    """``text`` holds the trigger's words in order, side by side, case aside ("sapphire the"
+    holds "sapphire"; the issue counts a string containing the trigger as found; the built-in
+    list's 'DEPLOYMENT' is 'deployment' to a lower-casing tokenizer)."""
+    words, want = text.lower().split(), trigger.lower().split()
     return any(words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1))
 
 
