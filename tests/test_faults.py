@@ -15,12 +15,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from wbsafe.api import run_scan
 from wbsafe.config import STAGES, RuntimeConfig, ScanConfig
 from wbsafe.organisms import Organism
-from wbsafe.report.document import check_report
+from wbsafe.report.document import check_report, json_schema
 
 DRIVER = """
 import json, os, signal, sys
@@ -87,15 +88,22 @@ def test_killed_at_each_stage_resumes_to_the_same_decision(
     proc = subprocess.run([sys.executable, "-c", DRIVER, stage, str(out), payload],
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == -9, proc.stderr[-2000:]  # SIGKILL, not a crash of its own
-    partial = check_report(json.loads((out / "report.json").read_text()))
+    # a valid, partial document: started, no decision yet, every earlier stage done
+    doc = json.loads((out / "report.json").read_text())
+    jsonschema.validate(doc, json_schema())
+    partial = check_report(doc)
     assert partial.status == "started" and partial.decision is None
     before = STAGES[: STAGES.index(stage)]
     assert sorted(partial.stages) == sorted(before)
     assert all(partial.stages[s].status == "done" for s in before)
+    done_before = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
+    assert set(done_before) == {f"{s}.json" for s in before}
 
     resumed = run_scan(cfg, out)
     assert resumed["status"] == "complete"
     assert all(resumed["stages"][s]["reused"] for s in before)
+    for name, mtime in done_before.items():  # re-used, not redone
+        assert (out / "stages" / name).stat().st_mtime_ns == mtime, name
     assert not any(resumed["stages"][s]["reused"] for s in STAGES[len(before) :])
     got = _stable(resumed)
     assert got["decision"] == uninterrupted["decision"]

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +16,7 @@ from wbsafe.api import run_scan, scan_many
 from wbsafe.cli import main
 from wbsafe.config import RuntimeConfig, ScanConfig
 from wbsafe.organisms import Organism
-from wbsafe.report.document import check_report, json_schema
+from wbsafe.report.document import json_schema
 
 # one thread: the tiny models run several times faster than on contended threads
 RT = RuntimeConfig(device="cpu", threads=1)
@@ -59,11 +54,24 @@ EXPECTED = {
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_verdict_matches_planted_truth(
-    name: str, tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path
+    name: str, tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path, capfd: Any
 ) -> None:
     org = tiny_organisms[name]
     assert org.expected_verdict in EXPECTED[name]
-    report = run_scan(_config(tiny_organisms, name, directions), tmp_path)
+    capfd.readouterr()
+    messages: list[str] = []
+    steps: list[tuple[str, int, int]] = []
+    report = run_scan(
+        _config(tiny_organisms, name, directions), tmp_path, log=messages.append,
+        progress=lambda task, done, total, detail="": steps.append((task, done, total)),
+    )  # fmt: skip
+    # the library prints nothing: what a person sees is the CLI's choice (messages and
+    # progress reach it through the callbacks)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out[-2000:], err[-2000:])
+    assert any("[weights] done" in m for m in messages), messages
+    assert {"weight diff", "tuned"} <= {t for t, _, _ in steps}
+    assert all(0 <= done <= total for _, done, total in steps)
     verdict = report["decision"]["verdict"]
     assert verdict in EXPECTED[name], report["decision"]["reasons"]
     assert all(s["status"] == "done" for s in report["stages"].values())
@@ -130,48 +138,6 @@ def _stable(report: dict[str, Any]) -> dict[str, Any]:
             phase.pop("seconds", None)  # the trigger hunt's time per phase
     out["manifest"].pop("platform", None)
     return out
-
-
-def test_killed_scan_resumes_to_the_same_report(
-    tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path
-) -> None:
-    # a cache of its own: both runs fit the base afresh, so provenance matches too
-    cfg = replace(_config(tiny_organisms, "backdoor", directions),
-                  directions_cache=str(tmp_path / "cache"))  # fmt: skip
-    whole = run_scan(cfg, tmp_path / "whole")
-
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "wbsafe.cli", "scan", "--base", cfg.base, "--tuned",
-           str(cfg.tuned), "--out", str(out), "--device", "cpu", "--threads", "1"]  # fmt: skip
-    env = dict(os.environ, WBSAFE_CACHE=str(Path(directions).parent / "killed-cache"))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (out / "stages" / "probes.json").is_file() and time.time() < deadline:
-        assert proc.poll() is None, "the scan ended before it could be killed"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    # the killed scan left a valid, partial document: started, no decision yet
-    partial = check_report(json.loads((out / "report.json").read_text()))
-    assert partial.status == "started" and partial.decision is None
-    assert partial.stages["weights"].status == "done"
-    jsonschema.validate(json.loads((out / "report.json").read_text()), json_schema())
-    done_before = {p.name: p.stat().st_mtime_ns for p in (out / "stages").glob("*.json")}
-    assert {"weights.json", "probes.json"} <= set(done_before)
-
-    resumed = run_scan(replace(cfg), out)
-    # finished stages were re-used, not redone (the CLI run had another cache and threads)
-    for name, mtime in done_before.items():
-        assert (out / "stages" / name).stat().st_mtime_ns == mtime, name
-        assert resumed["stages"][name.removesuffix(".json")]["reused"] is True, name
-    assert _stable(resumed)["stages"].keys() == _stable(whole)["stages"].keys()
-    a, b = _stable(resumed), _stable(whole)
-    a["manifest"]["config"].pop("directions_cache", None)
-    b["manifest"]["config"].pop("directions_cache", None)
-    a.pop("policy", None), b.pop("policy", None)
-    assert a["decision"] == b["decision"]
-    assert a["stages"] == b["stages"]
-    assert a["gate_evidence"] == b["gate_evidence"]
 
 
 def test_gate_and_report_rerun_without_a_model(
@@ -279,26 +245,6 @@ def test_a_stage_that_crashes_fails_closed(
     checks = {r["check"]: r["verdict"] for r in report["decision"]["reasons"]}
     assert checks["triggers.failed"] == "REVIEW"
     assert report["gate_evidence"]["failed"] == ["triggers"]
-
-
-def test_the_library_prints_nothing(
-    tiny_organisms: dict[str, Organism], directions: str, tmp_path: Path, capfd: Any
-) -> None:
-    """A whole scan through the api writes nothing to stdout or stderr: what a person sees is
-    the CLI's choice (messages and progress reach it through callbacks)."""
-    capfd.readouterr()
-    messages: list[str] = []
-    steps: list[tuple[str, int, int]] = []
-    run_scan(
-        _config(tiny_organisms, "benign_lora", directions), tmp_path, log=messages.append,
-        progress=lambda task, done, total, detail="": steps.append((task, done, total)),
-    )  # fmt: skip
-    out, err = capfd.readouterr()
-    assert out == "" and err == "", (out[-2000:], err[-2000:])
-    assert any("[weights] done" in m for m in messages), messages
-    tasks = {t for t, _, _ in steps}
-    assert {"weight diff", "tuned"} <= tasks  # the diff's tensors, the tuned model's responses
-    assert all(0 <= done <= total for _, done, total in steps)
 
 
 def test_a_plot_that_fails_is_said_not_dropped(
