@@ -83,8 +83,7 @@ def scan(
         raise WbsafeError(f"unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
     if config.tuned is None and not config.adapters:
         raise WbsafeError("nothing to scan: give a tuned checkpoint or adapters")
-    policy = choose_policy(config.policy, config.risk)
-    capped, config = config, cap_for_policy(config, policy.behaviour.min_prompts)
+    policy, capped, config = choose_policy(config.policy, config.risk), config, effective(config)
     if config is not capped:
         log(f"prompt cap raised from {capped.max_prompts} to {config.max_prompts}: the "
             f"{policy.name} policy needs {policy.behaviour.min_prompts} behaviour prompts")  # fmt: skip
@@ -154,6 +153,34 @@ def scan(
     save(status="complete", decision=decision, gate_evidence=evidence)
     report = as_json(doc)
     write_reports(report, out)
+    return report
+
+
+def effective(config: ScanConfig) -> ScanConfig:
+    """The config a scan runs (and keys its stages) with: the prompt cap raised to the
+    policy's need."""
+    policy = choose_policy(config.policy, config.risk)
+    return cap_for_policy(config, policy.behaviour.min_prompts)
+
+
+def finished_report(config: ScanConfig, out_dir: str | Path) -> dict[str, Any] | None:
+    """The complete report in ``out_dir`` when every enabled stage's record there is finished
+    and keyed by these inputs and this config (so a rerun may re-use it), else None. A bad
+    input file reads as not finished: the scan itself then says what is wrong."""
+    from wbsafe.io.serialize import read_json
+
+    config, path = effective(config), Path(out_dir) / "report.json"
+    try:
+        report = read_json(path) if path.is_file() else None
+        hashes = weight_hashes(config)
+    except (WbsafeError, OSError):
+        return None
+    if not isinstance(report, dict) or report.get("status") != "complete":
+        return None
+    store = StageStore(out_dir)
+    for name in config.stages:
+        if store.load(name, stage_key(name, config, hashes)) is None:
+            return None
     return report
 
 
