@@ -217,6 +217,7 @@ def scan_many(
     log: Log = no_log,
     executor: str = "local",
     ray_options: Any = None,
+    switch_adapters: bool = False,
 ) -> list[dict[str, Any]]:
     """Vet many adapters for one base: one sub-report each, a summary table (MD + CSV).
 
@@ -224,13 +225,14 @@ def scan_many(
     once and re-used from the base-side cache for every adapter. One adapter's failure (a
     bad file) is recorded in the summary and the rest go on. ``stack`` adds stacked
     combinations (lists of adapters). ``executor="ray"`` runs a Ray task per scan
-    (``ray_options``: a :class:`wbsafe.pipeline.fleet_ray.RayOptions`). See
-    :mod:`wbsafe.pipeline.fleet`.
+    (``ray_options``: a :class:`wbsafe.pipeline.fleet_ray.RayOptions`). ``switch_adapters``:
+    keep one base loaded and swap each scan's adapters in. See :mod:`wbsafe.pipeline.fleet`.
     """
     from wbsafe.pipeline.fleet import scan_many as run
 
     return run(base, adapters, out, stack=stack, template=template, log=log,
-               executor=executor, ray_options=ray_options)  # fmt: skip
+               executor=executor, ray_options=ray_options,
+               switch_adapters=switch_adapters)  # fmt: skip
 
 
 def ray_options(**fields: Any) -> Any:

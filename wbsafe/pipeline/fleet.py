@@ -23,6 +23,7 @@ from wbsafe.pipeline.scan import scan
 from wbsafe.progress import Log, no_log
 
 if TYPE_CHECKING:
+    from wbsafe.io.adapter_switch import AdapterSwitcher
     from wbsafe.pipeline.fleet_ray import RayOptions
 
 SUMMARY_COLUMNS = ("adapter", "verdict", "top_reason", "report")
@@ -60,11 +61,14 @@ def error_row(name: str, cause: str) -> dict[str, Any]:
 
 
 def run_job(
-    name: str, config: ScanConfig, out: Path, *, scan_fn: ScanFn = scan, log: Log = no_log
-) -> dict[str, Any]:
-    """Scan one job into ``out/name``; a :class:`WbsafeError` becomes its ERROR row."""
+    name: str, config: ScanConfig, out: Path, *, scan_fn: ScanFn = scan, log: Log = no_log,
+    switcher: AdapterSwitcher | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Scan one job into ``out/name``; a :class:`WbsafeError` becomes its ERROR row.
+    ``switcher``: the loaded base to swap this job's adapters into."""
+    extra = {} if switcher is None else {"switcher": switcher}
     try:
-        report = scan_fn(config, out / name, log=log)
+        report = scan_fn(config, out / name, log=log, **extra)
     except WbsafeError as exc:
         log(f"{name}: {exc}")
         return error_row(name, str(exc))
@@ -93,12 +97,15 @@ def scan_many(
     log: Log = no_log,
     executor: str = "local",
     ray_options: RayOptions | None = None,
+    switch_adapters: bool = False,
 ) -> list[dict[str, Any]]:
     """Scan every adapter (and stacked combination) against ``base`` into ``out/<name>``;
     write ``summary.md`` and ``summary.csv``; return the summary rows.
 
     ``executor``: ``local`` (one scan after another in this process) or ``ray`` (a Ray task
-    per scan, :mod:`wbsafe.pipeline.fleet_ray`; ``ray_options`` say where and with what)."""
+    per scan or per batch, :mod:`wbsafe.pipeline.fleet_ray`; ``ray_options`` say where and
+    with what). ``switch_adapters`` (local): load the base once and swap each job's adapters
+    in (:mod:`wbsafe.io.adapter_switch`) instead of loading base and adapters per job."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = fleet_configs(base, adapters, stack, template)
@@ -107,7 +114,7 @@ def scan_many(
 
         rows = run_on_ray(jobs, out, ray_options or RayOptions(), log=log)
     elif executor == "local":
-        rows = run_local(jobs, out, log=log)
+        rows = run_local(jobs, out, log=log, switch_adapters=switch_adapters)
     else:
         raise WbsafeError(f"unknown executor {executor!r}; choose local or ray")
     write_summary(base, rows, out)
@@ -115,15 +122,19 @@ def scan_many(
 
 
 def run_local(
-    jobs: Sequence[tuple[str, ScanConfig]], out: Path, *, log: Log = no_log
-) -> list[dict[str, Any]]:
+    jobs: Sequence[tuple[str, ScanConfig]], out: Path, *, log: Log = no_log,
+    switch_adapters: bool = False,
+) -> list[dict[str, Any]]:  # fmt: skip
     """The jobs one after another in this process; the first computes the base side."""
+    from wbsafe.io.adapter_switch import AdapterSwitcher
+
+    switcher = AdapterSwitcher(jobs[0][1].runtime) if switch_adapters and jobs else None
     progress = FleetProgress(len(jobs), log)
     rows: list[dict[str, Any]] = []
     for name, cfg in jobs:
         log(f"--- {name}")
         progress.start(name)
-        rows.append(run_job(name, cfg, out, log=log))
+        rows.append(run_job(name, cfg, out, log=log, switcher=switcher))
         progress.finish(name, error=rows[-1]["verdict"] == verdict.ERROR)
     return rows
 

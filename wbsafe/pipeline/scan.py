@@ -15,7 +15,7 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wbsafe.config import STAGES, ScanConfig
 from wbsafe.errors import WbsafeError
@@ -44,6 +44,9 @@ from wbsafe.pipeline.store import StageOutput, StageRecord, StageStore
 from wbsafe.progress import Log, Progress, no_log, no_progress
 from wbsafe.report.document import REPORT_KIND, ReportDocument, StageEntry, as_json
 
+if TYPE_CHECKING:
+    from wbsafe.io.adapter_switch import AdapterSwitcher
+
 
 def stage_key(name: str, config: ScanConfig, hashes: dict[str, str]) -> str:
     """What determines a stage's result: its inputs' hashes and the config (not the out dir,
@@ -70,8 +73,11 @@ def scan(
     *,
     log: Log = no_log,
     progress: Progress = no_progress,
+    switcher: AdapterSwitcher | None = None,
 ) -> dict[str, Any]:
     """Run the enabled stages (resuming finished ones), gate, and write the reports.
+
+    ``switcher``: an adapter scan takes its model from it (a base kept loaded across scans).
 
     Returns the report document's JSON form (also written to ``out_dir/report.json``).
     """
@@ -97,7 +103,7 @@ def scan(
     for note in named_base_notes(config):
         log(f"note: {note}")
     hashes = weight_hashes(config)
-    models = Models(config)
+    models = Models(config, switcher)
     records: dict[str, StageRecord] = {}
     plan: PromptPlan | None = None
     doc = ReportDocument(
