@@ -30,6 +30,7 @@ from wbsafe.organisms import Organism
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (CI installs it)")
 
 REPO = Path(__file__).resolve().parents[1]
+GOOD = ("benign_lora", "backdoor_lora", "backdoor_hate_lora")
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,10 @@ def _template(base: Path, cache: Path, stages: tuple[str, ...]) -> ScanConfig:
 
 
 def _adapters(orgs: dict[str, Organism], root: Path) -> list[Path]:
-    """The tier's two LoRA adapters, one cut short and one shaped for another base."""
+    """The tier's three LoRA adapters, one cut short and one shaped for another base."""
     from safetensors.torch import load_file, save_file
 
-    good = [Path(shutil.copytree(orgs[n].path, root / n)) for n in ("benign_lora", "backdoor_lora")]
+    good = [Path(shutil.copytree(orgs[n].path, root / n)) for n in GOOD]
     weights = "adapter_model.safetensors"
     cut = Path(shutil.copytree(good[0], root / "bad_truncated"))
     data = (cut / weights).read_bytes()
@@ -81,43 +82,48 @@ def _timeless(path: Path) -> Any:
 def test_ray_gives_the_in_process_summary_and_reports(
     local_ray: None, tiny_organisms: dict[str, Organism], tmp_path: Path
 ) -> None:
+    """In-process, in-process with adapters swapped over one base, and Ray with two
+    adapters per task (swapped likewise): the same summary and the same reports."""
     adapters = _adapters(tiny_organisms, tmp_path / "adapters")
-    cache = tmp_path / "cache"  # the same path in both runs: each starts it empty
+    cache = tmp_path / "cache"  # the same path in every run: each starts it empty
     template = _template(Path(tiny_organisms["base"].path), cache,
                          ("weights", "probes", "behaviour"))  # fmt: skip
-    runs = {}
-    for executor in ("local", "ray"):
-        out = tmp_path / executor
-        opts = ray_options(num_cpus=1, max_retries=0)
-        scan_many(template.base, adapters, out, template=template, executor=executor,
-                  ray_options=opts)  # fmt: skip
-        runs[executor] = out
-        shutil.move(cache, tmp_path / f"cache-{executor}")
-    local, on_ray = runs["local"], runs["ray"]
-    for name in ("summary.csv", "summary.md"):
-        assert (local / name).read_bytes() == (on_ray / name).read_bytes(), name
-    rows = (on_ray / "summary.csv").read_text()
+    runs = {
+        "local": {"executor": "local"},
+        "switched": {"executor": "local", "switch_adapters": True},
+        "ray": {"executor": "ray", "ray_options": ray_options(max_retries=0, batch=2)},
+    }
+    for name, how in runs.items():
+        scan_many(template.base, adapters, tmp_path / name, template=template, **how)
+        shutil.move(cache, tmp_path / f"cache-{name}")
+    local = tmp_path / "local"
+    rows = (local / "summary.csv").read_text()
     assert re.search(r"bad_truncated,ERROR,.*truncated", rows), rows
     assert re.search(r"bad_other_base,ERROR,.*another base", rows), rows
-    for name in ("benign_lora", "backdoor_lora"):
-        for report in ("report.json", "report.md", "report.html"):
-            assert _timeless(local / name / report) == _timeless(on_ray / name / report)
-    # the base side was computed once, by the first scan, and re-used by the second
+    for other in ("switched", "ray"):
+        for name in ("summary.csv", "summary.md"):
+            assert (local / name).read_bytes() == (tmp_path / other / name).read_bytes()
+        for name in GOOD:
+            for report in ("report.json", "report.md", "report.html"):
+                assert _timeless(local / name / report) == _timeless(
+                    tmp_path / other / name / report
+                ), (other, name, report)
+    on_ray = tmp_path / "ray"
+    # the base side was computed once, by the first scan, and re-used by the others
     probes = json.loads((on_ray / "backdoor_lora" / "report.json").read_text())["stages"]["probes"]
     assert "re-used from cache" in probes["summary"]
     assert len(list((tmp_path / "cache-ray").glob("refusal-*"))) == 1
 
     # a rerun re-uses the finished reports and redoes only the bad ones
-    before = {n: (on_ray / n / "report.json").stat().st_mtime_ns for n in ("benign_lora",
-                                                                          "backdoor_lora")}  # fmt: skip
+    before = {n: (on_ray / n / "report.json").stat().st_mtime_ns for n in GOOD}
     lines: list[str] = []
     again = scan_many(template.base, adapters, on_ray, template=template, executor="ray",
                       log=lines.append)  # fmt: skip
     assert {n: (on_ray / n / "report.json").stat().st_mtime_ns for n in before} == before
-    assert sum("; reused " in line for line in lines) == 2, lines
-    assert [r["verdict"] for r in again][2:] == ["ERROR", "ERROR"]
+    assert sum("; reused " in line for line in lines) == 3, lines
+    assert [r["verdict"] for r in again][3:] == ["ERROR", "ERROR"]
     assert (on_ray / "summary.csv").read_text() == rows
-    assert re.search(r"fleet: 4/4 finished \(2 done, 2 failed\), 0 running", "\n".join(lines))
+    assert re.search(r"fleet: 5/5 finished \(3 done, 2 failed\), 0 running", "\n".join(lines))
 
 
 def test_a_killed_worker_is_retried_then_reported(

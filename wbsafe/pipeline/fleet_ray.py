@@ -1,4 +1,5 @@
-"""``scan-many --executor ray``: one Ray task per adapter, on one machine or a cluster.
+"""``scan-many --executor ray``: a Ray task per adapter (or per small batch of adapters
+sharing one loaded base), on one machine or a cluster.
 
 Ray is an optional extra (``pip install wbsafe[ray]``), imported only when this executor
 runs. Each scan is a Ray task declaring ``num_cpus``/``num_gpus``; the driver gathers the
@@ -51,13 +52,15 @@ class RayOptions:
 
     ``address``: a running cluster (``ray start --head`` prints it; None: ``RAY_ADDRESS`` or
     a local instance started for the run, with ``local_cpus`` CPUs, None: all). ``num_cpus``
-    is also the task's torch thread count. ``scan_fn`` replaces the scan (tests only)."""
+    is also the task's torch thread count. ``batch``: scans per task, sharing one loaded
+    base (their adapters swapped in). ``scan_fn`` replaces the scan (tests only)."""
 
     address: str | None = None
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_retries: int = 2
     local_cpus: int | None = None
+    batch: int = 1
     scan_fn: ScanFn | None = None
 
 
@@ -71,13 +74,18 @@ def import_ray() -> ModuleType:
 
 
 def scan_task(
-    name: str, config: ScanConfig, out: str, threads: int, scan_fn: ScanFn | None
-) -> dict[str, Any]:
-    """One scan inside a Ray worker; returns its summary row."""
+    jobs: list[tuple[str, ScanConfig]], out: str, threads: int, scan_fn: ScanFn | None
+) -> list[dict[str, Any]]:
+    """A batch of scans inside a Ray worker; returns their summary rows. More than one
+    share a loaded base, their adapters swapped in (:mod:`wbsafe.io.adapter_switch`)."""
     import torch
 
+    from wbsafe.io.adapter_switch import AdapterSwitcher
+
     torch.set_num_threads(max(1, threads))
-    return run_job(name, config, Path(out), scan_fn=scan_fn or scan)
+    switcher = AdapterSwitcher(jobs[0][1].runtime) if len(jobs) > 1 else None
+    return [run_job(name, cfg, Path(out), scan_fn=scan_fn or scan, switcher=switcher)
+            for name, cfg in jobs]  # fmt: skip
 
 
 def task_failure(ray: ModuleType, exc: Exception, name: str, retries: int) -> dict[str, Any]:
@@ -132,35 +140,42 @@ def _fan_out(
         rows[i] = summary_row(name, report)
         progress.finish(name, error=False, reused=True, started=False)
 
-    def submit(i: int) -> Any:
-        name, cfg = jobs[i]
-        progress.start(name)
+    def submit(batch: list[int]) -> Any:
+        for i in batch:
+            progress.start(jobs[i][0])
         threads = max(1, int(options.num_cpus))
-        return task.remote(name, cfg, str(out), threads, options.scan_fn)
+        return task.remote([jobs[i] for i in batch], str(out), threads, options.scan_fn)
 
-    def collect(i: int, ref: Any) -> dict[str, Any]:
-        name = jobs[i][0]
+    def collect(batch: list[int], ref: Any) -> list[dict[str, Any]]:
         try:
-            row: dict[str, Any] = ray.get(ref)
-        except ray.exceptions.RayError as exc:
-            row = task_failure(ray, exc, name, options.max_retries)
-        rows[i] = row
-        progress.finish(name, error=row["verdict"] == verdict.ERROR)
-        if row["verdict"] == verdict.ERROR:
-            log(f"{name}: {row['top_reason']}")
-        return row
+            got: list[dict[str, Any]] = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # a batch's scans that finished still count
+            got = []
+            for i in batch:
+                name, cfg = jobs[i]
+                report = finished_report(cfg, out / name)
+                got.append(task_failure(ray, exc, name, options.max_retries) if report is None
+                           else summary_row(name, report))  # fmt: skip
+        for i, row in zip(batch, got, strict=True):
+            rows[i] = row
+            progress.finish(row["adapter"], error=row["verdict"] == verdict.ERROR)
+            if row["verdict"] == verdict.ERROR:
+                log(f"{row['adapter']}: {row['top_reason']}")
+        return got
 
     # the base side first: scans run alone until one succeeds and has filled the cache
     while todo:
-        i = todo.pop(0)
-        if collect(i, submit(i))["verdict"] != verdict.ERROR:
+        first = [todo.pop(0)]
+        if collect(first, submit(first))[0]["verdict"] != verdict.ERROR:
             break
-    in_flight: dict[Any, int] = {}
+    size = max(1, options.batch)
+    batches = [todo[k : k + size] for k in range(0, len(todo), size)]
+    in_flight: dict[Any, list[int]] = {}
     slots = _slots(ray, options)
-    while todo or in_flight:
-        while todo and len(in_flight) < slots:
-            i = todo.pop(0)
-            in_flight[submit(i)] = i
+    while batches or in_flight:
+        while batches and len(in_flight) < slots:
+            batch = batches.pop(0)
+            in_flight[submit(batch)] = batch
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         for ref in ready:
             collect(in_flight.pop(ref), ref)
