@@ -1,4 +1,5 @@
-"""Benchmark: adapters per hour through ``scan-many``, in-process vs Ray with 1 and 2 workers.
+"""Benchmark: adapters per hour through ``scan-many``, in-process vs Ray with 1 and 2 workers,
+and with the base loaded once and the adapters swapped in vs reloaded per adapter.
 
 The fleet is ``--n`` tiny-tier LoRA adapters (byte copies of the tier's LoRA organisms,
 each in its own directory). Every run starts with an empty base-side cache, so each
@@ -9,7 +10,7 @@ CPU in float32, one torch thread per worker. A Ray run's wall time includes star
 local Ray instance (``ray.init``), reported apart too. Every run must give the same
 ``summary.csv``; the file records whether it did.
 
-    nice -n 10 python scripts/bench_fleet.py               # 16 adapters, ~10 min on 2 cores
+    nice -n 10 python scripts/bench_fleet.py               # 16 adapters, ~12 min on 2 cores
     python scripts/bench_fleet.py --n 4 --runs local       # a quick look
 
 Writes results/bench_fleet.json and results/bench_fleet.md (``--results`` to change).
@@ -29,7 +30,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LORAS = ("benign_lora", "backdoor_lora", "backdoor_hate_lora")
-RUNS = {"local": None, "ray1": 1, "ray2": 2}  # name -> Ray workers (None: in-process)
+# name -> (Ray workers, None: in-process; adapters per Ray task; swap adapters over one base)
+RUNS = {
+    "local": (None, 1, False),
+    "local_switch": (None, 1, True),
+    "ray1": (1, 1, False),
+    "ray2": (2, 1, False),
+    "ray2_batch4": (2, 4, True),
+}
 
 
 def cpu_model() -> str:
@@ -55,11 +63,12 @@ def make_fleet(n: int, root: Path) -> tuple[str, list[Path]]:
     return orgs["base"].path, fleet
 
 
-def run_one(name: str, workers: int | None, base: str, fleet: list[Path], work: Path,
+def run_one(name: str, base: str, fleet: list[Path], work: Path,
             skip: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
     """One fleet scan with a fresh cache and output; returns its timings and summary."""
     import torch
 
+    workers, batch, switch = RUNS[name]
     from wbsafe.api import build_scan_config, ray_options, scan_many
 
     out, cache = work / name / "out", work / name / "cache"
@@ -72,7 +81,7 @@ def run_one(name: str, workers: int | None, base: str, fleet: list[Path], work: 
     ray_start = 0.0
     t0 = time.perf_counter()
     if workers is None:
-        rows = scan_many(base, fleet, out, template=cfg, log=lines.append)
+        rows = scan_many(base, fleet, out, template=cfg, log=lines.append, switch_adapters=switch)
     else:
         import ray
 
@@ -80,7 +89,7 @@ def run_one(name: str, workers: int | None, base: str, fleet: list[Path], work: 
         ray_start = time.perf_counter() - t0
         try:
             rows = scan_many(base, fleet, out, template=cfg, log=lines.append, executor="ray",
-                             ray_options=ray_options(num_cpus=1))  # fmt: skip
+                             ray_options=ray_options(num_cpus=1, batch=batch))  # fmt: skip
         finally:
             ray.shutdown()
     wall = time.perf_counter() - t0
@@ -89,6 +98,8 @@ def run_one(name: str, workers: int | None, base: str, fleet: list[Path], work: 
             for r in rows[1:]]  # fmt: skip
     return {
         "run": name, "workers": workers or 1, "executor": "ray" if workers else "local",
+        "adapters_per_task": batch if workers else None,
+        "base_loaded_once_adapters_swapped": switch,
         "adapters": len(rows), "errors": sum(r["verdict"] == "ERROR" for r in rows),
         "wall_s": round(wall, 1), "ray_start_s": round(ray_start, 1),
         "adapters_per_hour": round(len(rows) / wall * 3600, 1),
@@ -118,7 +129,7 @@ def main() -> int:
     runs = []
     for name in args.runs:
         print(f"--- {name}", flush=True)
-        runs.append(run_one(name, RUNS[name], base, fleet, work, skip))
+        runs.append(run_one(name, base, fleet, work, skip))
         print(f"{name}: {runs[-1]['wall_s']} s, {runs[-1]['adapters_per_hour']} adapters/hour",
               flush=True)  # fmt: skip
     same = len({r["summary_csv"] for r in runs}) == 1
@@ -137,10 +148,15 @@ def main() -> int:
         },
     }  # fmt: skip
     by = {r["run"]: r for r in runs}
-    scaling = None
-    if "ray1" in by and "ray2" in by:
-        scaling = round(by["ray2"]["adapters_per_hour"] / by["ray1"]["adapters_per_hour"], 2)
+
+    def ratio(a: str, b: str) -> float | None:
+        if a in by and b in by:
+            return round(by[a]["adapters_per_hour"] / by[b]["adapters_per_hour"], 2)
+        return None
+
+    scaling, swapping = ratio("ray2", "ray1"), ratio("local_switch", "local")
     doc["ray_scaling_1_to_2_workers"] = scaling
+    doc["switching_speedup_in_process"] = swapping
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     write_json_atomic(results / "bench_fleet.json", doc)
@@ -152,12 +168,13 @@ def main() -> int:
         "torch thread per worker; each run starts with an empty base-side cache (the base "
         "work is done once, by its first scan). Ray wall time includes starting Ray.",
         "",
-        "| run | workers | wall (s) | Ray start (s) | adapters/hour | first scan (s) | "
-        "later scans, mean (s) | verdicts |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| run | workers | adapters per Ray task | base once, adapters swapped | wall (s) | "
+        "Ray start (s) | adapters/hour | first scan (s) | later scans, mean (s) | verdicts |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in doc["runs"]:
-        md.append(f"| {r['run']} | {r['workers']} | {r['wall_s']} | {r['ray_start_s']} | "
+        md.append(f"| {r['run']} | {r['workers']} | {r['adapters_per_task'] or '—'} | "
+                  f"{'yes' if r['base_loaded_once_adapters_swapped'] else 'no'} | {r['wall_s']} | {r['ray_start_s']} | "
                   f"{r['adapters_per_hour']} | {r['first_scan_s (computes the base side)']} | "
                   f"{r['mean_later_scan_s']} | {r['verdicts']} |")  # fmt: skip
     m = doc["manifest"]
@@ -165,6 +182,8 @@ def main() -> int:
         "",
         f"Same summary.csv in every run: {'yes' if same else 'NO'}.",
         f"Ray throughput, 2 workers / 1 worker: {scaling if scaling is not None else 'not run'}.",
+        "In-process throughput, base loaded once and adapters swapped / base reloaded per "
+        f"adapter: {swapping if swapping is not None else 'not run'}.",
         "",
         f"Machine: {m['machine']['cpu_model']}, {m['machine']['cores']} cores, load average "
         f"{m['machine']['load_avg_at_start']} at start, {m['machine']['load_avg_at_end']} at "
