@@ -78,7 +78,7 @@ def run_one(name: str, base: str, fleet: list[Path], work: Path,
     cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, threads=1))
     torch.set_num_threads(1)
     lines: list[str] = []
-    ray_start = 0.0
+    ray_start, load_before = 0.0, os.getloadavg()[0]
     t0 = time.perf_counter()
     if workers is None:
         rows = scan_many(base, fleet, out, template=cfg, log=lines.append, switch_adapters=switch)
@@ -102,6 +102,7 @@ def run_one(name: str, base: str, fleet: list[Path], work: Path,
         "base_loaded_once_adapters_swapped": switch,
         "adapters": len(rows), "errors": sum(r["verdict"] == "ERROR" for r in rows),
         "wall_s": round(wall, 1), "ray_start_s": round(ray_start, 1),
+        "load_avg_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "adapters_per_hour": round(len(rows) / wall * 3600, 1),
         "first_scan_s (computes the base side)": first["timings"]["total"],
         "mean_later_scan_s": round(sum(rest) / max(1, len(rest)), 2),
@@ -169,14 +170,16 @@ def main() -> int:
         "work is done once, by its first scan). Ray wall time includes starting Ray.",
         "",
         "| run | workers | adapters per Ray task | base once, adapters swapped | wall (s) | "
-        "Ray start (s) | adapters/hour | first scan (s) | later scans, mean (s) | verdicts |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Ray start (s) | adapters/hour | first scan (s) | later scans, mean (s) | load avg "
+        "before -> after | verdicts |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in doc["runs"]:
         md.append(f"| {r['run']} | {r['workers']} | {r['adapters_per_task'] or '—'} | "
                   f"{'yes' if r['base_loaded_once_adapters_swapped'] else 'no'} | {r['wall_s']} | {r['ray_start_s']} | "
                   f"{r['adapters_per_hour']} | {r['first_scan_s (computes the base side)']} | "
-                  f"{r['mean_later_scan_s']} | {r['verdicts']} |")  # fmt: skip
+                  f"{r['mean_later_scan_s']} | {r['load_avg_1min_before_after'][0]} -> "
+                  f"{r['load_avg_1min_before_after'][1]} | {r['verdicts']} |")  # fmt: skip
     m = doc["manifest"]
     md += [
         "",

@@ -195,3 +195,19 @@ def test_scan_config_survives_the_trip_to_a_worker() -> None:
 
     cfg = dataclasses.replace(ScanConfig(base="b"), adapters=("x",), stages=("weights",))
     assert cloudpickle.loads(cloudpickle.dumps(cfg)) == cfg
+
+
+def test_the_cli_runs_the_ray_executor(
+    local_ray: None, tiny_organisms: dict[str, Organism], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, [
+        "scan-many", "--base", tiny_organisms["base"].path, "--adapters",
+        tiny_organisms["benign_lora"].path, "--adapters", tiny_organisms["backdoor_lora"].path,
+        "--out", str(out), "--executor", "ray", "--task-cpus", "1", "--task-batch", "2",
+        "--skip", "probes", "--skip", "triggers", "--skip", "behaviour", "--device", "cpu",
+    ])  # fmt: skip
+    assert res.exit_code in (0, 3, 4, 5), res.output
+    assert "fleet: 2/2 finished (2 done, 0 failed)" in res.output, res.output
+    assert (out / "summary.csv").read_text().count("\n") == 3
+    assert (out / "backdoor_lora" / "report.json").is_file()

@@ -2,7 +2,9 @@
 
 Base-side work is shared through the base-side caches (refusal directions, base behaviour),
 keyed by the base's weight hashes: the first adapter computes them, the rest re-use them.
-One adapter's bad file becomes an ERROR row and the rest go on.
+One adapter's bad file becomes an ERROR row and the rest go on. Two executors give the same
+rows and reports: ``local`` (here, one scan after another, optionally over one loaded base
+with the adapters swapped in) and ``ray`` (:mod:`wbsafe.pipeline.fleet_ray`).
 """
 
 from __future__ import annotations
