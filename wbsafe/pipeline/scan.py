@@ -178,10 +178,10 @@ def finished_report(config: ScanConfig, out_dir: str | Path) -> dict[str, Any] |
     config, path = effective(config), Path(out_dir) / "report.json"
     try:
         report = read_json(path) if path.is_file() else None
+        if not isinstance(report, dict) or report.get("status") != "complete":
+            return None  # decided before hashing any weights
         hashes = weight_hashes(config)
     except (WbsafeError, OSError):
-        return None
-    if not isinstance(report, dict) or report.get("status") != "complete":
         return None
     store = StageStore(out_dir)
     for name in config.stages:
