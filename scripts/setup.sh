@@ -24,6 +24,6 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
-.venv/bin/python -m pip install -q -e ".[dev,gguf]"
+.venv/bin/python -m pip install -q -e ".[dev,gguf,ray]"
 echo "$want" > "$stamp"
 prebuild_kernel

@@ -215,17 +215,32 @@ def scan_many(
     stack: Sequence[Sequence[str | Path]] = (),
     template: Any = None,
     log: Log = no_log,
+    executor: str = "local",
+    ray_options: Any = None,
+    switch_adapters: bool = False,
 ) -> list[dict[str, Any]]:
     """Vet many adapters for one base: one sub-report each, a summary table (MD + CSV).
 
     Base-side work is shared: the refusal directions and the base's behaviour are computed
     once and re-used from the base-side cache for every adapter. One adapter's failure (a
     bad file) is recorded in the summary and the rest go on. ``stack`` adds stacked
-    combinations (lists of adapters). See :mod:`wbsafe.pipeline.fleet`.
+    combinations (lists of adapters). ``executor="ray"`` runs a Ray task per scan
+    (``ray_options``: a :class:`wbsafe.pipeline.fleet_ray.RayOptions`). ``switch_adapters``:
+    keep one base loaded and swap each scan's adapters in. See :mod:`wbsafe.pipeline.fleet`.
     """
     from wbsafe.pipeline.fleet import scan_many as run
 
-    return run(base, adapters, out, stack=stack, template=template, log=log)
+    return run(base, adapters, out, stack=stack, template=template, log=log,
+               executor=executor, ray_options=ray_options,
+               switch_adapters=switch_adapters)  # fmt: skip
+
+
+def ray_options(**fields: Any) -> Any:
+    """A :class:`wbsafe.pipeline.fleet_ray.RayOptions` (where Ray tasks run, what each
+    declares); building it does not import Ray."""
+    from wbsafe.pipeline.fleet_ray import RayOptions
+
+    return RayOptions(**fields)
 
 
 def demo(

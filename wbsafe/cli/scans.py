@@ -109,20 +109,40 @@ def report_cmd(report_json: Path, fmt: str, out: Path | None) -> None:
 @click.option("--risk", type=click.Choice(["low", "standard", "high"]), default=None)
 @click.option("--skip", multiple=True,
               type=click.Choice([*STAGES, "behavior"]))  # fmt: skip
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True,
+              help="local: one scan after another here; ray: a Ray task per scan.")  # fmt: skip
+@click.option("--ray-address", default=None,
+              help="Ray cluster to join (ray start --head prints it); default: RAY_ADDRESS, "
+                   "else a local Ray on this machine.")  # fmt: skip
+@click.option("--task-cpus", type=float, default=1.0, show_default=True,
+              help="CPUs each Ray task declares (and its torch threads).")  # fmt: skip
+@click.option("--task-gpus", type=float, default=0.0, show_default=True,
+              help="GPUs each Ray task declares.")  # fmt: skip
+@click.option("--task-batch", type=int, default=1, show_default=True,
+              help="Adapters per Ray task: a task loads the base once and swaps them in.")  # fmt: skip
+@click.option("--switch-adapters", is_flag=True,
+              help="In-process: load the base once and swap each adapter in (PEFT) instead "
+                   "of loading base and adapter per scan.")  # fmt: skip
 @runtime_options
 @handle_errors
 def scan_many_cmd(
     base: Path, adapter_dirs: tuple[Path, ...], stack: tuple[str, ...], out: Path,
-    config_file: Path | None, risk: str | None, skip: tuple[str, ...], device: str, dtype: str,
+    config_file: Path | None, risk: str | None, skip: tuple[str, ...], executor: str,
+    ray_address: str | None, task_cpus: float, task_gpus: float, task_batch: int,
+    switch_adapters: bool, device: str, dtype: str,
 ) -> None:  # fmt: skip
     """Vet many adapters for one base (base-side work done once); writes summary.md/.csv."""
-    from wbsafe.api import build_scan_config, find_adapters, scan_many
+    from wbsafe.api import build_scan_config, find_adapters, ray_options, scan_many
 
     found = find_adapters(adapter_dirs)
     template = build_scan_config(base=base, config_file=config_file, risk=risk, skip=skip,
                                  device=device, dtype=dtype)  # fmt: skip
     combos = [tuple(Path(x) for x in s.split(",")) for s in stack]
-    rows = scan_many(base, found, out, stack=combos, template=template, log=_stderr().print)
+    opts = ray_options(address=ray_address, num_cpus=task_cpus, num_gpus=task_gpus,
+                       batch=task_batch)  # fmt: skip
+    rows = scan_many(base, found, out, stack=combos, template=template, log=_stderr().print,
+                     executor=executor, ray_options=opts, switch_adapters=switch_adapters)  # fmt: skip
     for r in rows:
         click.echo(f"{r['verdict']:<8} {r['adapter']}: {r['top_reason']}")
     click.echo(f"wrote {out / 'summary.md'} and {out / 'summary.csv'}")

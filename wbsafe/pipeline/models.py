@@ -7,17 +7,23 @@ any work (:func:`validate_inputs`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wbsafe.config import ScanConfig
 from wbsafe.io.serialize import to_jsonable
+
+if TYPE_CHECKING:
+    from wbsafe.io.adapter_switch import AdapterSwitcher
 
 
 class Models:
     """Loads the models once, on first need; base comes from the same object for adapters."""
 
-    def __init__(self, config: ScanConfig) -> None:
+    def __init__(self, config: ScanConfig, switcher: AdapterSwitcher | None = None) -> None:
+        """``switcher``: where an adapter scan's model comes from when given (one base kept
+        loaded across scans, its adapters swapped in)."""
         self.config = config
+        self.switcher = switcher
         self._tuned: Any = None
         self._base: Any = None
 
@@ -34,7 +40,9 @@ class Models:
         from wbsafe.io.models import load_model
 
         if self._tuned is None:
-            if self.adapters:
+            if self.adapters and self.switcher is not None:
+                self._tuned = self.switcher.load(self.config.base, self.adapters)
+            elif self.adapters:
                 self._tuned = load_model(self.config.base, self.adapters, self.config.runtime)
             else:
                 assert self.config.tuned

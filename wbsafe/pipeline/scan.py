@@ -15,7 +15,7 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wbsafe.config import STAGES, ScanConfig
 from wbsafe.errors import WbsafeError
@@ -44,6 +44,9 @@ from wbsafe.pipeline.store import StageOutput, StageRecord, StageStore
 from wbsafe.progress import Log, Progress, no_log, no_progress
 from wbsafe.report.document import REPORT_KIND, ReportDocument, StageEntry, as_json
 
+if TYPE_CHECKING:
+    from wbsafe.io.adapter_switch import AdapterSwitcher
+
 
 def stage_key(name: str, config: ScanConfig, hashes: dict[str, str]) -> str:
     """What determines a stage's result: its inputs' hashes and the config (not the out dir,
@@ -70,8 +73,11 @@ def scan(
     *,
     log: Log = no_log,
     progress: Progress = no_progress,
+    switcher: AdapterSwitcher | None = None,
 ) -> dict[str, Any]:
     """Run the enabled stages (resuming finished ones), gate, and write the reports.
+
+    ``switcher``: an adapter scan takes its model from it (a base kept loaded across scans).
 
     Returns the report document's JSON form (also written to ``out_dir/report.json``).
     """
@@ -83,8 +89,7 @@ def scan(
         raise WbsafeError(f"unknown stage(s) {sorted(unknown)}; choose from {list(STAGES)}")
     if config.tuned is None and not config.adapters:
         raise WbsafeError("nothing to scan: give a tuned checkpoint or adapters")
-    policy = choose_policy(config.policy, config.risk)
-    capped, config = config, cap_for_policy(config, policy.behaviour.min_prompts)
+    policy, capped, config = choose_policy(config.policy, config.risk), config, effective(config)
     if config is not capped:
         log(f"prompt cap raised from {capped.max_prompts} to {config.max_prompts}: the "
             f"{policy.name} policy needs {policy.behaviour.min_prompts} behaviour prompts")  # fmt: skip
@@ -98,7 +103,7 @@ def scan(
     for note in named_base_notes(config):
         log(f"note: {note}")
     hashes = weight_hashes(config)
-    models = Models(config)
+    models = Models(config, switcher)
     records: dict[str, StageRecord] = {}
     plan: PromptPlan | None = None
     doc = ReportDocument(
@@ -154,6 +159,34 @@ def scan(
     save(status="complete", decision=decision, gate_evidence=evidence)
     report = as_json(doc)
     write_reports(report, out)
+    return report
+
+
+def effective(config: ScanConfig) -> ScanConfig:
+    """The config a scan runs (and keys its stages) with: the prompt cap raised to the
+    policy's need."""
+    policy = choose_policy(config.policy, config.risk)
+    return cap_for_policy(config, policy.behaviour.min_prompts)
+
+
+def finished_report(config: ScanConfig, out_dir: str | Path) -> dict[str, Any] | None:
+    """The complete report in ``out_dir`` when every enabled stage's record there is finished
+    and keyed by these inputs and this config (so a rerun may re-use it), else None. A bad
+    input file reads as not finished: the scan itself then says what is wrong."""
+    from wbsafe.io.serialize import read_json
+
+    config, path = effective(config), Path(out_dir) / "report.json"
+    try:
+        report = read_json(path) if path.is_file() else None
+        if not isinstance(report, dict) or report.get("status") != "complete":
+            return None  # decided before hashing any weights
+        hashes = weight_hashes(config)
+    except (WbsafeError, OSError):
+        return None
+    store = StageStore(out_dir)
+    for name in config.stages:
+        if store.load(name, stage_key(name, config, hashes)) is None:
+            return None
     return report
 
 
