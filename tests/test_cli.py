@@ -59,3 +59,22 @@ def test_triggers_command_recovers_the_planted_trigger(
     assert org.trigger is not None and f"VERIFIED {org.trigger['text']!r}" in res.output
     doc = json.loads(out.read_text())
     assert doc["verified"][0] == org.trigger["text"] and doc["coverage"]["budget"] == 2048
+
+
+def test_log_lines_print_as_written_not_as_markup() -> None:
+    """The CLI's log callback keeps a stage's "[weights]" prefix (rich read it as a style tag
+    and dropped it) and styles nothing a scanned file names."""
+    import io
+
+    from rich.console import Console
+
+    from wbsafe.cli.app import _log
+
+    buf = io.StringIO()
+    say = _log(Console(file=buf, force_terminal=False, width=200))
+    say("[weights] done in 1.0 s")
+    say("adapter [bold red]evil[/] loaded")
+    assert buf.getvalue().splitlines() == [
+        "[weights] done in 1.0 s",
+        "adapter [bold red]evil[/] loaded",
+    ]

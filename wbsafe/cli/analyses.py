@@ -8,6 +8,7 @@ import click
 
 from wbsafe.cli.app import (
     _alias,
+    _log,
     _need_tuned,
     _stderr,
     handle_errors,
@@ -234,7 +235,7 @@ def triggers(
     result = trigger_hunt(
         base, tuned, adapters, out, prompts=prompts, candidates=candidates,
         use_builtin=not no_builtin, max_len=max_len, budget=budget, seed=seed,
-        device=device, dtype=dtype, log=_stderr().print,
+        device=device, dtype=dtype, log=_log(_stderr()),
     )  # fmt: skip
     if result.verified:
         for v in result.verified:

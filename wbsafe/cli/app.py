@@ -57,6 +57,16 @@ def _stderr() -> Any:
     return Console(stderr=True)
 
 
+def _log(console: Any) -> Callable[[str], None]:
+    """A log callback printing each message as it is, not as rich markup: "[weights] done"
+    keeps its stage name, and text from the files scanned (names, triggers) styles nothing."""
+
+    def say(message: str) -> None:
+        console.print(message, markup=False, highlight=False)
+
+    return say
+
+
 def handle_errors(fn: F) -> F:
     """Turn a WbsafeError into one clear line on stderr and exit code 1."""
 

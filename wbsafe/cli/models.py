@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from wbsafe.cli.app import _stderr, handle_errors, main
+from wbsafe.cli.app import _log, _stderr, handle_errors, main
 
 
 @main.command()
@@ -56,7 +56,7 @@ def organisms_build(tier: str, out: Path | None, seed: int, cache_dir: Path | No
         return
     err = _stderr()
     with err.status("building tiny organisms (cached after the first run)..."):
-        orgs, checks = build_organisms(out=out, seed=seed, cache_dir=cache_dir, log=err.print)
+        orgs, checks = build_organisms(out=out, seed=seed, cache_dir=cache_dir, log=_log(err))
     ok = print_organisms(orgs, checks)
     sys.exit(0 if ok else 1)
 
@@ -99,7 +99,7 @@ def organisms_plant(
         raise click.UsageError("--kind category needs --category")
     org = plant_organism(
         base, kind, out, trigger=trigger, category=category, steps=steps, lr=lr, rank=rank,
-        seed=seed, merge=merge, log=_stderr().print,
+        seed=seed, merge=merge, log=_log(_stderr()),
     )  # fmt: skip
     print_organisms([org], [])
 
@@ -124,7 +124,7 @@ def demo(out: Path, seed: int) -> None:
 
     err = _stderr()
     with err.status("building tiny organisms (cached after the first run)..."):
-        orgs, checks = build_organisms(seed=seed, log=err.print)
+        orgs, checks = build_organisms(seed=seed, log=_log(err))
     valid = print_organisms(orgs, checks)
     rows = run_demo(out, seed)
     table = Table(title="scans against the aligned base (ground truth vs wbsafe verdict)")

@@ -8,7 +8,15 @@ from pathlib import Path
 import click
 
 from wbsafe import verdict
-from wbsafe.cli.app import _need_tuned, _stderr, handle_errors, main, model_options, runtime_options
+from wbsafe.cli.app import (
+    _log,
+    _need_tuned,
+    _stderr,
+    handle_errors,
+    main,
+    model_options,
+    runtime_options,
+)
 from wbsafe.config import STAGES
 
 
@@ -57,7 +65,7 @@ def scan(
 
     err = _stderr()  # one console: messages print above the live bars
     with progress_bars(err) as progress:
-        report = run_scan(config, out, log=err.print, progress=progress)
+        report = run_scan(config, out, log=_log(err), progress=progress)
     files = {name: out / name for name in ("report.json", "report.md", "report.html")}
     print_console_summary(report, Console(), files=files)
     sys.exit(report["exit_code"])
@@ -141,7 +149,7 @@ def scan_many_cmd(
     combos = [tuple(Path(x) for x in s.split(",")) for s in stack]
     opts = ray_options(address=ray_address, num_cpus=task_cpus, num_gpus=task_gpus,
                        batch=task_batch)  # fmt: skip
-    rows = scan_many(base, found, out, stack=combos, template=template, log=_stderr().print,
+    rows = scan_many(base, found, out, stack=combos, template=template, log=_log(_stderr()),
                      executor=executor, ray_options=opts, switch_adapters=switch_adapters)  # fmt: skip
     for r in rows:
         click.echo(f"{r['verdict']:<8} {r['adapter']}: {r['top_reason']}")
