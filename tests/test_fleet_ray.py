@@ -176,6 +176,30 @@ def test_a_scan_that_raises_is_not_retried(
     assert len(list(calls.iterdir())) == 1  # deterministic: not retried
 
 
+def test_the_workers_see_the_drivers_opt_in_to_outside_links(
+    local_ray: None,
+    tiny_organisms: dict[str, Organism],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--allow-outside-links sets an environment variable; Ray started before it was set
+    (and a node elsewhere) would not pass it to a worker, which would then refuse the
+    adapter's link to its base."""
+    from wbsafe.io.containment import ALLOW_ENV
+
+    adapter = Path(shutil.copytree(tiny_organisms["benign_lora"].path, tmp_path / "a" / "env"))
+    template = _template(Path(tiny_organisms["base"].path), tmp_path / "cache", ("weights",))
+
+    def env_scan(config: ScanConfig, out_dir: Path, **kw: Any) -> dict[str, Any]:
+        raise RuntimeError(f"allow={os.environ.get(ALLOW_ENV)}")
+
+    monkeypatch.setenv(ALLOW_ENV, "1")
+    opts = ray_options(num_cpus=1, scan_fn=env_scan)
+    [row] = scan_many(template.base, [adapter], tmp_path / "out", template=template,
+                      executor="ray", ray_options=opts)  # fmt: skip
+    assert "allow=1" in row["top_reason"], row
+
+
 def test_without_ray_the_executor_says_how_to_install_it(
     tiny_organisms: dict[str, Organism], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -26,6 +26,7 @@ A rerun re-uses every adapter whose finished report matches its inputs and confi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any
 from wbsafe import verdict
 from wbsafe.config import ScanConfig
 from wbsafe.errors import WbsafeError
+from wbsafe.io.containment import ALLOW_ENV
 from wbsafe.pipeline.fleet import ScanFn, error_row, run_job, summary_row
 from wbsafe.pipeline.fleet_progress import FleetProgress
 from wbsafe.pipeline.scan import finished_report, scan
@@ -71,6 +73,17 @@ def import_ray() -> ModuleType:
     except ImportError as exc:
         raise WbsafeError(INSTALL_HINT) from exc
     return ray
+
+
+FORWARDED_ENV = (ALLOW_ENV, "WBSAFE_CACHE", "WBSAFE_NATIVE")
+"""The driver's settings a worker must see as well: the user's opt-in to links leaving a
+model folder (``--allow-outside-links``), the cache folder, the diff engine. A worker on
+another node, or one Ray started before the flag was set, would otherwise not have them."""
+
+
+def forwarded_env() -> dict[str, str]:
+    """The :data:`FORWARDED_ENV` variables set in this process, for the tasks' runtime env."""
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
 def scan_task(
@@ -125,9 +138,11 @@ def _fan_out(
     options: RayOptions,
     log: Log,
 ) -> list[dict[str, Any]]:
+    env = forwarded_env()
     task = ray.remote(scan_task).options(
         num_cpus=options.num_cpus, num_gpus=options.num_gpus,
         max_retries=options.max_retries, retry_exceptions=False,
+        **({"runtime_env": {"env_vars": env}} if env else {}),
     )  # fmt: skip
     progress = FleetProgress(len(jobs), log)
     rows: dict[int, dict[str, Any]] = {}
