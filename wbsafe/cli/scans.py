@@ -8,7 +8,15 @@ from pathlib import Path
 import click
 
 from wbsafe import verdict
-from wbsafe.cli.app import _need_tuned, _stderr, handle_errors, main, model_options, runtime_options
+from wbsafe.cli.app import (
+    _need_tuned,
+    _stderr,
+    handle_errors,
+    main,
+    model_options,
+    placement_options,
+    runtime_options,
+)
 from wbsafe.config import STAGES
 
 
@@ -35,12 +43,14 @@ from wbsafe.config import STAGES
 @click.option("--trigger", "triggers", multiple=True, help="Extra trigger candidate (repeatable).")
 @click.option("--seed", type=int, default=None)
 @runtime_options
+@placement_options
 @handle_errors
 def scan(
     base: Path, tuned: Path | None, adapters: tuple[Path, ...], out: Path,
     config_file: Path | None, risk: str | None, policy: Path | None, skip: tuple[str, ...],
     prompts: str | None, max_prompts: int | None, triggers: tuple[str, ...], seed: int | None,
-    device: str, dtype: str,
+    device: str, dtype: str, device_map: str | None, offload_folder: Path | None,
+    max_batch: int | None,
 ) -> None:  # fmt: skip
     """Run every analysis, gate the evidence, write report.json/.md/.html; exit with the verdict."""
     from wbsafe.api import build_scan_config, run_scan
@@ -49,7 +59,8 @@ def scan(
     config = build_scan_config(
         base=base, tuned=tuned, adapters=adapters, config_file=config_file, risk=risk,
         policy=policy, skip=skip, prompts=prompts, max_prompts=max_prompts, triggers=triggers,
-        seed=seed, device=device, dtype=dtype,
+        seed=seed, device=device, dtype=dtype, device_map=device_map,
+        offload_folder=offload_folder, max_batch=max_batch,
     )  # fmt: skip
     from rich.console import Console
 
@@ -110,17 +121,20 @@ def report_cmd(report_json: Path, fmt: str, out: Path | None) -> None:
 @click.option("--skip", multiple=True,
               type=click.Choice([*STAGES, "behavior"]))  # fmt: skip
 @runtime_options
+@placement_options
 @handle_errors
 def scan_many_cmd(
     base: Path, adapter_dirs: tuple[Path, ...], stack: tuple[str, ...], out: Path,
     config_file: Path | None, risk: str | None, skip: tuple[str, ...], device: str, dtype: str,
+    device_map: str | None, offload_folder: Path | None, max_batch: int | None,
 ) -> None:  # fmt: skip
     """Vet many adapters for one base (base-side work done once); writes summary.md/.csv."""
     from wbsafe.api import build_scan_config, find_adapters, scan_many
 
     found = find_adapters(adapter_dirs)
     template = build_scan_config(base=base, config_file=config_file, risk=risk, skip=skip,
-                                 device=device, dtype=dtype)  # fmt: skip
+                                 device=device, dtype=dtype, device_map=device_map,
+                                 offload_folder=offload_folder, max_batch=max_batch)  # fmt: skip
     combos = [tuple(Path(x) for x in s.split(",")) for s in stack]
     rows = scan_many(base, found, out, stack=combos, template=template, log=_stderr().print)
     for r in rows:

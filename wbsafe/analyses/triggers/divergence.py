@@ -33,6 +33,7 @@ from wbsafe.analyses.triggers.search import (
     PassCounter,
     PhaseCount,
     SlotContext,
+    _device,
     _prefix_cache,
     rows_within_budget,
     slot_embeds,
@@ -102,7 +103,7 @@ def with_base_responses(
     t0 = time.perf_counter()
     out = []
     with torch.no_grad(), base_side() as bm:
-        dev = next(bm.parameters()).device
+        dev = _device(bm)
         for ctx in contexts:
             ids = torch.tensor([[*ctx.prefix_ids, *ctx.suffix_ids]], device=dev)
             new: list[int] = []
@@ -145,7 +146,7 @@ def layer_spread(
     import torch
 
     phase = counter.phase("divergence_spread")
-    dev = next(model.parameters()).device
+    dev = _device(model)
     rows: list[list[torch.Tensor]] = [[] for _ in layers]
     with torch.no_grad():
         for ctx in contexts:
@@ -225,7 +226,7 @@ def divergence_cached(
     by_len: dict[int, list[int]] = {}
     for i, c in enumerate(candidates):
         by_len.setdefault(len(c), []).append(i)
-    dev = next(tuned.parameters()).device
+    dev = _device(tuned)
     with torch.no_grad():
         for j, ctx in enumerate(contexts):
             if min(by_len, default=0) + len(ctx.suffix_ids) < n_last:

@@ -213,7 +213,10 @@ def special_ids(tokenizer: Any) -> set[int]:
 
 
 def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    """Where inputs go (the input embedding's device; layers may sit elsewhere)."""
+    from wbsafe.io.placement import input_device
+
+    return input_device(model)
 
 
 def gradient_drop(
