@@ -132,7 +132,7 @@ def continue_batch(
         )
         assert seed is not None
         torch.manual_seed(seed)
-    with torch.no_grad():
+    with torch.inference_mode():  # token ids only come out: no autograd, no version counts
         out = model.generate(**enc, **kwargs)
     # a response ends at its first special token: a chat model may skip its end-of-turn
     # token and open a turn of its own ("<|im_start|>user ..."), which is not its answer
