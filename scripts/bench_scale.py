@@ -417,7 +417,6 @@ def summarise(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.N
         f = fit(pts)
         fits[stage] = f and {**f, "predicted_8b_s": round(predict(f, SHAPES["8b"]), 1),
                              "predicted_1b_s": round(predict(f, SHAPES["1b"]), 1)}  # fmt: skip
-    ranked = sorted(((v["predicted_8b_s"], k) for k, v in fits.items() if v), reverse=True)
     info["load_avg_end"] = os.getloadavg()
     return {
         "manifest": {
@@ -432,10 +431,55 @@ def summarise(rows: list[dict[str, Any]], info: dict[str, Any], args: argparse.N
         },
         "rows": rows,
         "fits": fits,
-        "dominant_at_8b": ranked[0][1] if ranked else None,
+        **dominance(rows, fits),
         "gpu": None if device == "cuda" else NO_GPU,
         "gpu_targets_s": GPU_TARGETS_S,
     }
+
+
+def dominance(rows: list[dict[str, Any]], fits: dict[str, Any]) -> dict[str, Any]:
+    """Which stage is expected to dominate at 8B. A stage without a fit (capped) counts by
+    its lower bound: the longest time it ran before the cap, at any size (a stage's cost
+    does not fall as the model grows). Only when every stage has a fit, or one stage's
+    bound beats every other's figure, is a single stage named."""
+    fitted = {k: v["predicted_8b_s"] for k, v in fits.items() if v}
+    bounds = {
+        stage: max(r["stages"][stage]["wall_s"] for r in rows if "stages" in r)
+        for stage in STAGES
+        if stage not in fitted and any("stages" in r for r in rows)
+    }
+    if not bounds:
+        best = max(fitted, key=fitted.__getitem__) if fitted else None
+        return {"dominant_at_8b": best, "dominance_note": "from the fits"}
+    above = [k for k, b in bounds.items() if all(b > v for v in fitted.values())]
+    note = (
+        f"no fit for {', '.join(bounds)} (capped; their longest process wall, model loading "
+        "included: "
+        + ", ".join(f"{k} {b} s" for k, b in bounds.items())
+        + "); the fitted stages predict "
+        + (", ".join(f"{k} {v} s" for k, v in fitted.items()) or "nothing")
+        + " at 8B"
+    )
+    if len(above) == 1 and len(bounds) == 1:
+        return {"dominant_at_8b": above[0], "dominance_note": note}
+    name = " or ".join(above) if above else None
+    return {"dominant_at_8b": f"one of {name}" if name else None, "dominance_note": note}
+
+
+def resummarise(path: Path, results: Path) -> int:
+    """Fits and verdict made again from the rows a run measured (its manifest kept, the
+    commit of this summary added): a change to the summary needs no rerun of the stages."""
+    from wbsafe.io.serialize import git_commit
+
+    old = json.loads(path.read_text())
+    m = old["manifest"]
+    args = argparse.Namespace(threads=m["threads"], stage_cap=m["stage_cap_s"], seed=m["seed"])
+    info = {k: v for k, v in m.items() if k not in ("device", "compute_dtype")}
+    doc = summarise(old["rows"], info, args, m["device"])
+    doc["manifest"]["load_avg_end"] = m["load_avg_end"]  # the run's, not this summary's
+    doc["manifest"]["summary_commit"] = git_commit(ROOT)
+    write(doc, results, "bench_scale")
+    return 0
 
 
 def write(doc: dict[str, Any], results: Path, name: str) -> None:
@@ -492,8 +536,8 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{', exact: as many points as terms' if f['exact'] else ''}; max residual "
                      f"{f['max_abs_residual_s']} s); extrapolated 1B {f['predicted_1b_s']} s, "
                      f"8B {f['predicted_8b_s']} s")  # fmt: skip
-    lines += ["", f"Stage expected to dominate at 8B (from this fit): "
-              f"**{doc['dominant_at_8b'] or 'unknown'}**.", "",
+    lines += ["", f"Stage expected to dominate at 8B: **{doc['dominant_at_8b'] or 'unknown'}** "
+              f"({doc.get('dominance_note', 'from the fits')}).", "",
               "## GPU", "", f"GPU rows: {doc['gpu'] or 'see the table above'}. Targets: 1B "
               f"within {GPU_TARGETS_S['1b']} s, 8B within {GPU_TARGETS_S['8b']} s (bf16, one "
               "80 GB-class GPU).", ""]  # fmt: skip
@@ -658,6 +702,12 @@ def main() -> int:
     ap.add_argument("--work", default=str(WORK))
     ap.add_argument("--results", default=str(ROOT / "results"))
     ap.add_argument("--diff-pair", choices=["8b", "1b", "0.1b"], default=None)
+    ap.add_argument(
+        "--resummarise",
+        metavar="JSON",
+        default=None,
+        help="refit and rewrite the results from a bench_scale.json's measured rows",
+    )
     ap.add_argument("--child", choices=STAGES, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child-read", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child-diff", action="store_true", help=argparse.SUPPRESS)
@@ -674,6 +724,8 @@ def main() -> int:
         return child_diff(args)
     if args.diff_pair:
         return bench_diff_pair(args)
+    if args.resummarise:
+        return resummarise(Path(args.resummarise), Path(args.results))
     return bench_sizes(args)
 
 
