@@ -402,7 +402,7 @@ def bench_sizes(args: argparse.Namespace) -> int:
             print(size, stage, rec, flush=True)
         rows.append(row)
     doc = summarise(rows, info, args, device)
-    write(doc, Path(args.results), "bench_scale")
+    write(doc, Path(args.results), args.name)
     return 0
 
 
