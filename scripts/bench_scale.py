@@ -485,7 +485,7 @@ def resummarise(path: Path, results: Path) -> int:
 def write(doc: dict[str, Any], results: Path, name: str) -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    md = markdown(doc) if name == "bench_scale" else diff_markdown(doc)
+    md = diff_markdown(doc) if "runs" in doc else markdown(doc)
     (results / f"{name}.md").write_text(md)
     print(md)
 
@@ -702,6 +702,7 @@ def main() -> int:
     ap.add_argument("--work", default=str(WORK))
     ap.add_argument("--results", default=str(ROOT / "results"))
     ap.add_argument("--diff-pair", choices=["8b", "1b", "0.1b"], default=None)
+    ap.add_argument("--name", default="bench_scale", help="results file stem (sizes mode)")
     ap.add_argument(
         "--resummarise",
         metavar="JSON",
