@@ -158,6 +158,9 @@ def build_scan_config(
     skip: Sequence[str] = (),
     device: str = "auto",
     dtype: str = "auto",
+    device_map: str | None = None,
+    offload_folder: str | Path | None = None,
+    max_batch: int | None = None,
     **overrides: Any,
 ) -> Any:
     """A ScanConfig from a TOML file (optional) and explicit values (None = keep the file's)."""
@@ -182,6 +185,9 @@ def build_scan_config(
         device=cast(DeviceName, device if device != "auto" else rt.device),
         dtype=cast(DtypeName, dtype if dtype != "auto" else rt.dtype),
         seed=rt.seed, batch_size=rt.batch_size, threads=rt.threads,
+        device_map=device_map or rt.device_map,
+        offload_folder=str(offload_folder) if offload_folder else rt.offload_folder,
+        max_batch=max_batch or rt.max_batch,
     )  # fmt: skip
     stages = values.get("stages", STAGES)
     skipped = {stage_name(s) for s in skip}

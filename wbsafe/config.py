@@ -26,6 +26,14 @@ class RuntimeConfig:
     threads: int | None = None
     """CPU threads for torch (None: torch's default). Small models on a busy machine run
     several times faster on one thread than on contended threads."""
+    device_map: str | None = None
+    """accelerate placement of the layers (``auto``, ``balanced``, ... or a JSON file
+    mapping modules to devices, see :mod:`wbsafe.io.placement`); None: the whole model on
+    ``device``."""
+    offload_folder: str | None = None
+    """Where a device map's ``disk`` modules are offloaded (needed when the map has any)."""
+    max_batch: int | None = None
+    """Cap on the device-sized batches of generation, capture and cached-prefix scoring."""
 
 
 STAGES = ("weights", "probes", "triggers", "behaviour")
@@ -109,7 +117,8 @@ class ScanConfig:
 
 
 MAX_TOML_BYTES = 1024 * 1024
-_AT_LEAST_ONE = ("batch_size", "max_new_tokens", "max_prompts", "behaviour_samples", "threads")
+_AT_LEAST_ONE = ("batch_size", "max_new_tokens", "max_prompts", "behaviour_samples", "threads",
+                 "max_batch")  # fmt: skip
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16", "float16"),
             "risk": ("low", "standard", "high")}  # fmt: skip
 

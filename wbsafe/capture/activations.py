@@ -378,8 +378,9 @@ def capture(
 
     def reader(site: str) -> Callable[[torch.Tensor], None]:
         def read(hidden: torch.Tensor) -> None:
-            mask, last = state["mask"], state["last"]
-            rows = torch.arange(len(last), device=last.device)
+            # a placed model's layers may sit on other devices than the inputs
+            mask, last = state["mask"].to(hidden.device), state["last"].to(hidden.device)
+            rows = torch.arange(len(last), device=hidden.device)
             cols = []
             for p in wanted:
                 if p == "mean":

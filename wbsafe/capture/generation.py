@@ -98,6 +98,7 @@ def continue_batch(
     import torch
 
     from wbsafe.arch.families import end_of_turn_ids, try_family_of_model
+    from wbsafe.io.placement import input_device
 
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -105,7 +106,8 @@ def continue_batch(
         enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = old_side
-    enc = {k: v.to(model.device) for k, v in enc.items()}
+    dev = input_device(model)  # layers may sit on other devices (a device map)
+    enc = {k: v.to(dev) for k, v in enc.items()}
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "pad_token_id": tokenizer.pad_token_id,
@@ -130,7 +132,7 @@ def continue_batch(
         )
         assert seed is not None
         torch.manual_seed(seed)
-    with torch.no_grad():
+    with torch.inference_mode():  # token ids only come out: no autograd, no version counts
         out = model.generate(**enc, **kwargs)
     # a response ends at its first special token: a chat model may skip its end-of-turn
     # token and open a turn of its own ("<|im_start|>user ..."), which is not its answer

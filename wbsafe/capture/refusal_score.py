@@ -122,7 +122,7 @@ def first_token_logprobs(
             else:
                 logits = loaded.model(**batch.kwargs(), use_cache=False).logits
                 rows = torch.arange(logits.shape[0], device=logits.device)
-                last = logits[rows, batch.last_index].double()
+                last = logits[rows, batch.last_index.to(logits.device)].double()
             out.append(torch.log_softmax(last, dim=-1).cpu())
     return torch.cat(out, dim=0)
 

@@ -43,6 +43,29 @@ def runtime_options(fn: F) -> F:
     return fn
 
 
+def placement_options(fn: F) -> F:
+    """``--device-map``, ``--offload-folder`` and ``--max-batch`` (the scan commands)."""
+    fn = click.option(
+        "--max-batch",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Cap on the batches sized from the device's free memory.",
+    )(fn)
+    fn = click.option(
+        "--offload-folder",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Folder for the layers a device map offloads to disk.",
+    )(fn)
+    fn = click.option(
+        "--device-map",
+        default=None,
+        help="Place layers with accelerate: auto, balanced, balanced_low_0, sequential "
+        "or a JSON file mapping modules to 0/cuda:N/cpu/disk.",
+    )(fn)
+    return fn
+
+
 def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> None:
     if value is not None:
         from wbsafe.api import set_threads

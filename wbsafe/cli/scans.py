@@ -15,6 +15,7 @@ from wbsafe.cli.app import (
     handle_errors,
     main,
     model_options,
+    placement_options,
     runtime_options,
 )
 from wbsafe.config import STAGES
@@ -43,12 +44,14 @@ from wbsafe.config import STAGES
 @click.option("--trigger", "triggers", multiple=True, help="Extra trigger candidate (repeatable).")
 @click.option("--seed", type=int, default=None)
 @runtime_options
+@placement_options
 @handle_errors
 def scan(
     base: Path, tuned: Path | None, adapters: tuple[Path, ...], out: Path,
     config_file: Path | None, risk: str | None, policy: Path | None, skip: tuple[str, ...],
     prompts: str | None, max_prompts: int | None, triggers: tuple[str, ...], seed: int | None,
-    device: str, dtype: str,
+    device: str, dtype: str, device_map: str | None, offload_folder: Path | None,
+    max_batch: int | None,
 ) -> None:  # fmt: skip
     """Run every analysis, gate the evidence, write report.json/.md/.html; exit with the verdict."""
     from wbsafe.api import build_scan_config, run_scan
@@ -57,7 +60,8 @@ def scan(
     config = build_scan_config(
         base=base, tuned=tuned, adapters=adapters, config_file=config_file, risk=risk,
         policy=policy, skip=skip, prompts=prompts, max_prompts=max_prompts, triggers=triggers,
-        seed=seed, device=device, dtype=dtype,
+        seed=seed, device=device, dtype=dtype, device_map=device_map,
+        offload_folder=offload_folder, max_batch=max_batch,
     )  # fmt: skip
     from rich.console import Console
 
@@ -133,19 +137,22 @@ def report_cmd(report_json: Path, fmt: str, out: Path | None) -> None:
               help="In-process: load the base once and swap each adapter in (PEFT) instead "
                    "of loading base and adapter per scan.")  # fmt: skip
 @runtime_options
+@placement_options
 @handle_errors
 def scan_many_cmd(
     base: Path, adapter_dirs: tuple[Path, ...], stack: tuple[str, ...], out: Path,
     config_file: Path | None, risk: str | None, skip: tuple[str, ...], executor: str,
     ray_address: str | None, task_cpus: float, task_gpus: float, task_batch: int,
     switch_adapters: bool, device: str, dtype: str,
+    device_map: str | None, offload_folder: Path | None, max_batch: int | None,
 ) -> None:  # fmt: skip
     """Vet many adapters for one base (base-side work done once); writes summary.md/.csv."""
     from wbsafe.api import build_scan_config, find_adapters, ray_options, scan_many
 
     found = find_adapters(adapter_dirs)
     template = build_scan_config(base=base, config_file=config_file, risk=risk, skip=skip,
-                                 device=device, dtype=dtype)  # fmt: skip
+                                 device=device, dtype=dtype, device_map=device_map,
+                                 offload_folder=offload_folder, max_batch=max_batch)  # fmt: skip
     combos = [tuple(Path(x) for x in s.split(",")) for s in stack]
     opts = ray_options(address=ray_address, num_cpus=task_cpus, num_gpus=task_gpus,
                        batch=task_batch)  # fmt: skip

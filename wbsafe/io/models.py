@@ -21,10 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from wbsafe.arch.names import canonical_name
 from wbsafe.config import RuntimeConfig
-from wbsafe.errors import AdapterMismatchError, CheckpointFormatError, UnsafeCheckpointError
+from wbsafe.errors import (
+    AdapterMismatchError,
+    CheckpointFormatError,
+    UnsafeCheckpointError,
+    WbsafeError,
+)
 from wbsafe.io.checkpoints import TensorInfo, read_headers, weight_files
 from wbsafe.io.config_files import check_adapter_config, check_model_config
 from wbsafe.io.containment import check_inside, named_base
+from wbsafe.io.placement import placement as device_placement
 from wbsafe.io.serialize import read_json_object
 
 if TYPE_CHECKING:
@@ -106,6 +112,7 @@ class LoadedModel:
             "dtype": self.dtype,
             "chat_format": self.chat_format,
             "weight_sha256": self.weight_hashes,
+            **({"device_map": where} if (where := device_placement(self.model)) else {}),
         }
 
 
@@ -418,9 +425,10 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def pretrained_causal_lm(path: str | Path, dtype: Any) -> Any:
+def pretrained_causal_lm(path: str | Path, dtype: Any, **placement: Any) -> Any:
     """``AutoModelForCausalLM`` from a local directory already validated by the caller:
-    safetensors only, never remote code, never a download, transformers' chatter off."""
+    safetensors only, never remote code, never a download, transformers' chatter off.
+    ``placement``: ``device_map`` and ``offload_folder`` (accelerate), when given."""
     from transformers import AutoModelForCausalLM
 
     with quiet_transformers():
@@ -430,6 +438,7 @@ def pretrained_causal_lm(path: str | Path, dtype: Any) -> Any:
             use_safetensors=True,
             trust_remote_code=False,
             local_files_only=True,
+            **{k: v for k, v in placement.items() if v is not None},
         )
 
 
@@ -473,13 +482,22 @@ def load_model(
     headers = check_weights_match_config(path)
     adapter_cfgs = [check_adapter_fits(headers, a, path) for a in adapter_paths]
     del adapter_cfgs
-    device = resolve_device(runtime.device)
+    from wbsafe.io import placement
+
+    device_map = placement.read_device_map(runtime.device_map)
+    if placement.uses_disk(device_map) and not runtime.offload_folder:
+        raise WbsafeError("the device map offloads modules to 'disk': give --offload-folder DIR")
+    device = placement.map_device_kind(device_map, resolve_device(runtime.device))
     dtype = resolve_dtype(runtime.dtype, device)
     model: Any
     try:
-        model = pretrained_causal_lm(path, dtype)
-    except (OSError, ValueError, RuntimeError) as exc:
+        model = pretrained_causal_lm(
+            path, dtype, device_map=device_map, offload_folder=runtime.offload_folder
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointFormatError(f"transformers could not load the model: {exc}", path) from exc
+    if device_map is not None:
+        placement.check_placed(model, path)
     names: list[str] = []
     if adapter_paths:
         from peft import PeftModel
@@ -492,7 +510,10 @@ def load_model(
                 model.load_adapter(str(a), adapter_name=name)
             names.append(name)
         model.base_model.set_adapter(names)
-    model.to(device)
+    if device_map is None:
+        model.to(device)
+    else:  # accelerate placed (and hooked) the layers: moving them would undo that
+        device = str(placement.input_device(model))
     model.eval()
     # wbsafe never trains what it loads: frozen weights let autograd (the trigger hunt's
     # input gradients) keep only what input gradients need, not every layer's input

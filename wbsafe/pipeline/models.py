@@ -49,6 +49,20 @@ class Models:
                 self._tuned = load_model(self.config.tuned, runtime=self.config.runtime)
         return self._tuned
 
+    def batches(self) -> Any:
+        """Rows per batch for this scan's passes (:mod:`wbsafe.capture.batching`), sized from
+        the tuned model's input device now; on the CPU generation keeps ``runtime.batch_size``."""
+        import dataclasses
+
+        from wbsafe.capture.batching import batches_for
+
+        rt = self.config.runtime
+        got = batches_for(self.tuned(), new_tokens=self.config.max_new_tokens, cap=rt.max_batch)
+        if got.free_bytes is None:
+            gen = rt.batch_size if rt.max_batch is None else min(rt.batch_size, rt.max_batch)
+            got = dataclasses.replace(got, generation=gen)
+        return got
+
     def base(self) -> Any:
         """The separately loaded base, or None when the tuned model is base + adapters."""
         from wbsafe.io.models import load_model

@@ -33,6 +33,7 @@ from wbsafe.analyses.triggers.search import (
     PassCounter,
     PhaseCount,
     SlotContext,
+    _device,
     _prefix_cache,
     rows_within_budget,
     slot_embeds,
@@ -102,7 +103,7 @@ def with_base_responses(
     t0 = time.perf_counter()
     out = []
     with torch.no_grad(), base_side() as bm:
-        dev = next(bm.parameters()).device
+        dev = _device(bm)
         for ctx in contexts:
             ids = torch.tensor([[*ctx.prefix_ids, *ctx.suffix_ids]], device=dev)
             new: list[int] = []
@@ -128,13 +129,14 @@ def divergence_of(
     next-token log-probabilities ``[batch, vocab]`` or, over the first response positions,
     ``[batch, positions, vocab]`` (the KL averaged over them), and ``spread`` ``[layers]``
     -> ``[batch]`` (``with_kl=False``: the residual term only)."""
+    h_b, lp_b = h_b.to(h_t.device), lp_b.to(lp_t.device)  # two placed models may differ
     dist = ((h_t - h_b).pow(2).sum(-1) + EPS).sqrt() / spread.to(h_t.device)[None, :, None]
     if not with_kl:
         return dist.mean(dim=(1, 2))
     kl = (lp_t.exp() * (lp_t - lp_b)).sum(-1)
     if kl.dim() == 2:
         kl = kl.mean(-1)
-    return dist.mean(dim=(1, 2)) + kl
+    return dist.mean(dim=(1, 2)) + kl.to(dist.device)
 
 
 def layer_spread(
@@ -145,7 +147,7 @@ def layer_spread(
     import torch
 
     phase = counter.phase("divergence_spread")
-    dev = next(model.parameters()).device
+    dev = _device(model)
     rows: list[list[torch.Tensor]] = [[] for _ in layers]
     with torch.no_grad():
         for ctx in contexts:
@@ -221,11 +223,11 @@ def divergence_cached(
 
     phase = counter.phase(phase_name)
     t0 = time.perf_counter()
-    out = torch.empty(len(candidates), len(contexts), dtype=torch.float32)
+    dev = _device(tuned)
+    out = torch.empty(len(candidates), len(contexts), dtype=torch.float32, device=dev)
     by_len: dict[int, list[int]] = {}
     for i, c in enumerate(candidates):
         by_len.setdefault(len(c), []).append(i)
-    dev = next(tuned.parameters()).device
     with torch.no_grad():
         for j, ctx in enumerate(contexts):
             if min(by_len, default=0) + len(ctx.suffix_ids) < n_last:
@@ -251,7 +253,8 @@ def divergence_cached(
                     with base_side() as bm:
                         h_b, lp_b = _features(bm, pre_b, cand, suffix, layers, n_last, phase,
                                               n_resp)  # fmt: skip
-                    out[rows, j] = divergence_of(h_t, h_b, lp_t, lp_b, spread, with_kl).cpu()
+                    out[rows, j] = divergence_of(h_t, h_b, lp_t, lp_b, spread, with_kl).to(dev)
+    out = out.cpu()  # one transfer at the end, not one per batch
     phase.seconds += time.perf_counter() - t0
     return out
 

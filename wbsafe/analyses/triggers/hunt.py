@@ -35,6 +35,7 @@ from wbsafe.analyses.triggers.objectives import (
 )
 from wbsafe.analyses.triggers.results import Candidate, Coverage, TriggerResult, Verification
 from wbsafe.analyses.triggers.search import (
+    KV_BUDGET_BYTES,
     SLOT_KINDS,
     PassCounter,
     Slot,
@@ -106,6 +107,7 @@ def hunt_triggers(
     min_lift: float = 0.3,
     max_new_tokens: int = 16,
     batch_size: int = 256,
+    kv_budget_bytes: int = KV_BUDGET_BYTES,
     seed: int = 0,
     log: Log = no_log,
     counter: PassCounter | None = None,
@@ -235,7 +237,8 @@ def hunt_triggers(
         budgets.append(share)
         ctxs = contexts if name == "refusal" else [*contexts, *ordinary]
         obj = make_objective(name, tuned, base, refusal_ids, counter, ctxs, batch_size,
-                             divergence_layers, [c[0] for c in reference[:GRADIENT_INITS]])  # fmt: skip
+                             divergence_layers, [c[0] for c in reference[:GRADIENT_INITS]],
+                             kv_budget_bytes)  # fmt: skip
         if isinstance(obj, DivergenceObjective):
             ctxs = obj.with_responses(ctxs, divergence_response_tokens)
         out = search_objective(obj, ctxs, pool, named, allowed, share, settings, verify,
@@ -354,11 +357,13 @@ def make_objective(
     name: str, tuned: LoadedModel, base: LoadedModel | None, refusal_ids: Sequence[int],
     counter: PassCounter, contexts: Sequence[SlotContext], batch_size: int,
     layers: Sequence[int] | None, init_tokens: Sequence[int],
+    kv_budget_bytes: int = KV_BUDGET_BYTES,
 ) -> Objective:  # fmt: skip
     if name == "refusal":
-        return RefusalObjective(tuned, base, refusal_ids, counter, batch_size)
+        return RefusalObjective(tuned, base, refusal_ids, counter, batch_size, kv_budget_bytes)
     return DivergenceObjective(tuned, base, counter, contexts, layers=layers,
-                               batch_size=batch_size, init_tokens=init_tokens)  # fmt: skip
+                               batch_size=batch_size, init_tokens=init_tokens,
+                               kv_budget_bytes=kv_budget_bytes)  # fmt: skip
 
 
 def own_ranked(funnel: Funnel, own: set[Ids]) -> list[Ids]:
@@ -378,9 +383,11 @@ def merge_candidates(
             ranks.setdefault(c, {})[o.objective] = r
     order = {o.objective: i for i, o in enumerate(outcomes)}
     by = {o.objective: o for o in outcomes}
+    ref, div = by.get("refusal"), by.get("divergence")
+    # one transfer of the [vocab] gradient, not one device read per candidate
+    grad = ref.gradient.float().cpu() if ref is not None else None
     out = []
     for c, rk in ranks.items():
-        ref, div = by.get("refusal"), by.get("divergence")
         ref_sc = ref.funnel.scored.get(c) if ref is not None else None
         best = min(rk, key=lambda n: (rk[n], order[n]))
         entry = pool[c]  # type: ignore[index]
@@ -390,7 +397,7 @@ def merge_candidates(
                 text=entry.text,
                 token_ids=c,
                 sources=tuple(entry.sources),
-                gradient_drop=float(ref.gradient[c[0]]) if ref is not None and len(c) == 1 else None,
+                gradient_drop=float(grad[c[0]]) if grad is not None and len(c) == 1 else None,
                 tuned_drop=None if ref_sc is None else ref_sc[0],
                 base_drop=None if ref_sc is None else ref_sc[1],
                 anomaly=None if ref_sc is None else ref.funnel.raw(c),  # type: ignore[union-attr]

@@ -26,7 +26,13 @@ from wbsafe.analyses.triggers.divergence import (
     mid_layers,
     with_base_responses,
 )
-from wbsafe.analyses.triggers.search import PassCounter, SlotContext, gradient_drop, score_cached
+from wbsafe.analyses.triggers.search import (
+    KV_BUDGET_BYTES,
+    PassCounter,
+    SlotContext,
+    gradient_drop,
+    score_cached,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -79,14 +85,15 @@ class RefusalObjective:
 
     def __init__(
         self, tuned: LoadedModel, base: LoadedModel | None, refusal_ids: Sequence[int],
-        counter: PassCounter, batch_size: int,
+        counter: PassCounter, batch_size: int, kv_budget_bytes: int = KV_BUDGET_BYTES,
     ) -> None:  # fmt: skip
         self.tuned, self.base, self.refusal_ids = tuned, base, refusal_ids
-        self.counter, self.batch_size = counter, batch_size
+        self.counter, self.batch_size, self.kv_budget = counter, batch_size, kv_budget_bytes
 
     def _drops(self, model: Any, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str) -> Any:
         sc = score_cached(model, ctxs, [(), *cands], self.refusal_ids, self.counter,
-                          batch_size=self.batch_size, phase_name=phase)  # fmt: skip
+                          batch_size=self.batch_size, phase_name=phase,
+                          kv_budget_bytes=self.kv_budget)  # fmt: skip
         return _drops(sc)
 
     def tuned_scores(self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str) -> Any:
@@ -126,12 +133,13 @@ class DivergenceObjective:
         self, tuned: LoadedModel, base: LoadedModel | None, counter: PassCounter,
         spread_contexts: Sequence[SlotContext], *, layers: Sequence[int] | None = None,
         n_last: int = 2, batch_size: int = 256, init_tokens: Sequence[int] = (),
+        kv_budget_bytes: int = KV_BUDGET_BYTES,
     ) -> None:  # fmt: skip
         self.tuned, self.base, self.counter = tuned, base, counter
         self.init_tokens = tuple(init_tokens)
         self.layers = tuple(layers) if layers else default_layers(tuned.n_layers)
         self.n_last = max(1, min([n_last, *(len(c.suffix_ids) for c in spread_contexts)]))
-        self.batch_size = batch_size
+        self.batch_size, self.kv_budget = batch_size, kv_budget_bytes
         with self._base() as bm:
             self.spread = layer_spread(bm, spread_contexts, self.layers, counter)
 
@@ -152,7 +160,8 @@ class DivergenceObjective:
     def tuned_scores(self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str) -> Any:
         d = divergence_cached(self.tuned.model, self._base, ctxs, [(), *cands], self.layers,
                               self.spread, self.counter, n_last=self.n_last,
-                              batch_size=self.batch_size, phase_name=phase)  # fmt: skip
+                              batch_size=self.batch_size, phase_name=phase,
+                              kv_budget_bytes=self.kv_budget)  # fmt: skip
         return d[1:] - d[0:1]
 
     def base_scores(self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str) -> None:
@@ -168,7 +177,8 @@ class DivergenceObjective:
         spread = self.spread[[self.layers.index(x) for x in layers]]
         d = divergence_cached(self.tuned.model, self._base, ctxs, [(), *cands], layers, spread,
                               self.counter, n_last=self.n_last, batch_size=self.batch_size,
-                              phase_name=phase, with_kl=False)  # fmt: skip
+                              phase_name=phase, with_kl=False,
+                              kv_budget_bytes=self.kv_budget)  # fmt: skip
         return (d[1:] - d[0:1]).abs().mean(dim=1)
 
     def gradient(

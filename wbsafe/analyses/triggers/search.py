@@ -213,7 +213,10 @@ def special_ids(tokenizer: Any) -> set[int]:
 
 
 def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    """Where inputs go (the input embedding's device; layers may sit elsewhere)."""
+    from wbsafe.io.placement import input_device
+
+    return input_device(model)
 
 
 def gradient_drop(
@@ -362,11 +365,11 @@ def score_cached(
     dev = _device(model)
     phase = counter.phase(phase_name)
     t0 = time.perf_counter()
-    out = torch.empty(len(candidates), len(contexts), dtype=torch.float32)
+    out = torch.empty(len(candidates), len(contexts), dtype=torch.float32, device=dev)
     by_len: dict[int, list[int]] = {}
     for i, c in enumerate(candidates):
         by_len.setdefault(len(c), []).append(i)
-    with torch.no_grad():
+    with torch.inference_mode():  # scores are copied out; nothing here needs autograd
         for j, ctx in enumerate(contexts):
             prefix = _prefix_cache(model, ctx.prefix_ids, phase)
             suffix = torch.tensor(ctx.suffix_ids, dtype=torch.long, device=dev)
@@ -393,11 +396,12 @@ def score_cached(
                     logits = model(  # only the last position is scored
                         input_ids=x, position_ids=pos, past_key_values=cache, logits_to_keep=1
                     ).logits
-                    out[rows, j] = refusal_log_odds(logits[:, -1], refusal_ids).cpu()
+                    out[rows, j] = refusal_log_odds(logits[:, -1], refusal_ids).to(dev)
                     phase.forward_calls += 1
                     phase.passes += len(rows)
                     phase.sequences += len(rows)
                     phase.tokens += int(x.numel())
+    out = out.cpu()  # scores stayed on the device: one transfer, not one per batch
     phase.seconds += time.perf_counter() - t0
     return out
 

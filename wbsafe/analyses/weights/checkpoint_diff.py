@@ -99,9 +99,21 @@ class _PairDiff:
     added: torch.Tensor | None = None
 
 
+def reduce_device(device: str | None) -> torch.device | None:
+    """The accelerator the diff's reductions run on (None: the host engines)."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    if device is None or device == "cpu":
+        return None
+    return torch.device(device)
+
+
 def _diff_pair(
-    bi: TensorInfo, ti: TensorInfo, maps: FileMaps, spectrum_k: int, spectra: bool, chunk: int
-) -> _PairDiff:
+    bi: TensorInfo, ti: TensorInfo, maps: FileMaps, spectrum_k: int, spectra: bool, chunk: int,
+    device: torch.device | None = None,
+) -> _PairDiff:  # fmt: skip
     """Diff one tensor pair into its own accumulator (it touches no shared state)."""
     out = _PairDiff(Acc())
     vocab_kind = vocab_matrix_kind(ti.name)
@@ -124,7 +136,7 @@ def _diff_pair(
         out.row, out.stats = dense_row(
             bi, ti, scratch_source(rw), scratch_source(rt), shape,
             spectrum_k=spectrum_k, spectra=spectra, acc=out.acc,
-            want_rows=bool(vocab_kind) and len(shape) == 2, chunk=chunk,
+            want_rows=bool(vocab_kind) and len(shape) == 2, chunk=chunk, device=device,
         )  # fmt: skip
     return out
 
@@ -141,6 +153,7 @@ def diff_checkpoints(
     tokenizer_dir: str | Path | None = None,
     chunk_elements: int = BLOCK,
     workers: int | None = None,
+    device: str | None = "auto",
 ) -> WeightDiffResult:
     """Diff a full fine-tuned checkpoint against its base, streaming chunk by chunk.
 
@@ -151,8 +164,9 @@ def diff_checkpoints(
     tensor; with spectra, each worker also keeps dW of its current 2-D tensor in float32
     for the SVD. ``workers`` threads (None: torch's thread count) take whole tensors; the
     figures do not depend on how many. ``progress("weight diff", done, total, tensor)`` is
-    called once with ``done`` 0, then after each tensor pair. Raises WbsafeError when the
-    two are different architectures.
+    called once with ``done`` 0, then after each tensor pair. ``device``: where the
+    reductions run (``auto``: a CUDA GPU when one is present, :mod:`~.device_stats`; None or
+    ``cpu``: the host engines). Raises WbsafeError when the two are different architectures.
     """
     base_dir, tuned_dir = Path(base_dir), Path(tuned_dir)
     check_architecture(base_dir, tuned_dir)
@@ -180,7 +194,10 @@ def diff_checkpoints(
     tuned_norms: dict[str, torch.Tensor] = {}
 
     def one(pair: tuple[str, str]) -> _PairDiff:
-        return _diff_pair(bh[pair[0]], th[pair[1]], maps, spectrum_k, spectra, chunk_elements)
+        return _diff_pair(bh[pair[0]], th[pair[1]], maps, spectrum_k, spectra, chunk_elements,
+                          on)  # fmt: skip
+
+    on = reduce_device(device)
 
     progress(TASK, 0, len(pairs))
     with no_gc_pause(), FileMaps() as maps, worker_pool(workers) as pool:

@@ -45,6 +45,9 @@ def engine_summary(counts: dict[str, int]) -> str:
     """What computed a diff's dense figures, from tensors per engine: ``native
     (<compiler>)``, ``torch``, both with counts, or none (an adapter of factors only)."""
     native, other = counts.get("native", 0), counts.get("torch", 0)
+    on_device = {k: n for k, n in counts.items() if k.startswith("torch-")}
+    if on_device:  # the reductions ran on an accelerator (device_stats)
+        return ", ".join(f"{k} for {n} tensors" for k, n in sorted(on_device.items()))
     k = kernel()
     label = k.label if k is not None else "native"
     if native and other:

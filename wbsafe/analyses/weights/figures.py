@@ -80,8 +80,10 @@ def dense_row(
     acc: Acc,
     want_rows: bool = False,
     chunk: int = BLOCK,
+    device: torch.device | None = None,
 ) -> tuple[TensorDiff, DenseStats | None]:
-    """Figures for one tensor of ``shape`` from its stored base and tuned values."""
+    """Figures for one tensor of ``shape`` from its stored base and tuned values (reduced
+    on ``device`` when given, :mod:`~.device_stats`)."""
     layer, module = parse_name(ti.name)
     if bi.dtype == ti.dtype:
         eps, note = 0.0, "exact: entries with dW != 0"
@@ -89,9 +91,15 @@ def dense_row(
         eps = max(_dtype_eps(bi.dtype), _dtype_eps(ti.dtype))
         note = f"|dW| > {eps:.3g}·|W| (dtypes differ: rounding is not a change)"
     keep = spectra and len(shape) == 2 and min(shape) > 1
-    st = dense_stats(
-        read_w, read_t, shape, rel_tol=eps, want_rows=want_rows, keep_dw=keep, chunk=chunk
-    )
+    if device is not None:
+        from wbsafe.analyses.weights.device_stats import device_stats
+
+        st = device_stats(read_w, read_t, shape, rel_tol=eps, want_rows=want_rows,
+                          keep_dw=keep, device=device, chunk=chunk)  # fmt: skip
+    else:
+        st = dense_stats(
+            read_w, read_t, shape, rel_tol=eps, want_rows=want_rows, keep_dw=keep, chunk=chunk
+        )
     acc.engines[st.engine] = acc.engines.get(st.engine, 0) + 1
     w2, dw2, wd = st.w2, st.dw2, st.wd
     if not all(math.isfinite(v) for v in (w2, dw2, wd, st.max_abs)):
@@ -108,8 +116,8 @@ def dense_row(
     spec = None
     if st.dw is not None and dw2 > 0.0:
         spec = dense_spectrum(st.dw, dw2, spectrum_k)
-        if spec.u1 is not None:
-            acc.vectors[ti.name] = (spec.u1, spec.v1)
+        if spec.u1 is not None and spec.v1 is not None:
+            acc.vectors[ti.name] = (spec.u1.cpu(), spec.v1.cpu())
     st.dw = None
     fb, fd = math.sqrt(w2), math.sqrt(dw2)
     row = TensorDiff(

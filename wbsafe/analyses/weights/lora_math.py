@@ -124,7 +124,7 @@ def randomized_svd(
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    sketch = torch.randn(a.shape[1], q, generator=g, dtype=a.dtype)
+    sketch = torch.randn(a.shape[1], q, generator=g, dtype=a.dtype).to(a.device)
     y = a @ sketch
     with one_thread():
         basis = torch.linalg.qr(y).Q

@@ -35,12 +35,13 @@ def behaviour_stage(
 
     prompts = plan.behaviour_harmful + plan.behaviour_harmless
     tuned, base = models.tuned(), models.base()
+    rows = models.batches().generation
     sampling = None if samples is None else SamplingConfig(n_samples=samples, temperature=1.0)
     cached = None if sampling else base_behaviour_path(config, base or tuned, prompts)
     base_rows = read_base_rows(cached)
     res = run_behaviour(
         tuned, prompts, base_loaded=base, max_new_tokens=config.max_new_tokens,
-        batch_size=config.runtime.batch_size, base_rows=base_rows, progress=progress,
+        batch_size=rows, base_rows=base_rows, progress=progress,
         sampling=sampling, seeds=(config.seed,),
         sensitivity=("string", "logit", *config.behaviour_judges),
     )  # fmt: skip
@@ -51,7 +52,7 @@ def behaviour_stage(
         depth = run_refusal_depth(
             tuned, plan.behaviour_harmful, base_loaded=base,
             prefill_tokens=config.refusal_depth_prefills, max_new_tokens=config.max_new_tokens,
-            batch_size=config.runtime.batch_size, progress=progress,
+            batch_size=rows, progress=progress,
         )  # fmt: skip
     plots.mkdir(parents=True, exist_ok=True)
     png = plots / "refusal_by_category.png"

@@ -24,15 +24,16 @@ def probes_stage(config: ScanConfig, models: Models, plan: PromptPlan, plots: Pa
 
     tuned = models.tuned()
     base = models.base()
+    rows = models.batches().capture
     cache = base_side_cache(config)
     base_view = base if base is not None else tuned
     n_fit = config.probe_fit_prompts or max(len(plan.fit_harmful), len(plan.fit_harmless))
     fit = fit_or_load_directions(
         base_view, cache, spread(plan.fit_harmful, n_fit), spread(plan.fit_harmless, n_fit),
-        seed=config.seed,
+        seed=config.seed, batch_size=rows,
         causal_top_k=config.probe_causal_top_k, n_causal=config.probe_n_causal,
     )  # fmt: skip
-    cmp = compare(tuned, fit, plan.eval_harmful, plan.eval_harmless, base=base)
+    cmp = compare(tuned, fit, plan.eval_harmful, plan.eval_harmless, base=base, batch_size=rows)
     target: list[str] = models.adapters or [config.tuned or ""]
     align = refusal_alignment(config.base, target, fit)
     sections = _probe_sections(fit, cmp, align, plots)

@@ -20,6 +20,7 @@ def triggers_stage(
     from wbsafe.analyses.triggers.hunt import hunt_triggers
 
     tuned = models.tuned()
+    rows = models.batches()  # device-sized on a GPU, the fixed CPU sizes elsewhere
     emb: list[tuple[int, float]] = []
     if weights is not None and weights.status == "done":
         rep = weights.result.get("embedding") or {}
@@ -30,7 +31,7 @@ def triggers_stage(
     res = hunt_triggers(
         tuned, models.base(), *hunt_prompts(config, plan), embedding_candidates=emb,
         user_candidates=config.trigger_candidates, direction=direction, log=log,
-        **hunt_settings(config),
+        batch_size=rows.scoring, kv_budget_bytes=rows.kv_budget_bytes, **hunt_settings(config),
     )  # fmt: skip
     rows = [
         [v.text, v.slot, f"{v.successes}/{v.n}", f"{v.baseline_successes}/{v.n}",
