@@ -85,8 +85,16 @@ class Funnel:
         self._screen_kinds: dict[Ids, dict[str, float]] = {}
 
     def _screen(self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str) -> None:
-        for c, kinds in zip(cands, by_kind(self.objective.tuned_scores(ctxs, cands, phase), ctxs),
-                            strict=True):  # fmt: skip
+        """Screen scores of ``cands`` on ``ctxs``: the tuned side minus the base side (the
+        divergence is one already). The contrast comes at every cut, not after the tuned-only
+        ones: on a real-sized vocabulary many rare tokens move the tuned model's refusal a
+        lot and the base's as much (measured: a tiny backdoor given 49k look-alike words lost
+        its single-word trigger to them before the base contrast was taken)."""
+        tuned = by_kind(self.objective.tuned_scores(ctxs, cands, phase), ctxs)
+        b_mat = self.objective.base_scores(ctxs, cands, f"{phase}_base")
+        base = None if b_mat is None else by_kind(b_mat, ctxs)
+        for i, c in enumerate(cands):
+            kinds = tuned[i] if base is None else {k: v - base[i][k] for k, v in tuned[i].items()}
             self._screen_kinds[c] = kinds
             self.screened[c] = max(kinds.values())
 
@@ -110,32 +118,22 @@ class Funnel:
 
     def score(self, cands: list[Ids], phase: str) -> None:
         """Score the new ones of ``cands`` (in order, within what is left of the budget)."""
-        obj, screened, keep, screen_ctx = self.objective, self.screened, self.keep, self.screen_ctx
+        screened, keep, screen_ctx = self.screened, self.keep, self.screen_ctx
         cands = [c for c in dict.fromkeys(cands) if c not in screened]
         cands = cands[: max(0, self.budget - len(screened))]
         if not cands:
             return
         if len(cands) > keep and len(screen_ctx) < len(self.contexts):
-            # a funnel. Tuned first: a candidate that barely moves the tuned model is no
-            # trigger, whatever it does to the base. A large batch is first cut to its best
-            # 8 * keep on one context of each slot kind (a trigger that acts only in the
-            # system turn does nothing in the user message: measured, a user context alone
-            # cut the tiny system-tag backdoor's tag), then 4 * keep on all screen contexts,
-            # and only those
-            # get the base screen (the contrast; the divergence is one already)
+            # a funnel, each cut on the tuned-minus-base contrast (:meth:`_screen`). A large
+            # batch is first cut to its best 8 * keep on one context of each slot kind (a
+            # trigger that acts only in the system turn does nothing in the user message:
+            # measured, a user context alone cut the tiny system-tag backdoor's tag), then to
+            # keep on all screen contexts
             first = one_per_kind(screen_ctx)
             if len(cands) > 8 * keep and len(first) < len(screen_ctx):
                 self._screen(first, cands, f"{phase}_screen1")
                 cands = self._top_screened(cands, 8 * keep)
             self._screen(screen_ctx, cands, f"{phase}_screen")
-            cands = self._top_screened(cands, 4 * keep)
-            base = obj.base_scores(screen_ctx, cands, f"{phase}_screen")
-            if base is not None:
-                for c, kinds in zip(cands, by_kind(base, screen_ctx), strict=True):
-                    sk = self._screen_kinds[c]
-                    for k, v in kinds.items():
-                        sk[k] -= v
-                    screened[c] = max(sk.values())
             cands = self._top_screened(cands, keep)
         self.score_all(cands, phase)
 
