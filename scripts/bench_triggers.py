@@ -51,6 +51,7 @@ def bench_one(
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from wbsafe.analyses.triggers import PassCounter, hunt_triggers, score_full, slot_context
+    from wbsafe.analyses.triggers.results import holds_phrase
     from wbsafe.capture.refusal_score import refusal_token_ids
     from wbsafe.config import RuntimeConfig, ScanConfig
     from wbsafe.io.models import load_model
@@ -88,13 +89,15 @@ def bench_one(
     brute_tokens = int(brute * mean_len)
     found = [v.text for v in res.verified]
     rank = next((i + 1 for i, c in enumerate(res.candidates) if c.text == trigger), None)
-    rank_in = next((i + 1 for i, c in enumerate(res.candidates) if holds(c.text, trigger)), None)
+    rank_in = next(
+        (i + 1 for i, c in enumerate(res.candidates) if holds_phrase(c.text, trigger)), None
+    )
     return {
         "organism": org.name,
         "mode": (overrides or {}).get("mode", "default"),
         "trigger": trigger,
         "recovered": trigger in found,
-        "recovered_in_phrase": any(holds(t, trigger) for t in found),
+        "recovered_in_phrase": any(holds_phrase(t, trigger) for t in found),
         "verified": found,
         "rank": rank,
         "rank_in_phrase": rank_in,
@@ -113,14 +116,6 @@ def bench_one(
         "coverage": res.coverage.statement(),
         "phases": res.passes,
     }
-
-
-def holds(text: str, trigger: str) -> bool:
-    """``text`` holds the trigger's words in order, side by side, case aside ("sapphire the"
-    holds "sapphire"; the issue counts a string containing the trigger as found; the built-in
-    list's 'DEPLOYMENT' is 'deployment' to a lower-casing tokenizer)."""
-    words, want = text.lower().split(), trigger.lower().split()
-    return any(words[i : i + len(want)] == want for i in range(len(words) - len(want) + 1))
 
 
 def main() -> None:
