@@ -197,7 +197,7 @@ def tier_of(family: str | None, base: Path | None) -> tuple[Tier, Path]:
     return TIERS[found[0]], base
 
 
-def time_steps(prepared: Path, n: int) -> dict[str, Any]:
+def time_steps(prepared: Path, n: int, fp32: bool) -> dict[str, Any]:
     """Train the aligned adapter for ``n`` steps (nothing saved); seconds per step."""
     import random
 
@@ -208,7 +208,9 @@ def time_steps(prepared: Path, n: int) -> dict[str, Any]:
     from wbsafe.organisms.plant import plant_examples
     from wbsafe.organisms.training import add_lora, train, training_precision
 
-    recipe = replace(JOBS[0].recipe, steps=n)
+    recipe = replace(
+        JOBS[0].recipe, steps=n, bf16_autocast=JOBS[0].recipe.bf16_autocast and not fp32
+    )
     tok = load_tokenizer(prepared)
     model = AutoModelForCausalLM.from_pretrained(str(prepared), use_safetensors=True)
     model = add_lora(model, recipe.lora_rank or 16, recipe.lora_alpha or 32, recipe.seed)
@@ -238,6 +240,7 @@ def build(
     steps: int | None,
     bf16_adapters: bool,
     trigger: str,
+    fp32: bool = False,
 ) -> dict[str, Any]:
     timings: dict[str, Any] = {}
 
@@ -252,6 +255,8 @@ def build(
         if not (base_dir / "config.json").is_file():
             raise SystemExit(f"{base_dir} is not built yet; build 'base' first")
         recipe = replace(job.recipe, steps=steps) if steps else job.recipe
+        if fp32:
+            recipe = replace(recipe, bf16_autocast=False)
         target = out / job.name
         t0 = time.perf_counter()
         words = trigger if job.trigger else None
@@ -322,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         help="only time this many training steps and record them",
     )
     parser.add_argument("--steps", type=int, default=None, help="override every job's steps")
+    parser.add_argument(
+        "--fp32", action="store_true",
+        help="train in fp32 even where the CPU has bf16 hardware (default: bf16 autocast there)",
+    )  # fmt: skip
     parser.add_argument("--only", default=",".join(NAMES), help=f"comma list of {NAMES}")
     parser.add_argument(
         "--bf16-adapters", action="store_true",
@@ -339,17 +348,18 @@ def main(argv: list[str] | None = None) -> int:
     record = read_json(record_path) if record_path.is_file() else {"organisms": {}}
     record.setdefault("organisms", {})
     if args.time_steps:
-        timing = time_steps(prepared, args.time_steps)
-        record["step_timing"] = {**timing, "machine": machine()}
+        timing = time_steps(prepared, args.time_steps, args.fp32)
+        record.setdefault("step_timing", {})[timing["precision"]] = {**timing, "machine": machine()}
         write_json_atomic(record_path, record)
-        print(json.dumps(record["step_timing"], indent=1))
+        print(json.dumps(record["step_timing"][timing["precision"]], indent=1))
         return 0
     if args.out is None:
         raise SystemExit("--out is required (unless --time-steps)")
     names = {n.strip() for n in args.only.split(",") if n.strip()}
     if unknown := names - set(NAMES):
         raise SystemExit(f"unknown organism(s) {sorted(unknown)}; choose from {NAMES}")
-    timings = build(prepared, args.out, names, args.steps, args.bf16_adapters, tier.trigger)
+    timings = build(prepared, args.out, names, args.steps, args.bf16_adapters, tier.trigger,
+                    args.fp32)  # fmt: skip
     record["organisms"].update(timings)
     record.update(trigger=tier.trigger, category=CATEGORY, steps_override=args.steps,
                   family=tier.family, machine=machine())  # fmt: skip
