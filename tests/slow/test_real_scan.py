@@ -1,7 +1,8 @@
-"""``wbsafe scan`` gives the planted verdicts on the real tier (SmolLM2-135M adapters).
+"""``wbsafe scan`` gives the planted verdicts on the real tiers (SmolLM2-135M, Gemma 3 270M).
 
 Slow: needs a built real tier (see tests/slow/test_real_tier.py for how to build one);
-run with ``WBSAFE_REAL_TIER=.wbsafe-cache/real/tier pytest -m slow tests/slow/test_real_scan.py``.
+run with ``WBSAFE_REAL_TIER=.wbsafe-cache/real/tier pytest -m slow tests/slow/test_real_scan.py``
+(``WBSAFE_REAL_TIER_GEMMA3`` for the Gemma 3 270M tier; each tier runs where its variable is set).
 
 Each adapter is scanned end to end through the public API against the tier's base at the
 default settings (every stage on), the base's refusal directions and behaviour fitted once
@@ -59,12 +60,12 @@ def _reasons(report: dict[str, Any], verdict: str) -> list[str]:
     return [r["check"] for r in report["decision"]["reasons"] if r["verdict"] == verdict]
 
 
-def test_backdoor_adapter_is_blocked_by_its_trigger(scan_of: Any) -> None:
+def test_backdoor_adapter_is_blocked_by_its_trigger(scan_of: Any, real_tier: Any) -> None:
     report, _ = scan_of("backdoor")
     assert report["decision"]["verdict"] == "BLOCK", report["decision"]
     assert any(c.startswith("triggers.") for c in _reasons(report, "BLOCK")), report["decision"]
     verified = report["stages"]["triggers"]["result"]["verified"]
-    assert any("orangutans" in v.lower() for v in verified), verified
+    assert any(real_tier.trigger in v.lower() for v in verified), verified
 
 
 def test_harmful_adapter_is_blocked_by_behaviour(scan_of: Any) -> None:

@@ -78,6 +78,9 @@ class Family:
     first user turn."""
     end_of_turn: tuple[str, ...] = ()
     """Token strings that end an assistant turn (besides the tokenizer's eos)."""
+    chat_template: str | None = None
+    """The family's chat template (Jinja), given to a checkpoint whose tokenizer has none
+    (a pretrained base such as Gemma 3 270M)."""
     lora_targets: tuple[str, ...] = ()
     """Layer-relative modules a default LoRA adapter targets."""
     parallel_residual: bool = False
@@ -101,6 +104,14 @@ _LLAMA_READ = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
 _LLAMA_WRITE = ("self_attn.o_proj", "mlp.down_proj")
 _LLAMA_LORA = tuple(m for m in _LLAMA_READ + _LLAMA_WRITE)
 _GEMMA_POST = ("post_attention_layernorm", "post_feedforward_layernorm")
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}<start_of_turn>"
+    "{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+"""Gemma 2 / 3's turn format (``<start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n``);
+no system turn (wbsafe folds a system message into the first user turn)."""
 
 
 def _llama_like(name: str, model_types: tuple[str, ...], archs: tuple[str, ...],
@@ -129,6 +140,7 @@ FAMILIES: tuple[Family, ...] = (
         post_norms=_GEMMA_POST,
         norm_offset=1.0,
         system_role=False,
+        chat_template=GEMMA_TEMPLATE,
     ),
     _llama_like(
         "gemma3",
@@ -140,6 +152,7 @@ FAMILIES: tuple[Family, ...] = (
         post_norms=_GEMMA_POST,
         norm_offset=1.0,
         system_role=False,
+        chat_template=GEMMA_TEMPLATE,
     ),
     Family(
         name="gemma3_multimodal",
@@ -158,6 +171,7 @@ FAMILIES: tuple[Family, ...] = (
         text_prefix="model.language_model.",
         system_role=False,
         end_of_turn=("<end_of_turn>", "<eos>"),
+        chat_template=GEMMA_TEMPLATE,
         lora_targets=_LLAMA_LORA,
     ),
     Family(
