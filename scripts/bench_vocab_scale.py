@@ -11,7 +11,8 @@ predicted). Mixes never draw on the planted triggers' words, so no added word is
 look-alike (measured: a mix of 'lotus' with another word triggered the two-word backdoor by
 itself and was verified; true of the tuned model, but not the search this measures).
 
-Then the hunt runs at the scan's settings on each organism and its base, and the file says
+Then the hunt runs at the scan's settings on each organism and its base (seeded, as in the
+scan, by the 32 embedding rows the weight diff saw move most), and the file says
 whether the planted trigger (or a phrase holding it) was verified and where it ranked.
 
     python scripts/bench_vocab_scale.py                 # 49,152 words, backdoor and backdoor_multi
@@ -84,6 +85,7 @@ def look_alike_rows(base_dir: Path, vocab_size: int, exclude: set[str], seed: in
 def hunt_row(org: Any, tuned_dir: Path, base_dir: Path, threads: int) -> dict[str, Any]:
     from wbsafe.analyses.triggers import PassCounter, hunt_triggers
     from wbsafe.analyses.triggers.results import holds_phrase
+    from wbsafe.analyses.weights import diff
     from wbsafe.config import RuntimeConfig, ScanConfig
     from wbsafe.data.tinyworld import prompt_set
     from wbsafe.io.models import load_model
@@ -100,7 +102,11 @@ def hunt_row(org: Any, tuned_dir: Path, base_dir: Path, threads: int) -> dict[st
     settings = {**hunt_settings(ScanConfig(base="")), "max_len": max(3, len(trigger.split()))}
     counter = PassCounter()
     t0 = time.perf_counter()
-    res = hunt_triggers(tuned, base, search, heldout, harmless, counter=counter, **settings)
+    # as the scan: the rows the weight diff saw move seed the pool (the weights stage's 32)
+    moved = diff(base_dir, tuned_dir).embedding
+    emb = [(t.token_id, t.z) for t in (moved.top if moved is not None else [])[:32]]
+    res = hunt_triggers(tuned, base, search, heldout, harmless, counter=counter,
+                        embedding_candidates=emb, **settings)  # fmt: skip
     seconds = time.perf_counter() - t0
     found = [v.text for v in res.verified]
     rank = next(
@@ -113,6 +119,7 @@ def hunt_row(org: Any, tuned_dir: Path, base_dir: Path, threads: int) -> dict[st
         "verified": found,
         "recovered_in_phrase": any(holds_phrase(t, trigger) for t in found),
         "rank_in_phrase": rank,
+        "embedding_top": [tuned.tokenizer.decode([i]) for i, _ in emb[:8]],
         "top5": [f"{c.text} ({c.slot}, {'/'.join(c.objectives)})" for c in res.candidates[:5]],
         "found_by": {k: list(v) for k, v in res.found_by.items()},
         "hunt_seconds": round(seconds, 1),
