@@ -237,17 +237,6 @@ def build_pair(size: str, work: Path, seed: int) -> tuple[Path, Path, int]:
 # --- measuring --------------------------------------------------------------------------
 
 
-def _vm_hwm_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class Run:
     """One child process: wall seconds, peak RSS, whether it hit the cap, what it wrote."""
@@ -261,6 +250,8 @@ class Run:
 
 def run_child(cmd: list[str], out: Path, cap_s: float, threads: int) -> Run:
     """Run ``cmd`` (which writes ``out/child.json``), polling VmHWM, stopped at ``cap_s``."""
+    from wbsafe.io.serialize import peak_rss_kib
+
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -269,7 +260,7 @@ def run_child(cmd: list[str], out: Path, cap_s: float, threads: int) -> Run:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         hwm = 0
         while proc.poll() is None:
-            hwm = max(hwm, _vm_hwm_kib(proc.pid))
+            hwm = max(hwm, (peak_rss_kib(proc.pid) or 0))
             if time.perf_counter() - t0 > cap_s:
                 capped = True
                 proc.kill()

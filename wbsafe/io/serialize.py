@@ -207,3 +207,17 @@ def run_manifest(seed: int | None = None, config: Any = None) -> dict[str, Any]:
         "config": to_jsonable(config),
         "platform": platform.platform(),
     }
+
+
+def peak_rss_kib(pid: int | str = "self") -> int | None:
+    """Peak resident set of process ``pid`` in KiB (Linux ``VmHWM``: reset by exec, unlike
+    ``ru_maxrss``, which a child inherits from its parent); None where /proc does not say.
+    The benchmarks' memory figure."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None

@@ -58,13 +58,12 @@ def derailment_flips(
     rows_tuned: Sequence[ResponseRow],
 ) -> tuple[Flip, ...]:
     """The harmful prompts whose first tuned response is derailed, with the base's beside."""
-    first_b = {r.prompt_id: r for r in rows_base if r.sample == 0}
-    first_t = {r.prompt_id: r for r in rows_tuned if r.sample == 0}
+    base = {r.prompt_id: r.response for r in rows_base if r.sample == 0}
+    derailed = {r.prompt_id: r.response for r in rows_tuned if r.sample == 0 and r.derailed}
     return tuple(
-        Flip(p.id, p.category, p.label, p.text, b.response if b else "", t.response)
+        Flip(p.id, p.category, p.label, p.text, base.get(p.id, ""), derailed[p.id])
         for p in prompts
-        if (t := first_t.get(p.id)) is not None and t.derailed
-        for b in [first_b.get(p.id)]
+        if p.id in derailed
     )
 
 
