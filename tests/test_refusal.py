@@ -63,6 +63,13 @@ def test_fit_round_trip_and_reuse(fit, base, prompts, cache: Path, tmp_path: Pat
     assert (back.layer, back.position, back.candidates) == (fit.layer, fit.position, fit.candidates)
     again = fit_or_load_directions(base, cache, *prompts, **FIT_KW)
     assert again.loaded_from is not None  # re-used: no refit
+    # another batch size (a GPU sizes it by its free memory) finds the same entry
+    other = fit_or_load_directions(base, cache, *prompts, **{**FIT_KW, "batch_size": 3})
+    assert other.loaded_from == again.loaded_from
+    # a setting that changes the fit does not
+    assert (
+        fit_or_load_directions(base, cache, *prompts, **{**FIT_KW, "seed": 99}).loaded_from is None
+    )
     assert np.array_equal(again.directions, fit.directions)
     assert again.selected() == fit.selected()
 

@@ -78,6 +78,12 @@ def load_fit(directory: str | Path) -> RefusalDirectionFit:
     return fit
 
 
+UNKEYED = ("batch_size",)
+"""Fit settings left out of the cache key: the batch size changes only rounding, and on a GPU
+it follows the free memory (:mod:`wbsafe.capture.batching`), so keyed on it every scan of a
+fleet would fit the same base again."""
+
+
 def fit_or_load_directions(
     loaded_base: LoadedModel,
     cache_dir: str | Path,
@@ -100,7 +106,7 @@ def fit_or_load_directions(
             "hashes": hashes,
             "harmful": [p.id for p in harmful],
             "harmless": [p.id for p in harmless],
-            "kwargs": {k: kwargs[k] for k in sorted(kwargs)},
+            "kwargs": {k: kwargs[k] for k in sorted(kwargs) if k not in UNKEYED},
         }
     )
     directory = Path(cache_dir) / f"refusal-{key}"
