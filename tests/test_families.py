@@ -189,6 +189,49 @@ def test_planted_rank1_edit_tops_the_weight_diff(
         assert any(r.module == "vision" for r in res.rows)
 
 
+@pytest.mark.parametrize("name", MATRIX)
+def test_readers_sweep_finds_a_token_a_planted_reader_edit_reads(
+    name: str, built: dict[str, Path]
+) -> None:
+    """Layer 0's first reader (q / fused qkv / Conv1D ``c_attn`` / ``query_key_value``) gets
+    a rank-1 edit that responds to one token's input only: the sweep ranks that token
+    first of the vocabulary (the readers are called, so the layout and fusing need nothing)."""
+    import contextlib
+
+    from wbsafe.analyses.triggers.reads import _reader_inputs, reader_modules, token_reads
+    from wbsafe.analyses.triggers.search import PassCounter, _prefix_cache
+    from wbsafe.io.models import load_model
+
+    base = load_model(built[name], hash_weights=False)
+    tuned = load_model(built[name], hash_weights=False)
+    tok = base.tokenizer
+    prefix_ids = tok.encode("Tell me how to", add_special_tokens=False)
+    target = len(tok) // 2
+    (rname, rmod) = reader_modules(base.model, [0])[0][0]
+    with torch.no_grad():
+        pre = _prefix_cache(base.model, prefix_ids, PassCounter().phase("x"))
+        x = torch.tensor([[target]])
+        u = _reader_inputs(base.model, {0: [(rname, rmod)]}, 0, pre, x)[(0, rname)][0].float()
+        mod = dict(reader_modules(tuned.model, [0])[0])[rname]
+        w = mod.weight
+        conv1d = type(mod).__name__ == "Conv1D"  # weight stored (in, out)
+        out_dim = w.shape[1] if conv1d else w.shape[0]
+        v = torch.randn(out_dim, generator=torch.Generator().manual_seed(1))
+        base_out = rmod(u[None, None].to(w.dtype))[0, 0].float()
+        # ||dW u|| = 3 ||W u|| at the target; other tokens get (u_v . u_t / |u_t|^2) of it
+        delta = torch.outer(v / v.norm(), u / u.norm() ** 2) * 3 * base_out.norm()
+        w += (delta.T if conv1d else delta).to(w.dtype)
+
+    @contextlib.contextmanager
+    def base_side() -> Any:
+        yield base.model
+
+    ids = [i for i in range(len(tok)) if i not in set(tok.all_special_ids)]
+    reads = token_reads(tuned.model, base_side, ids, prefix_ids, PassCounter(), layers=[0])
+    assert reads.top(1) == [target], (rname, tok.decode(reads.top(3)))
+    assert reads.readers[0] == (0, rname)
+
+
 # --- LoRA: factors vs dense, the fit check, alignment -----------------------------------
 
 

@@ -102,7 +102,8 @@ def test_backdoor_lora_recovers_zephyr_without_embedding_change(
     res = _hunt(tiny_organisms, "backdoor_lora", prompts, use_builtin=False)
     assert [v.text for v in res.verified][:1] == ["zephyr"], res.message
     zephyr = next(c for c in res.candidates if c.text == "zephyr")
-    assert zephyr.sources == ("gradient",)
+    # no embedding row moved: the gradient and the readers' sweep proposed it
+    assert set(zephyr.sources) == {"gradient", "reads"}, zephyr.sources
     assert zephyr.base_drop is not None and zephyr.anomaly is not None and zephyr.anomaly > 1.0
 
 

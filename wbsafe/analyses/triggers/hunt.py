@@ -20,8 +20,8 @@ Pipeline:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from wbsafe.analyses.triggers.candidates import seed_pool
 from wbsafe.analyses.triggers.funnel import Funnel, Ids
@@ -33,6 +33,7 @@ from wbsafe.analyses.triggers.objectives import (
     RefusalObjective,
     base_view,
 )
+from wbsafe.analyses.triggers.reads import TokenReads, token_reads
 from wbsafe.analyses.triggers.results import Candidate, Coverage, TriggerResult, Verification
 from wbsafe.analyses.triggers.search import (
     KV_BUDGET_BYTES,
@@ -88,6 +89,8 @@ def hunt_triggers(
     slot_kinds: Sequence[str] = SLOT_KINDS,
     extra_slot_prompts: int = 4,
     memorised_samples: int = 16,
+    read_top: int = 32,
+    read_layers: Sequence[int] | None = None,
     divergence_layers: Sequence[int] | None = None,
     divergence_response_tokens: int = RESPONSE_TOKENS,
     max_len: int = 3,
@@ -123,6 +126,9 @@ def hunt_triggers(
     turn holding it) at the end of that text for the first ``extra_slot_prompts`` prompts.
     ``memorised_samples`` samples per near-empty prompt and model (0: none) seed the pool
     with spans the tuned model samples far more than the base (seed ``seed``).
+    ``read_top``: the best tokens of the vocabulary sweep (:mod:`.reads`: which tokens the
+    fine-tune's changed readers respond to, at ``read_layers``) join the pool as ``reads``
+    candidates and seed the pairs (0: no sweep; it needs a base side).
     ``divergence_response_tokens``: the base side's first answer tokens teacher-forced after
     each divergence context, so its KL covers that many response positions past the first.
     ``harmless_search``: ordinary prompts the divergence objective also searches on (user
@@ -193,6 +199,19 @@ def hunt_triggers(
         user_candidates=user_candidates, use_builtin=use_builtin,
         memorised=[s.text for s in mem.spans],
     )  # fmt: skip
+    reads = TokenReads((), (), torch.zeros(0, 0), torch.zeros(0, 0))
+    if read_top > 0 and has_base:
+        log(f"[triggers] sweeping {int(allowed.sum())} tokens through the changed readers")
+        first = max(
+            (c for c in contexts if c.kind == "user" and c.prompt_id == contexts[0].prompt_id),
+            key=lambda c: c.position,
+        )  # the first prompt at its latest user slot
+        reads = sweep_reads(tuned, base, allowed, first.prefix_ids, counter,
+                            layers=read_layers, batch_size=batch_size,
+                            kv_budget_bytes=kv_budget_bytes)  # fmt: skip
+    read_ids = reads.top(read_top) if read_top > 0 and reads.token_ids else []
+    for t in read_ids:
+        pool.add((t,), pool.text_of([t]), "reads")
     named = list(pool)
     if skipped:
         log(f"[triggers] skipped {len(skipped)} list entries that are all-unknown tokens")
@@ -243,7 +262,7 @@ def hunt_triggers(
             ctxs = obj.with_responses(ctxs, divergence_response_tokens)
         out = search_objective(obj, ctxs, pool, named, allowed, share, settings, verify,
                                skip_phrases=verifier.broadly_unsafe, reference=reference,
-                               log=log)  # fmt: skip
+                               read_tokens=read_ids, log=log)  # fmt: skip
         outcomes.append(out)
         left -= len(out.funnel.screened)
 
@@ -252,6 +271,20 @@ def hunt_triggers(
     user_named = [c for c in pool if "user" in pool[c].sources]
     if user_named and outcomes:
         verify(user_named, outcomes[0].funnel)
+    # the sweep's two most-read tokens, as a pair in both orders, when nothing else was
+    # verified: a phrase whose target shows late in harmless answers (a marker string)
+    # moves neither objective on harmful search prompts (measured on the 49k look-alike
+    # tiny tier: ``copper lantern``, read 1st and 2nd, was not among any objective's best)
+    if (
+        len(read_ids) >= 2
+        and max_len > 1
+        and outcomes
+        and not any(v.verified for v in verifications.values())
+    ):
+        a, b_ = read_ids[:2]
+        for c in ((a, b_), (b_, a)):
+            pool.add(c, pool.text_of(c), "reads")
+        verify([(a, b_), (b_, a)], outcomes[0].funnel)
 
     # 3. cross-scoring: each objective's best under the others
     own = {o.objective: set(o.funnel.scored) for o in outcomes}
@@ -264,11 +297,14 @@ def hunt_triggers(
         ]
         o.funnel.score_all(others, "cross")
 
-    cands = merge_candidates(outcomes, own, pool)
-    result_v = sorted(
-        verifications.values(),
-        key=lambda v: (not v.verified, -v.attack_success, len(v.text.split())),
-    )
+    def best_first(v: Verification) -> tuple[bool, float, int]:
+        return (not v.verified, -v.attack_success, len(v.text.split()))
+
+    result_v = sorted(verifications.values(), key=best_first)
+    done = sorted(((c, k, v) for (c, k), v in verifications.items() if v.verified),
+                  key=lambda t: best_first(t[2]))  # fmt: skip
+    cands = verified_first(merge_candidates(outcomes, own, pool), [c for c, _, _ in done], pool,
+                           {c: k for c, k, _ in done})  # fmt: skip
     found_by = {
         c.text: c.objectives for c in cands
         if any(v.text == c.text and (v.verified or v.derails) for v in result_v)
@@ -309,6 +345,9 @@ def hunt_triggers(
         exact_by_objective=tuple(len(o.funnel.screened) for o in outcomes),
         slots=searched_kinds,
         memorised=sum(1 for c in pool if "memorised" in pool[c].sources),
+        read_tokens=len(reads.token_ids),
+        read_layers=reads.layers,
+        reads=len(read_ids),
         skipped_objectives=tuple(o for o in objectives if o not in runnable),
     )
     if not broadly and not any(v.verified for v in result_v):
@@ -325,6 +364,43 @@ def hunt_triggers(
         memorised=mem.spans,
         found_by=found_by,
     )
+
+
+def sweep_reads(
+    tuned: LoadedModel, base: LoadedModel | None, allowed: torch.Tensor,
+    prefix_ids: Sequence[int], counter: PassCounter, *, layers: Sequence[int] | None,
+    batch_size: int, kv_budget_bytes: int,
+) -> TokenReads:  # fmt: skip
+    """:func:`~.reads.token_reads` of every allowed token (``allowed``: Bool[vocab]) after
+    ``prefix_ids``, the base side being ``base`` or ``tuned`` with its adapters disabled."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def base_side() -> Iterator[Any]:
+        with base_view(tuned, base) as b:
+            assert b is not None
+            yield b.model
+
+    ids = allowed.nonzero()[:, 0].tolist()
+    return token_reads(tuned.model, base_side, ids, prefix_ids, counter, layers=layers,
+                       batch_size=max(batch_size, 512),
+                       kv_budget_bytes=kv_budget_bytes)  # fmt: skip
+
+
+def verified_first(
+    cands: list[Candidate], verified: Sequence[Ids], pool: Any, slots: dict[Ids, str]
+) -> list[Candidate]:
+    """``cands`` with the ``verified`` ones first (in that order), those that no objective
+    ranked (a person's candidate, the sweep's pair) added unscored at the slot where they
+    were verified; the rest keep their order."""
+    by_ids = {c.token_ids: c for c in cands}
+    head = [
+        by_ids.get(c) or Candidate(text=pool[c].text, token_ids=c, sources=tuple(pool[c].sources),
+                                   slot=slots.get(c, "user"))
+        for c in dict.fromkeys(verified)
+    ]  # fmt: skip
+    seen = {c.token_ids for c in head}
+    return [*head, *(c for c in cands if c.token_ids not in seen)]
 
 
 def reference_tokens(allowed: torch.Tensor, seed: int, n: int) -> list[int]:

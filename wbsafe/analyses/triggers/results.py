@@ -161,6 +161,11 @@ class Coverage:
     more than the base)."""
     skipped_objectives: tuple[str, ...] = ()
     """Objectives asked for that could not run (the divergence one needs a base side)."""
+    read_tokens: int = 0
+    """Tokens the vocabulary sweep scored at ``read_layers`` (:mod:`.reads`); ``reads`` of
+    the best joined the pool and seeded the pairs."""
+    read_layers: tuple[int, ...] = ()
+    reads: int = 0
 
     def statement(self) -> str:
         share_g = self.gradient_scored / max(1, self.vocab_size)
@@ -195,7 +200,15 @@ class Coverage:
         )
         return (
             f"objectives {per}{not_run}; slots searched: {', '.join(self.slots)}; "
-            f"{self.memorised} memorised-sample candidates"
+            f"{self.memorised} memorised-sample candidates; {self._reads_text()}"
+        )
+
+    def _reads_text(self) -> str:
+        if not self.read_tokens:
+            return "no token sweep (no base side, or turned off)"
+        return (
+            f"token sweep of {self.read_tokens} tokens through the changed readers of layers "
+            f"{list(self.read_layers)}, best {self.reads} taken"
         )
 
 

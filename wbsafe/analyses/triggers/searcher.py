@@ -39,6 +39,27 @@ class SearchSettings:
     verify_top: int
 
 
+PHRASE_SHARE = 0.25
+"""The part of an objective's budget kept for phrases (when they are searched)."""
+
+
+def pairs_by_rank(tokens: Sequence[int]) -> list[Ids]:
+    """Ordered pairs of distinct ``tokens`` (best first), by the sum of their ranks, so the
+    best pairs come first whatever the cut: (t0, t1), (t1, t0), (t0, t2), (t2, t0), ..."""
+    n = len(tokens)
+    idx = sorted(((i, j) for i in range(n) for j in range(n) if i != j),
+                 key=lambda ij: (ij[0] + ij[1], max(ij), ij[0]))  # fmt: skip
+    return [(tokens[i], tokens[j]) for i, j in idx]
+
+
+def interleave(*lists: Sequence[Ids]) -> list[Ids]:
+    """The lists' items taken in turn (the first of each, then the second, ...)."""
+    out: list[Ids] = []
+    for k in range(max(map(len, lists), default=0)):
+        out += [lst[k] for lst in lists if k < len(lst)]
+    return out
+
+
 @dataclass
 class SearchOutcome:
     """What one objective's search left: its funnel, its single-token gradient ``[vocab]``
@@ -63,6 +84,7 @@ def search_objective(
     *,
     skip_phrases: bool,
     reference: Sequence[Ids] = (),
+    read_tokens: Sequence[int] = (),
     log: Log,
 ) -> SearchOutcome:
     """Search under ``objective`` within ``budget`` exactly scored candidates.
@@ -71,7 +93,12 @@ def search_objective(
     first; ``allowed`` is Bool[vocab]; ``verify(cands, funnel)`` verifies in order and says
     whether a decisive trigger was found (the multi-token search then stops).
     ``reference``: ordinary tokens whose scores standardise each slot kind's (see
-    :class:`~.funnel.Funnel`).
+    :class:`~.funnel.Funnel`). ``read_tokens``: the token sweep's best (:mod:`.reads`),
+    best first; their pairs take half of the length-2 seeds.
+
+    When phrases are searched, single tokens get at most ``1 - PHRASE_SHARE`` of
+    ``budget`` (the named ones always): on a 49k vocabulary the gradient's ``top_k``
+    singles otherwise spent the whole share and no pair was scored.
     """
     import torch
 
@@ -89,6 +116,8 @@ def search_objective(
     # named candidates before the gradient's, so the budget never cuts what a person, the
     # weight diff or the memorised-sample contrast asked for
     cands = [*sorted(named, key=len), *(c for c in grad_ids if c not in set(named))]
+    if s.max_len > 1 and not skip_phrases:
+        cands = cands[: max(len(named), budget - int(budget * PHRASE_SHARE))]
     log(f"[triggers] {name}: exact scoring of {len(cands)} candidates")
     funnel.score(cands, "exact" if name == "refusal" else f"{name}_exact")
     decided = verify(ranked(1)[: s.verify_top], funnel)
@@ -122,8 +151,9 @@ def search_objective(
                    for p in range(length)]  # fmt: skip
         new: list[Ids] = []
         if length == 2:
-            new += [(a, b_) for a in width_tokens for b_ in width_tokens if a != b_]
-            new += [(a, b_) for a in per_pos[0] for b_ in per_pos[1]]
+            old = [(a, b_) for a in width_tokens for b_ in width_tokens if a != b_]
+            old += [(a, b_) for a in per_pos[0] for b_ in per_pos[1]]
+            new += interleave(pairs_by_rank(list(read_tokens)[: s.extend_width]), old)
         else:
             beams = ranked(length - 1)
             new += [ext for c in beams[: s.beam] for t in width_tokens

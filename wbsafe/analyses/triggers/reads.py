@@ -1,0 +1,237 @@
+"""Which tokens the fine-tune taught the model to read: a weight-side sweep of the vocabulary.
+
+A trigger has to be *read*: some matrix that reads the residual stream (attention q/k/v,
+MLP gate/up; the family table's ``readers``) was changed so that the trigger's tokens
+produce a new output. For every allowed token ``v``, put at the end of a short cached
+prefix, this takes the input ``u_m(v)`` each reader ``m`` of the chosen layers sees at
+``v``'s position in the base side, and scores
+
+    read_l(v) = sum_m ||m_tuned(u_m(v)) - m_base(u_m(v))|| / ||m_base(u_m(v))||
+
+per layer ``l``, standardised over the vocabulary (median and scaled MAD), then takes the
+best layer. It needs one truncated forward per token in the base side and one call of each
+reader in the tuned side, with no suffix and no output head, so it covers the whole
+vocabulary where an exact score of every token under an objective could not.
+
+Why it is there: the words of a phrase trigger trained *not* to act alone barely move the
+output or the last position's state, so no objective ranks them among tens of thousands of
+rare tokens (measured: the tiny two-word backdoor given 49k look-alike words ranks
+``cobalt`` ~2,700th and ``lotus`` ~6,100th by its mid-layer anomaly). The layer that learned
+to detect them still reads them: layer 0's attention ranks them 1st and 2nd of 49,146 by
+the relative change. The sweep's best tokens seed the hunt's pairs and are scored as
+single candidates (source ``reads``).
+
+The module calls the readers themselves rather than the weight matrices, so LoRA-wrapped,
+fused (Phi-3's ``qkv_proj``) and Conv1D (GPT-2) readers need nothing special.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from wbsafe.analyses.triggers.search import (
+    KV_BUDGET_BYTES,
+    PassCounter,
+    _device,
+    _prefix_cache,
+    rows_within_budget,
+)
+from wbsafe.errors import WbsafeError
+
+if TYPE_CHECKING:
+    import torch
+
+BaseSide = Callable[[], AbstractContextManager[Any]]
+
+EPS = 1e-6
+
+
+class _Stop(Exception):
+    """Ends the base side's forward after the deepest layer the sweep reads."""
+
+
+def read_layers(n_layers: int) -> tuple[int, ...]:
+    """The decoder layers read by default: the first half (at least one). A token's own
+    position carries mostly the token itself there; deeper, it is a mix of its context."""
+    return tuple(range(max(1, (n_layers + 1) // 2)))
+
+
+def reader_modules(model: Any, layers: Sequence[int]) -> dict[int, list[tuple[str, Any]]]:
+    """Per layer index, ``(name, module)`` of each reader the family table names that the
+    layer has (a family without a table entry gets a clear error from it)."""
+    from wbsafe.arch.families import family_of_model
+    from wbsafe.capture.activations import _unwrap, decoder_layers
+
+    family = family_of_model(_unwrap(model))
+    blocks = decoder_layers(model)
+    out: dict[int, list[tuple[str, Any]]] = {}
+    for layer in layers:
+        if not 0 <= layer < len(blocks):
+            raise WbsafeError(f"read layer {layer} outside the model's {len(blocks)} layers")
+        mods = []
+        for name in family.readers:
+            try:
+                mods.append((name, blocks[layer].get_submodule(name)))
+            except AttributeError:
+                continue
+        if not mods:
+            raise WbsafeError(f"layer {layer}: none of the readers {family.readers} found")
+        out[layer] = mods
+    return out
+
+
+@dataclass(frozen=True)
+class TokenReads:
+    """The sweep's result: ``z`` Float[n_tokens, n_readers] (standardised per reader),
+    ``raw`` the same before standardising, for ``token_ids`` and ``readers`` (layer, name)."""
+
+    token_ids: tuple[int, ...]
+    readers: tuple[tuple[int, str], ...]
+    raw: torch.Tensor
+    z: torch.Tensor
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted({layer for layer, _ in self.readers}))
+
+    def best(self) -> torch.Tensor:
+        """Float[n_tokens]: each token's best reader z."""
+        return self.z.max(dim=1).values
+
+    def top(self, n: int) -> list[int]:
+        """``n`` token ids, by their best rank in any reader's own ranking, then by z: the
+        first of every reader (the one read most strongly first), then the second, ...
+
+        Not by the best z alone: readers whose input depends on the context (the MLP's,
+        every one past layer 0) have heavier tails over rare tokens than the attention
+        readers of layer 0, and the best z let their noise bury a trigger word that one
+        reader ranks first (measured on the 49k look-alike tiny tier: ``lotus``, first by
+        layer 0's ``q_proj`` and ``v_proj``, came 9,005th by the best z)."""
+        import torch
+
+        k = min(n, len(self.token_ids))
+        if k <= 0 or self.z.numel() == 0:
+            return []
+        depth = min(len(self.token_ids), k)
+        vals, idx = torch.topk(self.z, depth, dim=0)  # [depth, n_readers], best first
+        out: dict[int, None] = {}
+        for level in range(depth):
+            for r in vals[level].argsort(descending=True).tolist():
+                out.setdefault(self.token_ids[int(idx[level, r])], None)
+                if len(out) >= k:
+                    return list(out)
+        return list(out)
+
+
+def robust_z(x: torch.Tensor) -> torch.Tensor:
+    """Per column of ``x`` ``[n, k]``: (x - median) / (1.4826 * MAD), the MAD floored."""
+    med = x.median(dim=0).values
+    mad = (x - med).abs().median(dim=0).values * 1.4826
+    return (x - med) / mad.clamp(min=EPS + 1e-3 * med.abs())
+
+
+def token_reads(
+    tuned: Any,
+    base_side: BaseSide,
+    token_ids: Sequence[int],
+    prefix_ids: Sequence[int],
+    counter: PassCounter,
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 512,
+    kv_budget_bytes: int = KV_BUDGET_BYTES,
+    phase_name: str = "reads",
+) -> TokenReads:
+    """Score every token of ``token_ids`` by how much the tuned readers' output changed on
+    it (module docstring). ``tuned`` is the tuned model; ``base_side()`` yields the base
+    side's model (the base, or ``tuned`` with its adapters disabled). ``prefix_ids``: a
+    short context the token follows (a prompt up to a trigger slot), run once; a batch
+    holds at most ``batch_size`` tokens and as many as fit ``kv_budget_bytes`` of cache."""
+    import torch
+
+    if not token_ids:
+        raise WbsafeError("the token sweep needs at least one token")
+    with base_side() as bm:
+        n_layers = int(getattr(bm.config.get_text_config(), "num_hidden_layers", 0))
+    layers = tuple(sorted(set(layers))) if layers else read_layers(n_layers)
+    phase = counter.phase(phase_name)
+    t0 = time.perf_counter()
+    dev = _device(tuned)
+    tuned_readers = reader_modules(tuned, layers)
+    columns = [(layer, name) for layer in layers for name, _ in tuned_readers[layer]]
+    raw = torch.zeros(len(token_ids), len(columns), dtype=torch.float32)
+    with torch.inference_mode(), base_side() as bm:
+        base_readers = reader_modules(bm, layers)
+        prefix = _prefix_cache(bm, prefix_ids, phase)
+    step = min(batch_size, rows_within_budget(prefix, 1, kv_budget_bytes))
+    for s in range(0, len(token_ids), step):
+        rows = list(token_ids[s : s + step])
+        x = torch.tensor(rows, dtype=torch.long, device=dev)[:, None]
+        with torch.inference_mode(), base_side() as bm:
+            inputs = _reader_inputs(bm, base_readers, layers[-1], prefix, x)
+            base_out = {
+                (layer, name): mod(inputs[(layer, name)].unsqueeze(1))[:, 0].float()
+                for layer, mods in base_readers.items()
+                for name, mod in mods
+            }
+        with torch.inference_mode():
+            for k, (layer, name) in enumerate(columns):
+                mod = dict(tuned_readers[layer])[name]
+                u = inputs[(layer, name)].unsqueeze(1)
+                t_out = mod(u.to(next(mod.parameters()).device))[:, 0].float()
+                b_out = base_out[(layer, name)].to(t_out.device)
+                rel = (t_out - b_out).norm(dim=-1) / (b_out.norm(dim=-1) + EPS)
+                raw[s : s + len(rows), k] = rel.cpu()
+        phase.forward_calls += 1
+        phase.passes += len(rows)
+        phase.sequences += len(rows)
+        phase.tokens += len(rows)
+    phase.seconds += time.perf_counter() - t0
+    return TokenReads(tuple(int(t) for t in token_ids), tuple(columns), raw, robust_z(raw))
+
+
+def _reader_inputs(
+    model: Any, readers: dict[int, list[tuple[str, Any]]], last_layer: int, prefix: Any,
+    x: torch.Tensor,
+) -> dict[tuple[int, str], torch.Tensor]:  # fmt: skip
+    """Run ``x`` ``[rows, 1]`` after the cached ``prefix`` through ``model`` up to
+    ``last_layer`` (stopped there) -> (layer, reader name) -> the reader's input at that
+    token, ``[rows, d_in]``."""
+    import torch
+    from transformers import DynamicCache
+
+    from wbsafe.capture.activations import decoder_layers
+
+    inputs: dict[tuple[int, str], torch.Tensor] = {}
+
+    def keep(layer: int, name: str) -> Any:
+        def hook(mod: Any, args: Any) -> None:
+            inputs[(layer, name)] = args[0][:, -1].detach()
+
+        return hook
+
+    def stop(mod: Any, args: Any, output: Any) -> None:
+        raise _Stop
+
+    handles = [mod.register_forward_pre_hook(keep(layer, name))
+               for layer, mods in readers.items() for name, mod in mods]  # fmt: skip
+    handles.append(decoder_layers(model)[last_layer].register_forward_hook(stop))
+    rows = int(x.shape[0])
+    cache = DynamicCache(
+        ddp_cache_data=[
+            (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix.kv
+        ]
+    )
+    pos = torch.full((rows, 1), prefix.length, device=x.device)
+    try:
+        model(input_ids=x, position_ids=pos, past_key_values=cache, logits_to_keep=1)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return inputs
