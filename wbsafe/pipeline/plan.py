@@ -132,5 +132,5 @@ def hunt_settings(config: ScanConfig) -> dict[str, Any]:
         max_len=config.trigger_max_len, budget=config.trigger_budget,
         top_k=config.trigger_top_k, extend_width=12, beam=8, refine_steps=4, seed=config.seed,
         objectives=config.trigger_objectives, slot_kinds=config.trigger_slots,
-        memorised_samples=config.trigger_memorised_samples,
+        memorised_samples=config.trigger_memorised_samples, read_top=config.trigger_read_top,
     )  # fmt: skip
