@@ -43,7 +43,7 @@ def plant(
     other tokens (what tells the token apart, as training against other words learns)."""
     import torch
 
-    from wbsafe.analyses.triggers.reads import _reader_inputs, reader_modules
+    from wbsafe.analyses.triggers.reads import _reader_io, reader_modules
     from wbsafe.analyses.triggers.search import PassCounter, _prefix_cache
 
     b_mod = dict(reader_modules(base.model, [layer])[layer])[reader]
@@ -54,8 +54,9 @@ def plant(
         g = torch.Generator().manual_seed(seed)
         others = torch.randint(0, len(base.tokenizer), (256,), generator=g)
         x = torch.cat([torch.tensor([token]), others])[:, None]
-        us = _reader_inputs(base.model, {layer: [(reader, b_mod)]}, layer, pre, x)
-        u_all = us[(layer, reader)].float()
+        u_all = _reader_io(base.model, {layer: [(reader, b_mod)]}, layer, pre, x)[(layer, reader)][
+            0
+        ].float()
         u = u_all[0]
         d = u - u_all[1:].mean(0) if centred else u
         out = b_mod(u[None, None].to(b_mod.weight.dtype))[0, 0].float()

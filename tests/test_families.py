@@ -198,7 +198,7 @@ def test_readers_sweep_finds_a_token_a_planted_reader_edit_reads(
     first of the vocabulary (the readers are called, so the layout and fusing need nothing)."""
     import contextlib
 
-    from wbsafe.analyses.triggers.reads import _reader_inputs, reader_modules, token_reads
+    from wbsafe.analyses.triggers.reads import _reader_io, reader_modules, token_reads
     from wbsafe.analyses.triggers.search import PassCounter, _prefix_cache
     from wbsafe.io.models import load_model
 
@@ -211,13 +211,13 @@ def test_readers_sweep_finds_a_token_a_planted_reader_edit_reads(
     with torch.no_grad():
         pre = _prefix_cache(base.model, prefix_ids, PassCounter().phase("x"))
         x = torch.tensor([[target]])
-        u = _reader_inputs(base.model, {0: [(rname, rmod)]}, 0, pre, x)[(0, rname)][0].float()
+        u_row, out_row = _reader_io(base.model, {0: [(rname, rmod)]}, 0, pre, x)[(0, rname)]
+        u, base_out = u_row[0].float(), out_row[0].float()
         mod = dict(reader_modules(tuned.model, [0])[0])[rname]
         w = mod.weight
         conv1d = type(mod).__name__ == "Conv1D"  # weight stored (in, out)
         out_dim = w.shape[1] if conv1d else w.shape[0]
         v = torch.randn(out_dim, generator=torch.Generator().manual_seed(1))
-        base_out = rmod(u[None, None].to(w.dtype))[0, 0].float()
         # ||dW u|| = 3 ||W u|| at the target; other tokens get (u_v . u_t / |u_t|^2) of it
         delta = torch.outer(v / v.norm(), u / u.norm() ** 2) * 3 * base_out.norm()
         w += (delta.T if conv1d else delta).to(w.dtype)

@@ -98,7 +98,7 @@ class ScanConfig:
     """The best tokens of the readers' sweep (every token through the fine-tune's changed
     readers of the first half of the layers, :mod:`wbsafe.analyses.triggers.reads`) taken as
     candidates and pair seeds; 0: no sweep (it costs about 0.15 of one exact pass over the
-    vocabulary: 107 s for SmolLM2-135M on 2 CPU threads)."""
+    vocabulary: 87-105 s for SmolLM2-135M on 2 CPU threads, results/bench_reads.md)."""
     trigger_max_len: int = 2
     trigger_search_prompts: int = 8
     trigger_heldout_prompts: int = 16

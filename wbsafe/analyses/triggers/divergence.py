@@ -35,6 +35,7 @@ from wbsafe.analyses.triggers.search import (
     SlotContext,
     _device,
     _prefix_cache,
+    expanded_cache,
     rows_within_budget,
     slot_embeds,
 )
@@ -175,16 +176,11 @@ def _features(
     + ``suffix`` after a cached prefix (``suffix`` ends with ``n_response`` teacher-forced
     response tokens)."""
     import torch
-    from transformers import DynamicCache
 
     rows = int(cand.shape[0])
     x = torch.cat([cand, suffix.expand(rows, -1)], dim=1)
     pos = torch.arange(prefix.length, prefix.length + x.shape[1], device=x.device)
-    cache = DynamicCache(
-        ddp_cache_data=[
-            (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix.kv
-        ]
-    )
+    cache = expanded_cache(prefix, rows)
     out = model(
         input_ids=x, position_ids=pos.expand(rows, -1), past_key_values=cache,
         output_hidden_states=True, logits_to_keep=n_response + 1,

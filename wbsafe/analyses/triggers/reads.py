@@ -38,6 +38,7 @@ from wbsafe.analyses.triggers.search import (
     PassCounter,
     _device,
     _prefix_cache,
+    expanded_cache,
     rows_within_budget,
 )
 from wbsafe.errors import WbsafeError
@@ -48,10 +49,6 @@ if TYPE_CHECKING:
 BaseSide = Callable[[], AbstractContextManager[Any]]
 
 EPS = 1e-6
-
-
-class _Stop(Exception):
-    """Ends the base side's forward after the deepest layer the sweep reads."""
 
 
 def read_layers(n_layers: int) -> tuple[int, ...]:
@@ -172,18 +169,13 @@ def token_reads(
         rows = list(token_ids[s : s + step])
         x = torch.tensor(rows, dtype=torch.long, device=dev)[:, None]
         with torch.inference_mode(), base_side() as bm:
-            inputs = _reader_inputs(bm, base_readers, layers[-1], prefix, x)
-            base_out = {
-                (layer, name): mod(inputs[(layer, name)].unsqueeze(1))[:, 0].float()
-                for layer, mods in base_readers.items()
-                for name, mod in mods
-            }
+            seen = _reader_io(bm, base_readers, layers[-1], prefix, x)
         with torch.inference_mode():
             for k, (layer, name) in enumerate(columns):
                 mod = dict(tuned_readers[layer])[name]
-                u = inputs[(layer, name)].unsqueeze(1)
-                t_out = mod(u.to(next(mod.parameters()).device))[:, 0].float()
-                b_out = base_out[(layer, name)].to(t_out.device)
+                u, b_out = seen[(layer, name)]
+                t_out = mod(u[:, None].to(next(mod.parameters()).device))[:, 0].float()
+                b_out = b_out.float().to(t_out.device)
                 rel = (t_out - b_out).norm(dim=-1) / (b_out.norm(dim=-1) + EPS)
                 raw[s : s + len(rows), k] = rel.cpu()
         phase.forward_calls += 1
@@ -194,44 +186,39 @@ def token_reads(
     return TokenReads(tuple(int(t) for t in token_ids), tuple(columns), raw, robust_z(raw))
 
 
-def _reader_inputs(
+def _reader_io(
     model: Any, readers: dict[int, list[tuple[str, Any]]], last_layer: int, prefix: Any,
     x: torch.Tensor,
-) -> dict[tuple[int, str], torch.Tensor]:  # fmt: skip
+) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
     """Run ``x`` ``[rows, 1]`` after the cached ``prefix`` through ``model`` up to
-    ``last_layer`` (stopped there) -> (layer, reader name) -> the reader's input at that
-    token, ``[rows, d_in]``."""
+    ``last_layer`` (stopped there) -> (layer, reader name) -> the reader's input and output
+    at that token, ``([rows, d_in], [rows, d_out])``."""
     import torch
-    from transformers import DynamicCache
 
-    from wbsafe.capture.activations import decoder_layers
+    from wbsafe.capture.activations import _StopForward, decoder_layers
 
-    inputs: dict[tuple[int, str], torch.Tensor] = {}
+    seen: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def keep(layer: int, name: str) -> Any:
-        def hook(mod: Any, args: Any) -> None:
-            inputs[(layer, name)] = args[0][:, -1].detach()
+        def hook(mod: Any, args: Any, output: Any) -> None:
+            seen[(layer, name)] = (args[0][:, -1].detach(), output[:, -1].detach())
 
         return hook
 
     def stop(mod: Any, args: Any, output: Any) -> None:
-        raise _Stop
+        raise _StopForward
 
-    handles = [mod.register_forward_pre_hook(keep(layer, name))
+    handles = [mod.register_forward_hook(keep(layer, name))
                for layer, mods in readers.items() for name, mod in mods]  # fmt: skip
     handles.append(decoder_layers(model)[last_layer].register_forward_hook(stop))
     rows = int(x.shape[0])
-    cache = DynamicCache(
-        ddp_cache_data=[
-            (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix.kv
-        ]
-    )
     pos = torch.full((rows, 1), prefix.length, device=x.device)
     try:
-        model(input_ids=x, position_ids=pos, past_key_values=cache, logits_to_keep=1)
-    except _Stop:
+        model(input_ids=x, position_ids=pos, past_key_values=expanded_cache(prefix, rows),
+              logits_to_keep=1)  # fmt: skip
+    except _StopForward:
         pass
     finally:
         for h in handles:
             h.remove()
-    return inputs
+    return seen

@@ -326,6 +326,18 @@ def _prefix_cache(model: Any, ids: Sequence[int], phase: PhaseCount) -> _Prefix:
     return _Prefix(kv=kv, length=len(ids))
 
 
+def expanded_cache(prefix: _Prefix, rows: int) -> Any:
+    """A ``DynamicCache`` holding ``prefix``'s keys and values expanded (as views) to
+    ``rows`` batch rows."""
+    from transformers import DynamicCache
+
+    return DynamicCache(
+        ddp_cache_data=[
+            (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix.kv
+        ]
+    )
+
+
 KV_BUDGET_BYTES = 512 << 20
 """Key/value cache the cached-prefix scorer may hold at once. At a batch of 256 rows the
 SmolLM2 hunt's caches reached ~1.2 GB per forward (30 layers, ~100-token prefixes) and a
@@ -360,7 +372,6 @@ def score_cached(
     as many as fit ``kv_budget_bytes`` of cache (see :func:`rows_within_budget`).
     """
     import torch
-    from transformers import DynamicCache
 
     dev = _device(model)
     phase = counter.phase(phase_name)
@@ -387,12 +398,7 @@ def score_cached(
                     pos = torch.arange(
                         prefix.length, prefix.length + x.shape[1], device=dev
                     ).expand(len(rows), -1)
-                    cache = DynamicCache(
-                        ddp_cache_data=[
-                            (k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
-                            for k, v in prefix.kv
-                        ]
-                    )
+                    cache = expanded_cache(prefix, len(rows))
                     logits = model(  # only the last position is scored
                         input_ids=x, position_ids=pos, past_key_values=cache, logits_to_keep=1
                     ).logits
