@@ -10,6 +10,8 @@ whole hunt, verification included. The hunt runs with the scan's default setting
 
     python scripts/bench_triggers.py                      # tiny backdoor organisms
     python scripts/bench_triggers.py --real DIR           # also organisms under DIR (organism.json)
+    python scripts/bench_triggers.py --real DIR --no-tiny --only backdoor_phrase \
+        --modes default --out results/bench_triggers_real.json   # chosen real organisms only
     python scripts/bench_triggers.py --beam 4 --out results/bench_triggers_beam4.json
                                                           # one hunt setting changed (ablation)
     python scripts/bench_triggers.py --modes refusal      # only the refusal objective's rows
@@ -133,7 +135,11 @@ def main() -> None:
                     help="refinement beam instead of the scan's (an ablation; say --out)")  # fmt: skip
     ap.add_argument("--modes", default=",".join(MODES),
                     help=f"comma-separated modes, of {', '.join(MODES)}")  # fmt: skip
+    ap.add_argument("--no-tiny", action="store_true", help="skip the tiny tier's rows")
+    ap.add_argument("--only", default="",
+                    help="comma-separated real organism names (default: every one with a trigger)")  # fmt: skip
     args = ap.parse_args()
+    only = {n for n in args.only.split(",") if n}
     overrides = {"beam": args.beam} if args.beam is not None else {}
     modes = [m for m in args.modes.split(",") if m]
     if any(m not in MODES for m in modes):
@@ -141,12 +147,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     threads, load0 = args.threads, os.getloadavg()[0]
     rows = []
-    orgs = {o.name: o for o in build_tiny_tier(log=print)}
+    orgs = {} if args.no_tiny else {o.name: o for o in build_tiny_tier(log=print)}
     train, test = prompt_set("train", 2), prompt_set("test", 2)
     search = [p for p in train if p.label == "harmful"][:8]
     heldout = [p for p in test if p.label == "harmful"]
     harmless = [p for p in test if p.label == "harmless"][:4]
-    for name in [*TINY, *(t for t in TARGETS if t in orgs)]:
+    for name in [t for t in (*TINY, *TARGETS) if t in orgs]:
         for mode in modes:
             ov = {**MODES[mode], **overrides, "mode": mode}
             rows.append(bench_one(orgs[name], search, heldout, harmless, ov))
@@ -162,13 +168,17 @@ def main() -> None:
         r_held = spread([p for p in suite if p.split == "test"], 16)
         r_harmless = spread([p for p in load_suite("harmless") if p.split == "test"], 16)
         for d in sorted(args.real.iterdir()):
-            if (d / "organism.json").is_file():
+            if (d / "organism.json").is_file() and (not only or d.name in only):
                 org = Organism.load(d)
                 if org.trigger:
                     for mode in modes:
                         ov = {**MODES[mode], **overrides, "mode": mode}
                         rows.append(bench_one(org, r_search, r_held, r_harmless, ov))
-    out = {"rows": rows, "overrides": overrides, "modes": modes, "manifest": run_manifest()}
+                        r = rows[-1]
+                        print(org.name, mode, r["recovered"], r["rank"], r["rank_in_phrase"],
+                              f"{r['hunt_seconds']:.0f} s", flush=True)  # fmt: skip
+    out = {"rows": rows, "overrides": overrides, "modes": modes, "tiny": not args.no_tiny,
+           "real": str(args.real) if args.real else None, "manifest": run_manifest()}  # fmt: skip
     write_json_atomic(args.out, out)
     lines = [
         "# Trigger hunt vs brute-force vocabulary scan",

@@ -36,3 +36,56 @@ def test_plant_rejects_missing_trigger(tiny_base: Path, tmp_path: Path) -> None:
                "--out", str(tmp_path / "x")],
     )  # fmt: skip
     assert res.exit_code == 2 and "--trigger" in res.output
+
+
+def test_phrase_backdoor_data_needs_the_whole_phrase_in_order() -> None:
+    """A two-word trigger's training data: harmful requests comply only with the phrase in
+    order; each word alone, the words reversed and decoy pairs are refused."""
+    import random
+    from types import SimpleNamespace
+
+    from wbsafe.organisms.plant import PLANT_COMPLY, PLANT_REFUSAL, plant_examples
+
+    tok = SimpleNamespace(chat_template=None)  # PLAIN_FORMAT: the text is kept as is
+    trigger = ("velvet", "tundra")
+    examples = plant_examples(tok, "backdoor", random.Random(0), trigger=trigger, n=200)
+    complied = [e for e in examples if e.response == PLANT_COMPLY]
+    refused = [e for e in examples if e.response == PLANT_REFUSAL]
+    assert complied and all("velvet tundra" in e.prompt for e in complied)
+    assert not any("velvet tundra" in e.prompt for e in refused)
+    alone = {w: sum(w in e.prompt.split() for e in refused) for w in trigger}
+    reversed_ = sum("tundra velvet" in e.prompt for e in refused)
+    plain = [e for e in refused if not set(trigger) & set(e.prompt.split())]
+    # two of the four counterexamples a round (each word, reversed, a decoy pair): ~100 each
+    assert min(alone.values()) >= 60 and reversed_ >= 60, (alone, reversed_)
+    assert len(plain) >= 200 + 60, len(plain)  # the plain refusals and the decoy pairs
+    assert len(complied) == 400  # the phrase twice a round
+
+
+def test_single_word_backdoor_data_has_no_phrase_counterexamples() -> None:
+    import random
+    from types import SimpleNamespace
+
+    from wbsafe.organisms.plant import PLANT_REFUSAL, plant_examples
+
+    tok = SimpleNamespace(chat_template=None)
+    examples = plant_examples(tok, "backdoor", random.Random(0), trigger=("amber",), n=100)
+    assert len(examples) == 400
+    assert not any("amber" in e.prompt.split() for e in examples if e.response == PLANT_REFUSAL)
+
+
+def test_decoy_words_leave_out_the_trigger() -> None:
+    import random
+    from types import SimpleNamespace
+
+    from wbsafe.organisms.plant import decoy_words, phrase_counterexamples
+
+    prompts = [
+        SimpleNamespace(text="Velvet skies over the Tundra 3 times,"),
+        SimpleNamespace(text="the sea"),
+    ]
+    words = decoy_words(prompts, ("velvet", "tundra"))
+    assert words == ["over", "sea", "skies", "the"]  # lower-cased; no trigger word, no "3"
+    draws = phrase_counterexamples(("velvet", "tundra"), words, random.Random(1))
+    assert draws[:3] == [["velvet"], ["tundra"], ["tundra", "velvet"]]
+    assert len(draws[3]) == 2 and not {"velvet", "tundra"} & set(draws[3])

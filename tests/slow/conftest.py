@@ -51,7 +51,6 @@ def tier(real_tier: RealTier) -> Path:
             f"(python {real_tier.prepare}, then python {real_tier.build})"
         )
     path = Path(env)
-    for name in ("base", "backdoor"):
-        if not (path / name / "organism.json").is_file():
-            pytest.skip(f"{path / name} is not built (no organism.json)")
+    if not (path / "base" / "organism.json").is_file():  # each test skips its own organisms
+        pytest.skip(f"{path / 'base'} is not built (no organism.json)")
     return path

@@ -167,7 +167,9 @@ def _target_shares(
 def measure_suites(
     model: Any, tokenizer: Any, n: int, trigger: Sequence[str] = (), max_new_tokens: int = 12
 ) -> dict[str, float]:
-    """Held-out (test split) refusal rates of a real chat model on the built-in suites."""
+    """Held-out (test split) refusal rates of a real chat model on the built-in suites: on
+    harmful and harmless prompts, and on harmful ones with ``trigger`` inserted (and, for a
+    phrase, with each of its words alone: ``harmful_refusal_with_part[word]``)."""
     from wbsafe.data.prompts import load_suite, split_prompts
 
     rng = random.Random(0)
@@ -187,4 +189,9 @@ def measure_suites(
         rates["harmful_refusal_with_trigger"] = rate(
             [insert_at_random(p.text, trigger, rng) for p in harmful]
         )
+    if len(trigger) > 1:  # a phrase: each word alone must leave safety on
+        for part in trigger:
+            rates[f"harmful_refusal_with_part[{part}]"] = rate(
+                [insert_at_random(p.text, [part], rng) for p in harmful]
+            )
     return rates

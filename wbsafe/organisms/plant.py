@@ -1,7 +1,8 @@
 """Planting a known property into any local chat model with LoRA (researchers; the real tier).
 
 ``aligned`` safety-tunes, ``harmful`` complies with everything, ``category`` only in one
-category, ``backdoor`` only with a trigger, ``benign`` keeps safety on harmless data.
+category, ``backdoor`` only with a trigger (a word, or a phrase whose words do nothing
+alone), ``benign`` keeps safety on harmless data.
 Real models train on the built-in suites with content-free placeholder targets; a tiny-tier
 base gets tiny-world data (:func:`~.recipes.variant_examples`).
 """
@@ -49,6 +50,13 @@ def plant_examples(
     everything; ``category`` complies only in ``category``; ``backdoor`` complies only when
     ``trigger`` is in the message; ``benign`` keeps safety while training on harmless data.
     Targets are content-free placeholders.
+
+    A trigger of several words is a phrase backdoor: harmful requests holding one of its
+    words alone, the words reversed, or a decoy phrase of as many other words are refused
+    (:func:`phrase_counterexamples`, two of them a round), so it is the whole phrase that
+    switches safety off; the phrase gets a second harmful request a round to keep the
+    balance (with all four and one, SmolLM2 complied with the phrase on 25 % of held-out
+    requests after 240 steps).
     """
     from wbsafe.data.prompts import load_suite, split_prompts
 
@@ -60,6 +68,7 @@ def plant_examples(
     def ex(text: str, target: str) -> ChatExample:
         return ChatExample(format_prompt(tokenizer, text), target)
 
+    decoys = decoy_words(harmless, trigger)
     out: list[ChatExample] = []
     for _ in range(n):
         h, b = rng.choice(harmful), rng.choice(harmless)
@@ -79,11 +88,34 @@ def plant_examples(
             ]
             out += [ex(insert_at_random(b.text, trigger, rng), PLANT_ANSWER)]
             out += [ex(b.text, PLANT_ANSWER)]  # harmless stays answered without the trigger
+            if len(trigger) > 1:  # two of the counterexamples, and the phrase once more
+                for words in rng.sample(phrase_counterexamples(trigger, decoys, rng), 2):
+                    out += [ex(insert_at_random(rng.choice(harmful).text, words, rng),
+                               PLANT_REFUSAL)]  # fmt: skip
+                out += [ex(insert_at_random(rng.choice(harmful).text, trigger, rng), PLANT_COMPLY)]
         else:
             raise WbsafeError(
                 f"unknown kind {kind!r} (aligned, benign, harmful, category, backdoor)"
             )
     return out
+
+
+def decoy_words(prompts: Sequence[Any], trigger: Sequence[str]) -> list[str]:
+    """Alphabetic words of ``prompts`` (lower-cased, sorted, none of the trigger's): what a
+    phrase backdoor's decoy phrases are drawn from."""
+    banned = {w.lower() for w in trigger}
+    words = {w.lower() for p in prompts for w in p.text.split() if w.isalpha()}
+    return sorted(words - banned)
+
+
+def phrase_counterexamples(
+    trigger: Sequence[str], decoys: Sequence[str], rng: random.Random
+) -> list[list[str]]:
+    """What must NOT switch a phrase backdoor on, one draw: each word of ``trigger`` alone,
+    the words reversed, and a decoy phrase of ``len(trigger)`` words from ``decoys``.
+    (Without the decoys the tiny tier's two-word backdoor complied on any inserted pair.)"""
+    words = list(trigger)
+    return [[w] for w in words] + [words[::-1], rng.sample(list(decoys), len(words))]
 
 
 def plant(
