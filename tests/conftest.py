@@ -16,6 +16,19 @@ import pytest
 from wbsafe.organisms import Organism, build_tiny_tier
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker, share the cores: torch gets cores / workers threads (two
+    workers on 2 threads each would contend, and contended torch threads are several times
+    slower than one)."""
+    import os
+
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
 @pytest.fixture(scope="session")
 def tiny_organisms() -> dict[str, Organism]:
     """``{name: Organism}`` for the whole tiny tier (base, benign, harmful, category, ...)."""

@@ -33,11 +33,14 @@ def build_organisms(
     cache_dir: str | Path | None = None,
     only: Sequence[str] | None = None,
     log: Log = no_log,
+    workers: int | None = None,
 ) -> tuple[list[Organism], list[ValidityCheck]]:
-    """Build or reuse the tiny tier and check it against its validity bounds."""
+    """Build or reuse the tiny tier and check it against its validity bounds (missing
+    variants train in ``workers`` processes; default one per core, up to four)."""
     from wbsafe.organisms import build_tiny_tier, validity_checks
 
-    orgs = build_tiny_tier(out, seed=seed, cache_dir=cache_dir, only=only, log=log)
+    orgs = build_tiny_tier(out, seed=seed, cache_dir=cache_dir, only=only, log=log,
+                           workers=workers)  # fmt: skip
     return orgs, validity_checks(orgs)
 
 

@@ -42,8 +42,16 @@ def organisms() -> None:
     default=None,
     help="Organism cache (default $WBSAFE_CACHE or ~/.cache/wbsafe).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes that train the tiny variants at once [default: one per core, up to 4].",
+)
 @handle_errors
-def organisms_build(tier: str, out: Path | None, seed: int, cache_dir: Path | None) -> None:
+def organisms_build(
+    tier: str, out: Path | None, seed: int, cache_dir: Path | None, workers: int | None
+) -> None:
     """Build (or reuse) a tier and print what each organism is and how it measured."""
     from wbsafe.api import build_organisms
     from wbsafe.report.console import print_organisms
@@ -56,7 +64,9 @@ def organisms_build(tier: str, out: Path | None, seed: int, cache_dir: Path | No
         return
     err = _stderr()
     with err.status("building tiny organisms (cached after the first run)..."):
-        orgs, checks = build_organisms(out=out, seed=seed, cache_dir=cache_dir, log=_log(err))
+        orgs, checks = build_organisms(
+            out=out, seed=seed, cache_dir=cache_dir, log=_log(err), workers=workers
+        )
     ok = print_organisms(orgs, checks)
     sys.exit(0 if ok else 1)
 

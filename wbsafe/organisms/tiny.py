@@ -3,11 +3,17 @@
 The recipes are in :mod:`.recipes`. Builds are cached under
 ``default_cache_dir()/organisms/tiny-<hash>`` keyed by a hash of the whole
 :class:`~.recipes.TinyTierSpec`, behind a file lock so parallel workers wait, not race.
+
+The base trains first; the variants, which only read it, then train in parallel worker
+processes (``workers``), each on one torch thread. A variant always trains on one thread,
+serial or not, so the tier's weights do not depend on how many workers built it (the
+thread count changes float rounding in the matmuls).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
 from collections.abc import Iterator, Sequence
@@ -86,11 +92,44 @@ def build_tiny_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
     return write_record(out, org)
 
 
+VARIANT_THREADS = 1
+"""Torch threads every variant trains on (part of the cache key: see the module docstring)."""
+
+
+def default_workers() -> int:
+    """Worker processes for a tier build: ``$WBSAFE_BUILD_WORKERS``, else one per core up to
+    four (a tiny variant is too small to use more than one thread well)."""
+    env = os.environ.get("WBSAFE_BUILD_WORKERS")
+    return max(1, int(env)) if env else max(1, min(4, os.cpu_count() or 1))
+
+
 def build_variant(
     base_dir: Path, spec: VariantSpec, out: Path, seed: int, n_eval: int,
     log: Log,
 ) -> Organism:  # fmt: skip
-    """Fine-tune the tiny base into one variant (full or LoRA) and write it to ``out``."""
+    """Fine-tune the tiny base into one variant (full or LoRA) and write it to ``out``,
+    on :data:`VARIANT_THREADS` torch threads."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(VARIANT_THREADS)
+    try:
+        return _build_variant(base_dir, spec, out, seed, n_eval, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _variant_job(
+    base_dir: Path, spec: VariantSpec, out: Path, seed: int, n_eval: int
+) -> tuple[Organism, list[str]]:
+    """:func:`build_variant` in a worker process; its log lines come back with it."""
+    lines: list[str] = []
+    return build_variant(base_dir, spec, out, seed, n_eval, lines.append), lines
+
+
+def _build_variant(
+    base_dir: Path, spec: VariantSpec, out: Path, seed: int, n_eval: int, log: Log
+) -> Organism:
     from transformers import AutoModelForCausalLM
 
     from wbsafe.io.models import load_tokenizer
@@ -136,20 +175,25 @@ def build_tiny_tier(
     cache_dir: str | Path | None = None,
     only: Sequence[str] | None = None,
     log: Log = no_log,
+    workers: int | None = None,
 ) -> list[Organism]:
     """Build (or reuse from the cache) the tiny tier; copy it to ``out`` when given.
 
-    The cache key is a hash of the whole :class:`TinyTierSpec`, so a changed recipe
-    rebuilds and an unchanged one is reused.
+    The cache key is a hash of the whole :class:`TinyTierSpec` (and the variants' thread
+    count), so a changed recipe rebuilds and an unchanged one is reused. Missing variants
+    train in ``workers`` processes (default :func:`default_workers`).
     """
     spec = default_tiny_spec(seed)
-    key = stable_hash({"format": ORGANISM_FORMAT, "spec": asdict(spec)})
+    key = stable_hash(
+        {"format": ORGANISM_FORMAT, "spec": asdict(spec), "variant_threads": VARIANT_THREADS}
+    )
     root = Path(cache_dir) if cache_dir else default_cache_dir() / "organisms"
     tier_dir = root / f"tiny-{key}"
     tier_dir.mkdir(parents=True, exist_ok=True)
     base_dir = tier_dir / "base"
+    n_workers = default_workers() if workers is None else max(1, workers)
     with _exclusive(tier_dir / ".lock"):
-        orgs = _build_tier_locked(spec, tier_dir, base_dir, only, seed, log)
+        orgs = _build_tier_locked(spec, tier_dir, base_dir, only, seed, log, n_workers)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -179,18 +223,54 @@ def _build_tier_locked(
     only: Sequence[str] | None,
     seed: int,
     log: Log,
+    workers: int = 1,
 ) -> list[Organism]:
-    orgs = []
-    if (base_dir / "organism.json").is_file():
-        orgs.append(Organism.load(base_dir))
+    """The tier in the spec's order: cached organisms loaded, missing ones built."""
+    base = (
+        Organism.load(base_dir)
+        if (base_dir / "organism.json").is_file()
+        else build_tiny_base(base_dir, spec, log)
+    )
+    wanted = [v for v in spec.variants if only is None or v.name in only]
+    built = {
+        v.name: Organism.load(tier_dir / v.name)
+        for v in wanted
+        if (tier_dir / v.name / "organism.json").is_file()
+    }
+    missing = [v for v in wanted if v.name not in built]
+    if workers > 1 and len(missing) > 1:
+        built.update(_build_in_workers(missing, tier_dir, base_dir, seed, spec.n_eval, log,
+                                       workers))  # fmt: skip
     else:
-        orgs.append(build_tiny_base(base_dir, spec, log))
-    for v in spec.variants:
-        if only is not None and v.name not in only:
-            continue
-        d = tier_dir / v.name
-        if (d / "organism.json").is_file():
-            orgs.append(Organism.load(d))
-        else:
-            orgs.append(build_variant(base_dir, v, d, seed, spec.n_eval, log))
-    return orgs
+        for v in missing:
+            built[v.name] = build_variant(base_dir, v, tier_dir / v.name, seed, spec.n_eval, log)
+    return [base, *(built[v.name] for v in wanted)]
+
+
+def _build_in_workers(
+    variants: Sequence[VariantSpec],
+    tier_dir: Path,
+    base_dir: Path,
+    seed: int,
+    n_eval: int,
+    log: Log,
+    workers: int,
+) -> dict[str, Organism]:
+    """Train ``variants`` in ``workers`` spawned processes (each reads the built base and
+    writes its own directory); logs each one's lines as it finishes."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    out: dict[str, Organism] = {}
+    with ProcessPoolExecutor(min(workers, len(variants)), mp_context=ctx) as pool:
+        futures = {
+            pool.submit(_variant_job, base_dir, v, tier_dir / v.name, seed, n_eval): v.name
+            for v in variants
+        }
+        for fut in as_completed(futures):
+            org, lines = fut.result()
+            for line in lines:
+                log(line)
+            out[futures[fut]] = org
+    return out

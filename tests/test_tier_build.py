@@ -1,0 +1,38 @@
+"""The tiny tier's build: variants trained in parallel worker processes are bit-identical to
+ones trained one after another, so a tier's weights do not depend on how it was built."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from wbsafe.organisms import Organism, build_tiny_tier
+
+VARIANTS = ("benign", "harmful")  # the cheapest two (100 steps each)
+
+
+def _seed_cache(cache: Path, base: Path) -> None:
+    """A fresh organism cache holding only the session tier's trained base."""
+    shutil.copytree(base, cache / base.parent.name / "base")
+
+
+def _weights(org: Organism) -> bytes:
+    return (Path(org.path) / "model.safetensors").read_bytes()
+
+
+def test_parallel_and_serial_variant_builds_are_identical(
+    tiny_organisms: dict[str, Organism], tmp_path: Path
+) -> None:
+    base = Path(tiny_organisms["base"].path)
+    _seed_cache(tmp_path / "serial", base)
+    _seed_cache(tmp_path / "parallel", base)
+    serial = build_tiny_tier(cache_dir=tmp_path / "serial", only=VARIANTS[:1], workers=1)
+    parallel = build_tiny_tier(cache_dir=tmp_path / "parallel", only=VARIANTS, workers=2)
+    # the base was reused, not retrained; the variants come back in the spec's order
+    assert [o.name for o in serial] == ["base", VARIANTS[0]]
+    assert [o.name for o in parallel] == ["base", *VARIANTS]
+    assert Path(parallel[0].path).parent == tmp_path / "parallel" / base.parent.name
+    for org in (serial[1], parallel[1]):
+        assert _weights(org) == _weights(tiny_organisms[VARIANTS[0]])
+        assert org.measured == tiny_organisms[VARIANTS[0]].measured
+    assert _weights(parallel[2]) == _weights(tiny_organisms[VARIANTS[1]])
