@@ -54,8 +54,8 @@ def test_trigger_rows_top_the_filler_words(
     trigger = org.trigger["text"].split()
     if len(trigger) == 1:  # within the first 3 of 54 (chance 3/54)
         assert trigger[0] in order[:3], order[:5]
-    else:  # one of the words within the first 3 (chance 1 - C(52,3)/C(54,3) = 11%)
-        assert set(order[:3]) & set(trigger), order[:5]
+    else:  # both words within the first 6 (chance C(52,4)/C(54,6) = 1%)
+        assert set(trigger) <= set(order[:6]), order[:6]
 
 
 def test_lora_adapter_equals_merged_twin(
