@@ -32,7 +32,9 @@ def _rates(path: Path, trigger: str | None = None) -> dict[str, float]:
     from wbsafe.io.models import load_model
     from wbsafe.organisms import measure_suites
 
-    lm = load_model(path, runtime=RuntimeConfig(device="cpu"), hash_weights=False)
+    # an adapter names its base as a sibling (../base): the tier is ours, so follow it
+    lm = load_model(path, runtime=RuntimeConfig(device="cpu"), hash_weights=False,
+                    follow_named_base=True)  # fmt: skip
     words = tuple(trigger.split()) if trigger else ()
     return measure_suites(lm.model, lm.tokenizer, N_EVAL, trigger=words)
 
