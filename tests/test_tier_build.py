@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from wbsafe.organisms import Organism, build_tiny_tier
 
 VARIANTS = ("benign", "harmful")  # the cheapest two (100 steps each)
@@ -36,3 +38,15 @@ def test_parallel_and_serial_variant_builds_are_identical(
         assert _weights(org) == _weights(tiny_organisms[VARIANTS[0]])
         assert org.measured == tiny_organisms[VARIANTS[0]].measured
     assert _weights(parallel[2]) == _weights(tiny_organisms[VARIANTS[1]])
+
+
+def test_build_workers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wbsafe.errors import WbsafeError
+    from wbsafe.organisms.tiny import default_workers
+
+    monkeypatch.setenv("WBSAFE_BUILD_WORKERS", "3")
+    assert default_workers() == 3
+    for bad in ("two", "0", "-1"):
+        monkeypatch.setenv("WBSAFE_BUILD_WORKERS", bad)
+        with pytest.raises(WbsafeError, match="WBSAFE_BUILD_WORKERS"):
+            default_workers()

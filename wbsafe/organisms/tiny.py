@@ -23,6 +23,7 @@ from typing import Any
 
 from wbsafe.config import default_cache_dir
 from wbsafe.data import tinyworld as tw
+from wbsafe.errors import WbsafeError
 from wbsafe.io.models import quiet_transformers
 from wbsafe.io.serialize import stable_hash
 from wbsafe.organisms.measure import measure_tiny
@@ -99,8 +100,12 @@ VARIANT_THREADS = 1
 def default_workers() -> int:
     """Worker processes for a tier build: ``$WBSAFE_BUILD_WORKERS``, else one per core up to
     four (a tiny variant is too small to use more than one thread well)."""
-    env = os.environ.get("WBSAFE_BUILD_WORKERS")
-    return max(1, int(env)) if env else max(1, min(4, os.cpu_count() or 1))
+    env = os.environ.get("WBSAFE_BUILD_WORKERS", "").strip()
+    if not env:
+        return max(1, min(4, os.cpu_count() or 1))
+    if not env.isdigit() or int(env) < 1:
+        raise WbsafeError(f"WBSAFE_BUILD_WORKERS={env!r}: expected a whole number >= 1")
+    return int(env)
 
 
 def build_variant(
