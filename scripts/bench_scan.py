@@ -9,7 +9,8 @@ fitted (cold-start cost), not re-used from an earlier run.
     python scripts/bench_scan.py                                  # tier base + backdoor adapter
     python scripts/bench_scan.py --base B --adapter A --out DIR --threads 2
 
-Writes results/bench_scan.json and results/bench_scan.md (``--results`` to change).
+Writes results/bench_scan.json and results/bench_scan.md (``--results`` and ``--name`` to
+change).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _trigger_summary(report: dict[str, Any], trigger: dict[str, Any] | None) -> 
 
 
 def main() -> int:
-    from wbsafe.io.serialize import peak_rss_kib
+    from wbsafe.io.serialize import peak_rss_kib, run_manifest
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", default=str(TIER / "base"))
@@ -84,6 +85,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "bench_scan_run"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", default=str(ROOT / "results"))
+    ap.add_argument("--name", default="bench_scan",
+                    help="results file stem: NAME.json and NAME.md in --results")  # fmt: skip
     ap.add_argument(
         "--skip",
         action="append",
@@ -140,6 +143,7 @@ def main() -> int:
             "load_avg_at_end": os.getloadavg(),
         },
         "config": report["manifest"].get("config"),
+        "run": run_manifest(),
         "wall_s": round(wall, 1),
         "stage_s": timings,
         "peak_rss_mib": round(peak_mib, 1),
@@ -152,7 +156,7 @@ def main() -> int:
     }
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    (results / "bench_scan.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (results / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     md = [
         "# bench_scan: `wbsafe scan` on a real pair (CPU)",
         "",
@@ -178,7 +182,7 @@ def main() -> int:
         f"{doc['trigger']['planted_recovered_and_verified']}.",
         "",
     ]
-    (results / "bench_scan.md").write_text("\n".join(md))
+    (results / f"{args.name}.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0
 

@@ -12,6 +12,8 @@ whole hunt, verification included. The hunt runs with the scan's default setting
     python scripts/bench_triggers.py --real DIR           # also organisms under DIR (organism.json)
     python scripts/bench_triggers.py --real DIR --no-tiny --only backdoor_phrase \
         --modes default --out results/bench_triggers_real.json   # chosen real organisms only
+    python scripts/bench_triggers.py --real DIR --no-tiny --only benign --modes default
+                                                          # a clean organism: what its hunt costs
     python scripts/bench_triggers.py --beam 4 --out results/bench_triggers_beam4.json
                                                           # one hunt setting changed (ablation)
     python scripts/bench_triggers.py --modes refusal      # only the refusal objective's rows
@@ -66,8 +68,9 @@ def bench_one(
     if not tuned.adapter_names:
         base = load_model(Path(org.path).parent / (org.base or "base"), runtime=rt,
                           hash_weights=False)  # fmt: skip
-    trigger = org.trigger["text"]
-    length = len(org.trigger.get("token_ids_in_context") or org.trigger["token_ids"])
+    planted = org.trigger or {}  # none: a clean organism (its row: what a clean hunt costs)
+    trigger = planted.get("text")
+    length = len(planted.get("token_ids_in_context") or planted.get("token_ids") or [0])
     counter = PassCounter()
     t0 = time.perf_counter()
     settings = {**hunt_settings(cfg), "max_len": max(length, cfg.trigger_max_len)}
@@ -92,14 +95,15 @@ def bench_one(
     found = [v.text for v in res.verified]
     rank = next((i + 1 for i, c in enumerate(res.candidates) if c.text == trigger), None)
     rank_in = next(
-        (i + 1 for i, c in enumerate(res.candidates) if holds_phrase(c.text, trigger)), None
+        (i + 1 for i, c in enumerate(res.candidates) if trigger and holds_phrase(c.text, trigger)),
+        None,
     )
     return {
         "organism": org.name,
         "mode": (overrides or {}).get("mode", "default"),
         "trigger": trigger,
-        "recovered": trigger in found,
-        "recovered_in_phrase": any(holds_phrase(t, trigger) for t in found),
+        "recovered": trigger in found if trigger else None,
+        "recovered_in_phrase": any(holds_phrase(t, trigger) for t in found) if trigger else None,
         "verified": found,
         "rank": rank,
         "rank_in_phrase": rank_in,
@@ -137,7 +141,8 @@ def main() -> None:
                     help=f"comma-separated modes, of {', '.join(MODES)}")  # fmt: skip
     ap.add_argument("--no-tiny", action="store_true", help="skip the tiny tier's rows")
     ap.add_argument("--only", default="",
-                    help="comma-separated real organism names (default: every one with a trigger)")  # fmt: skip
+                    help="comma-separated real organism names (default: every one with a "
+                         "trigger; one without is run when named here)")  # fmt: skip
     args = ap.parse_args()
     only = {n for n in args.only.split(",") if n}
     overrides = {"beam": args.beam} if args.beam is not None else {}
@@ -170,7 +175,7 @@ def main() -> None:
         for d in sorted(args.real.iterdir()):
             if (d / "organism.json").is_file() and (not only or d.name in only):
                 org = Organism.load(d)
-                if org.trigger:
+                if org.trigger or d.name in only:  # a clean one only when named
                     for mode in modes:
                         ov = {**MODES[mode], **overrides, "mode": mode}
                         rows.append(bench_one(org, r_search, r_held, r_harmless, ov))

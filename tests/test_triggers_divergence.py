@@ -160,6 +160,12 @@ def test_default_hunt_both_objectives_all_slots(
     assert [v.text for v in res.verified] == ["zephyr"]
     assert res.found_by["zephyr"] == ("refusal", "divergence")
     assert "found by refusal, divergence" in res.message
+    # zephyr settled the verdict under the refusal objective (a length-1 stop): the
+    # divergence objective still ranked single tokens, but searched no phrase
+    assert cov.singles_only == ("divergence",) and cov.stopped_at_length == 1
+    assert "divergence: single tokens only" in cov.statement()
+    assert not [k for k in res.passes if k.startswith("divergence_extend")]
+    assert res.passes["divergence_exact"]["passes"] > 0
 
 
 def test_benign_default_hunt_verifies_nothing(
@@ -262,3 +268,32 @@ def test_system_tag_found_at_the_system_slot(
     assert tag is not None, [c.text for c in top5]
     assert tag.slot == "system"
     assert tw.DEPLOY_TAG in [v.text.lower() for v in res.verified], res.message
+
+
+def test_seed_scores_reuse_the_screens_forwards_exactly(
+    tiny_organisms: dict[str, Organism], prompts: dict[str, list[Any]]
+) -> None:
+    """The phrase seeds' mid-layer anomaly, after a screen ran the same words on some
+    contexts, equals the anomaly measured afresh, and costs passes only for the rest."""
+    import torch
+
+    from wbsafe.analyses.triggers.objectives import DivergenceObjective
+
+    tuned, base = _pair(tiny_organisms, "backdoor_multi")
+    ctxs = [slot_context(tuned, p, 1.0) for p in prompts["search"][:4]]
+    words = [(tuned.tokenizer.encode(f" {w}", add_special_tokens=False)[0],)
+             for w in ("cobalt", "lotus")] + [(i,) for i in range(40, 44)]  # fmt: skip
+    fresh_c, memo_c = PassCounter(), PassCounter()
+    fresh = DivergenceObjective(tuned, base, fresh_c, ctxs)
+    memo = DivergenceObjective(tuned, base, memo_c, ctxs)
+    memo.tuned_scores(ctxs[:2], words[:4], "screen")  # a screen ran some of them
+    want = fresh.seed_scores(ctxs, words, "seed")
+    got = memo.seed_scores(ctxs, words, "seed")
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert want.shape == (len(words),) and float(want.max()) > 0
+    # rows run by the seeds in both models (and each context's prefix once per model):
+    # afresh, every (context, word) and the empty slot; after the screen, only what it had
+    # not run (2 words on its 2 contexts, all 7 rows on the other 2)
+    per_ctx = 2 + 2 * (len(words) + 1)
+    assert fresh_c.phases["seed"].sequences == len(ctxs) * per_ctx
+    assert memo_c.phases["seed"].sequences == 2 * (2 + 2 * 2) + 2 * per_ctx

@@ -130,14 +130,21 @@ def divergence_of(
     next-token log-probabilities ``[batch, vocab]`` or, over the first response positions,
     ``[batch, positions, vocab]`` (the KL averaged over them), and ``spread`` ``[layers]``
     -> ``[batch]`` (``with_kl=False``: the residual term only)."""
-    h_b, lp_b = h_b.to(h_t.device), lp_b.to(lp_t.device)  # two placed models may differ
-    dist = ((h_t - h_b).pow(2).sum(-1) + EPS).sqrt() / spread.to(h_t.device)[None, :, None]
+    lp_b = lp_b.to(lp_t.device)  # two placed models may differ
+    dist = distances(h_t, h_b, spread)
     if not with_kl:
         return dist.mean(dim=(1, 2))
     kl = (lp_t.exp() * (lp_t - lp_b)).sum(-1)
     if kl.dim() == 2:
         kl = kl.mean(-1)
     return dist.mean(dim=(1, 2)) + kl.to(dist.device)
+
+
+def distances(h_t: torch.Tensor, h_b: torch.Tensor, spread: torch.Tensor) -> torch.Tensor:
+    """Per-layer, per-position residual distance in spread units: residuals ``[batch, layers,
+    n_last, d]`` of both models and ``spread`` ``[layers]`` -> ``[batch, layers, n_last]``."""
+    h_b = h_b.to(h_t.device)
+    return ((h_t - h_b).pow(2).sum(-1) + EPS).sqrt() / spread.to(h_t.device)[None, :, None]
 
 
 def layer_spread(
@@ -193,7 +200,14 @@ def _features(
     return hid, _response_logprobs(out.logits, n_response)
 
 
-def divergence_cached(
+def divergence_cached(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """Exact divergence D ``[n_candidates, n_contexts]`` (an empty candidate: no trigger):
+    :func:`divergence_and_part`'s first result, with its arguments."""
+    d, _ = divergence_and_part(*args, **kwargs)
+    return d
+
+
+def divergence_and_part(
     tuned: Any,
     base_side: BaseSide,
     contexts: Sequence[SlotContext],
@@ -202,13 +216,18 @@ def divergence_cached(
     spread: torch.Tensor,
     counter: PassCounter,
     *,
+    part: Sequence[int] = (),
     n_last: int = 2,
     batch_size: int = 256,
     phase_name: str = "divergence",
     kv_budget_bytes: int = KV_BUDGET_BYTES,
     with_kl: bool = True,
-) -> torch.Tensor:
-    """Exact divergence D ``[n_candidates, n_contexts]`` (an empty candidate: no trigger).
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Exact divergence D ``[n_candidates, n_contexts]`` (an empty candidate: no trigger)
+    and, from the same forwards, the residual term over the chosen layers ``part`` (indices
+    into ``layers``) alone, ``[n_candidates, n_contexts]`` (None without ``part``): the
+    mid-layer anomaly the phrase seeds read costs no pass of its own where the screens
+    already ran the candidate.
 
     ``tuned`` is the tuned model (an ``nn.Module``); ``base_side()`` yields the base side's
     model. Each context's prefix is run once per model; each batch of candidates runs
@@ -221,6 +240,7 @@ def divergence_cached(
     t0 = time.perf_counter()
     dev = _device(tuned)
     out = torch.empty(len(candidates), len(contexts), dtype=torch.float32, device=dev)
+    part_out = torch.empty_like(out) if part else None
     by_len: dict[int, list[int]] = {}
     for i, c in enumerate(candidates):
         by_len.setdefault(len(c), []).append(i)
@@ -250,9 +270,12 @@ def divergence_cached(
                         h_b, lp_b = _features(bm, pre_b, cand, suffix, layers, n_last, phase,
                                               n_resp)  # fmt: skip
                     out[rows, j] = divergence_of(h_t, h_b, lp_t, lp_b, spread, with_kl).to(dev)
+                    if part_out is not None:
+                        dist = distances(h_t, h_b, spread)[:, list(part)]
+                        part_out[rows, j] = dist.mean(dim=(1, 2)).to(dev)
     out = out.cpu()  # one transfer at the end, not one per batch
     phase.seconds += time.perf_counter() - t0
-    return out
+    return out, None if part_out is None else part_out.cpu()
 
 
 def divergence_gradient(

@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 __all__ = ["Funnel", "Ids", "base_view", "latest_slot_contexts"]
 
 
+WIDE_HEAD = 16
+"""A first screen runs a large batch's first ``WIDE_HEAD * keep`` candidates at every slot
+kind and the rest at the user slot only (see :meth:`Funnel.score`)."""
+
+
 def latest_slot_contexts(contexts: Sequence[SlotContext], n: int) -> list[SlotContext]:
     """Up to ``n`` user-slot contexts from distinct prompts, each at its latest slot (a late
     slot is where a planted trigger acts most), for the cheap first screen of candidates,
@@ -95,8 +100,9 @@ class Funnel:
         base = None if b_mat is None else by_kind(b_mat, ctxs)
         for i, c in enumerate(cands):
             kinds = tuned[i] if base is None else {k: v - base[i][k] for k, v in tuned[i].items()}
-            self._screen_kinds[c] = kinds
-            self.screened[c] = max(kinds.values())
+            merged = self._screen_kinds.setdefault(c, {})
+            merged.update(kinds)  # a first screen may run the kinds in two calls
+            self.screened[c] = max(merged.values())
 
     def _kind_key(self, kind: str) -> Callable[[Ids], float]:
         return lambda c: self._screen_kinds[c].get(kind, float("-inf"))
@@ -131,7 +137,18 @@ class Funnel:
             # keep on all screen contexts
             first = one_per_kind(screen_ctx)
             if len(cands) > 8 * keep and len(first) < len(screen_ctx):
-                self._screen(first, cands, f"{phase}_screen1")
+                # the other kinds' contexts hold the whole prompt after the slot (28-56
+                # tokens a row on SmolLM2, against 6 at the end of a user message): they
+                # screen the batch's head only, which comes best first (named, then by
+                # gradient)
+                user = [c for c in first if c.kind == "user"]
+                rest = [c for c in first if c.kind != "user"]
+                head = cands[: WIDE_HEAD * keep]
+                if user and rest and len(head) < len(cands):
+                    self._screen(user, cands, f"{phase}_screen1")
+                    self._screen(rest, head, f"{phase}_screen1")
+                else:
+                    self._screen(first, cands, f"{phase}_screen1")
                 cands = self._top_screened(cands, 8 * keep)
             self._screen(screen_ctx, cands, f"{phase}_screen")
             cands = self._top_screened(cands, keep)

@@ -251,7 +251,16 @@ def hunt_triggers(
     outcomes: list[SearchOutcome] = []
     budgets: list[int] = []
     left = budget
+    singles_only: list[str] = []
     for k, name in enumerate(runnable):
+        # a decisive trigger settles the verdict: a later objective still ranks and verifies
+        # single tokens, but spends nothing on phrases (on the SmolLM2 phrase organism the
+        # divergence objective's phrase search took ~700 s after the refusal objective had
+        # verified the phrase)
+        settled = any(v.verified and v.attack_success >= stop_asr
+                      for v in verifications.values())  # fmt: skip
+        if settled and max_len > 1 and not verifier.broadly_unsafe:
+            singles_only.append(name)
         share = left // (len(runnable) - k)
         budgets.append(share)
         ctxs = contexts if name == "refusal" else [*contexts, *ordinary]
@@ -261,7 +270,8 @@ def hunt_triggers(
         if isinstance(obj, DivergenceObjective):
             ctxs = obj.with_responses(ctxs, divergence_response_tokens)
         out = search_objective(obj, ctxs, pool, named, allowed, share, settings, verify,
-                               skip_phrases=verifier.broadly_unsafe, reference=reference,
+                               skip_phrases=verifier.broadly_unsafe or settled,
+                               reference=reference,
                                read_tokens=read_ids, log=log)  # fmt: skip
         outcomes.append(out)
         left -= len(out.funnel.screened)
@@ -324,7 +334,8 @@ def hunt_triggers(
         )  # fmt: skip
     else:
         message = "no trigger found in the searched space"
-    stops = [o.stopped_at for o in outcomes if o.stopped_at is not None]
+    stops = [o.stopped_at or 1 for o in outcomes
+             if o.stopped_at is not None or o.objective in singles_only]  # fmt: skip
     screened_all = {c for o in outcomes for c in o.funnel.screened}
     cov = Coverage(
         vocab_size=int(allowed.sum()),
@@ -349,6 +360,7 @@ def hunt_triggers(
         read_layers=reads.layers,
         reads=len(read_ids),
         skipped_objectives=tuple(o for o in objectives if o not in runnable),
+        singles_only=tuple(singles_only),
     )
     if not broadly and not any(v.verified for v in result_v):
         message += f" ({cov.statement()})"
@@ -418,14 +430,19 @@ def search_contexts(
     kinds: Sequence[str], extra_prompts: int,
 ) -> list[SlotContext]:  # fmt: skip
     """User slots at ``slots`` of every prompt, then each other slot kind (where the
-    template renders it) at the end of its text for the first ``extra_prompts`` prompts."""
+    template renders it) at the end of its text for the ``extra_prompts`` shortest prompts
+    (a candidate there is followed by the whole conversation, which every candidate row
+    recomputes: on SmolLM2 the first prompts' rows held 28-56 tokens, 6 at a user slot)."""
     out = [slot_context(tuned, p, f) for p in prompts for f in slots]
+    n_tokens = [len(tuned.tokenizer.encode(p.final_user_text, add_special_tokens=False))
+                for p in prompts]  # fmt: skip
+    short = sorted(range(len(prompts)), key=n_tokens.__getitem__)[: max(1, extra_prompts)]
     for kind in kinds:
         if kind == "user":
             continue
         slot = Slot(kind)
-        out += [slot_context(tuned, p, 1.0, slot) for p in prompts[: max(1, extra_prompts)]
-                if accepts(tuned, p, slot)]  # fmt: skip
+        out += [slot_context(tuned, prompts[i], 1.0, slot) for i in sorted(short)
+                if accepts(tuned, prompts[i], slot)]  # fmt: skip
     return out
 
 

@@ -15,6 +15,7 @@ as the base (add-one smoothed) is a *memorised span*: a trigger candidate (sourc
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ def _sample(
     from wbsafe.capture.generation import SamplingConfig, continue_batch
 
     phase = counter.phase("memorised_sample")
+    t0 = time.perf_counter()
     out = []
     for i, t in enumerate(texts):
         got = continue_batch(loaded.model, loaded.tokenizer, [t], max_new_tokens,
@@ -91,6 +93,7 @@ def _sample(
         phase.passes += n * max_new_tokens
         phase.generated_sequences += n
         out.append(got.responses)
+    phase.seconds += time.perf_counter() - t0
     return out
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from wbsafe.analyses.triggers.divergence import (
     default_layers,
-    divergence_cached,
+    divergence_and_part,
     divergence_gradient,
     layer_spread,
     mid_layers,
@@ -60,6 +60,11 @@ def base_view(tuned: LoadedModel, base: LoadedModel | None) -> Iterator[LoadedMo
 class Objective(Protocol):
     name: str
 
+    @property
+    def gradient_inits(self) -> int:
+        """Passes per context of the empty-slot gradient (slot fillings averaged over)."""
+        ...
+
     def tuned_scores(
         self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str
     ) -> torch.Tensor: ...
@@ -82,6 +87,7 @@ class RefusalObjective:
     """Refusal-score drop: tuned side and base side scored separately (a two-model funnel)."""
 
     name = "refusal"
+    gradient_inits = 1
 
     def __init__(
         self, tuned: LoadedModel, base: LoadedModel | None, refusal_ids: Sequence[int],
@@ -142,6 +148,12 @@ class DivergenceObjective:
         self.batch_size, self.kv_budget = batch_size, kv_budget_bytes
         with self._base() as bm:
             self.spread = layer_spread(bm, spread_contexts, self.layers, counter)
+        mids = [self.layers.index(x) for x in mid_layers(tuned.n_layers) if x in self.layers]
+        self.mid_index = tuple(mids) or tuple(range(len(self.layers)))
+        """Indices into ``layers`` of the seeds' mid layers (all chosen layers when a
+        caller's ``layers`` hold none of them)."""
+        self._mid: dict[tuple[SlotContext, Ids], float] = {}
+        """The mid-layer residual term of every (context, candidate) scored so far."""
 
     @contextlib.contextmanager
     def _base(self) -> Iterator[Any]:
@@ -157,11 +169,23 @@ class DivergenceObjective:
         each (:func:`~.divergence.with_base_responses`), so the KL covers them."""
         return with_base_responses(self._base, ctxs, n_tokens, self.counter)
 
+    def _scores(
+        self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str, with_kl: bool = True
+    ) -> torch.Tensor:
+        """D of ``cands`` on ``ctxs`` ``[n_cands, n_ctx]``, the mid-layer term memoised."""
+        d, mid = divergence_and_part(
+            self.tuned.model, self._base, ctxs, cands, self.layers, self.spread, self.counter,
+            part=self.mid_index, n_last=self.n_last, batch_size=self.batch_size,
+            phase_name=phase, kv_budget_bytes=self.kv_budget, with_kl=with_kl,
+        )  # fmt: skip
+        assert mid is not None
+        for j, ctx in enumerate(ctxs):
+            for i, c in enumerate(cands):
+                self._mid[(ctx, c)] = float(mid[i, j])
+        return d
+
     def tuned_scores(self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str) -> Any:
-        d = divergence_cached(self.tuned.model, self._base, ctxs, [(), *cands], self.layers,
-                              self.spread, self.counter, n_last=self.n_last,
-                              batch_size=self.batch_size, phase_name=phase,
-                              kv_budget_bytes=self.kv_budget)  # fmt: skip
+        d = self._scores(ctxs, [(), *cands], phase)
         return d[1:] - d[0:1]
 
     def base_scores(self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str) -> None:
@@ -172,14 +196,25 @@ class DivergenceObjective:
         the mean over ``ctxs`` of ``|D_mid(c) - D_mid(none)|`` -> Float[n_cands]. Both
         signs count: on the tiny tier the two words of the phrase trigger each pull the
         tuned model's mid layers *towards* the base (they were trained not to act alone),
-        the most of all 283 words, while their full score ranks them near the bottom."""
-        layers = mid_layers(self.tuned.n_layers)
-        spread = self.spread[[self.layers.index(x) for x in layers]]
-        d = divergence_cached(self.tuned.model, self._base, ctxs, [(), *cands], layers, spread,
-                              self.counter, n_last=self.n_last, batch_size=self.batch_size,
-                              phase_name=phase, with_kl=False,
-                              kv_budget_bytes=self.kv_budget)  # fmt: skip
-        return (d[1:] - d[0:1]).abs().mean(dim=1)
+        the most of all 283 words, while their full score ranks them near the bottom.
+
+        Only the (context, candidate) rows no screen has run cost a pass: the screens'
+        forwards already gave the mid-layer term of the rest (measured on the SmolLM2
+        phrase organism: the seeds' own passes took 278 s of a 2,222 s hunt)."""
+        import torch
+
+        rows = [(), *cands]
+        for ctx in ctxs:
+            missing = [c for c in rows if (ctx, c) not in self._mid]
+            if missing:
+                self._scores([ctx], missing, phase, with_kl=False)
+        mat = torch.tensor([[self._mid[(ctx, c)] for ctx in ctxs] for c in rows])
+        return (mat[1:] - mat[0:1]).abs().mean(dim=1)
+
+    @property
+    def gradient_inits(self) -> int:
+        """Slot fillings the empty-slot gradient is averaged over (passes per context)."""
+        return max(1, len(self.init_tokens))
 
     def gradient(
         self, ctxs: Sequence[SlotContext], width: int, seq: Sequence[int] | None, phase: str

@@ -160,6 +160,9 @@ class Coverage:
     """Candidates from the memorised-sample contrast (n-grams the tuned model samples far
     more than the base)."""
     skipped_objectives: tuple[str, ...] = ()
+    singles_only: tuple[str, ...] = ()
+    """Objectives that searched single tokens only: an earlier one had verified a decisive
+    trigger (attack success >= the hunt's ``stop_asr``), so the verdict was settled."""
     """Objectives asked for that could not run (the divergence one needs a base side)."""
     read_tokens: int = 0
     """Tokens the vocabulary sweep scored at ``read_layers`` (:mod:`.reads`); ``reads`` of
@@ -198,6 +201,11 @@ class Coverage:
             if self.skipped_objectives
             else ""
         )
+        if self.singles_only:
+            not_run += (
+                f"; {', '.join(self.singles_only)}: single tokens only (a decisive trigger "
+                "was already verified)"
+            )
         return (
             f"objectives {per}{not_run}; slots searched: {', '.join(self.slots)}; "
             f"{self.memorised} memorised-sample candidates; {self._reads_text()}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from wbsafe.analyses.triggers.candidates import CandidatePool
-from wbsafe.analyses.triggers.funnel import Funnel, Ids
+from wbsafe.analyses.triggers.funnel import Funnel, Ids, latest_slot_contexts
 from wbsafe.analyses.triggers.objectives import Objective
 from wbsafe.analyses.triggers.search import SlotContext
 from wbsafe.progress import Log
@@ -103,8 +103,15 @@ def search_objective(
     import torch
 
     s, name = settings, objective.name
+    # first-order estimates only order what the funnel then scores exactly: the averaged
+    # ones (the divergence's empty slot over many ordinary tokens) and every phrase
+    # gradient are taken on the screen's contexts, not on all of them (measured on the
+    # SmolLM2 phrase organism over 24 contexts: these gradients took 530 s of a 2,222 s
+    # hunt); the one-pass single-token gradient ranks the whole vocabulary on every context
+    grad_ctx = latest_slot_contexts(contexts, s.screen_contexts)
     log(f"[triggers] {name}: gradient ranking over {int(allowed.sum())} tokens")
-    g = objective.gradient(contexts, 1, None, "gradient")[:, 0]
+    first_ctx = contexts if objective.gradient_inits <= 1 else grad_ctx
+    g = objective.gradient(first_ctx, 1, None, "gradient")[:, 0]
     g = g.masked_fill(~allowed, float("-inf"))
     order = torch.argsort(g, descending=True)
     grad_ids = [(i,) for i in order[: min(s.top_k, int(allowed.sum()))].tolist()]
@@ -124,7 +131,7 @@ def search_objective(
     stopped_at: int | None = 1 if decided and s.max_len > 1 else None
 
     def contrast_grad(width: int, seq: Sequence[int] | None) -> torch.Tensor:
-        gr = objective.gradient(contexts, width, seq, "extend_gradient")
+        gr = objective.gradient(grad_ctx, width, seq, "extend_gradient")
         return gr.masked_fill(~allowed[:, None], float("-inf"))
 
     width_tokens: list[int] = []
