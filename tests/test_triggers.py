@@ -124,7 +124,7 @@ def test_backdoor_multi_recovers_pair(
     assert "cobalt lotus" in {v.text for v in res.verified}, res.message
     by = res.found_by["cobalt lotus"]
     assert by, res.found_by
-    if by == ("refusal",):
+    if "divergence" not in by:  # the only excuse: it searched no phrase, the verdict settled
         assert res.coverage.singles_only == ("divergence",)
         assert "divergence: single tokens only" in res.coverage.statement()
 

@@ -15,6 +15,7 @@ from wbsafe.analyses.triggers.divergence import (
     divergence_cached,
     divergence_of,
     layer_spread,
+    mid_layers,
 )
 from wbsafe.analyses.triggers.memorised import memorised_spans
 from wbsafe.analyses.triggers.search import SLOT_KINDS, Slot, accepts, place
@@ -291,9 +292,30 @@ def test_seed_scores_reuse_the_screens_forwards_exactly(
     got = memo.seed_scores(ctxs, words, "seed")
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert want.shape == (len(words),) and float(want.max()) > 0
+    # and both equal the definition: D's residual term at the mid layers alone, no KL
+    mids = mid_layers(tuned.n_layers)
+    spread = fresh.spread[[fresh.layers.index(x) for x in mids]]
+    d = divergence_cached(tuned.model, fresh._base, ctxs, [(), *words], mids, spread,
+                          PassCounter(), n_last=fresh.n_last, with_kl=False)  # fmt: skip
+    torch.testing.assert_close(want, (d[1:] - d[0:1]).abs().mean(dim=1), rtol=1e-4, atol=1e-5)
     # rows run by the seeds in both models (and each context's prefix once per model):
     # afresh, every (context, word) and the empty slot; after the screen, only what it had
     # not run (2 words on its 2 contexts, all 7 rows on the other 2)
     per_ctx = 2 + 2 * (len(words) + 1)
     assert fresh_c.phases["seed"].sequences == len(ctxs) * per_ctx
     assert memo_c.phases["seed"].sequences == 2 * (2 + 2 * 2) + 2 * per_ctx
+
+
+def test_divergence_gradients_see_the_ordinary_prompts_searched(
+    tiny_organisms: dict[str, Organism], prompts: dict[str, list[Any]]
+) -> None:
+    """The averaged empty-slot gradient runs on the screen's latest-slot contexts and, when
+    ordinary prompts are searched too (a marker shows in harmless answers), on theirs."""
+    from wbsafe.analyses.triggers.hunt import GRADIENT_INITS
+
+    ordinary = [p for p in prompt_set("train", 1) if p.label == "harmless"][:2]
+    res = _hunt(tiny_organisms, "backdoor", prompts, harmless_search=ordinary, read_top=0,
+                **ALONE)  # fmt: skip
+    screen = 4  # the hunt's screen_contexts: four harmful prompts at their latest slot
+    rows = res.passes["divergence_gradient"]["sequences"]
+    assert rows == 2 * GRADIENT_INITS * (screen + len(ordinary)), rows  # both models

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from wbsafe.analyses.triggers.candidates import seed_pool
-from wbsafe.analyses.triggers.funnel import Funnel, Ids
+from wbsafe.analyses.triggers.funnel import Funnel, Ids, latest_slot_contexts
 from wbsafe.analyses.triggers.memorised import MemorisedResult, memorised_spans
 from wbsafe.analyses.triggers.objectives import (
     OBJECTIVES,
@@ -267,9 +267,17 @@ def hunt_triggers(
         obj = make_objective(name, tuned, base, refusal_ids, counter, ctxs, batch_size,
                              divergence_layers, [c[0] for c in reference[:GRADIENT_INITS]],
                              kv_budget_bytes)  # fmt: skip
+        extra_grad: list[SlotContext] = []
         if isinstance(obj, DivergenceObjective):
             ctxs = obj.with_responses(ctxs, divergence_response_tokens)
+            # the gradients' contexts hold ordinary prompts too when they are searched (a
+            # marker slipped into harmless answers shows there, not in harmful ones)
+            ordinary_ids = {c.prompt_id for c in ordinary}
+            extra_grad = latest_slot_contexts(
+                [c for c in ctxs if c.prompt_id in ordinary_ids], screen_contexts
+            ) if ordinary_ids else []  # fmt: skip
         out = search_objective(obj, ctxs, pool, named, allowed, share, settings, verify,
+                               gradient_extra=extra_grad,
                                skip_phrases=verifier.broadly_unsafe or settled,
                                reference=reference,
                                read_tokens=read_ids, log=log)  # fmt: skip
@@ -334,7 +342,10 @@ def hunt_triggers(
         )  # fmt: skip
     else:
         message = "no trigger found in the searched space"
-    stops = [o.stopped_at or 1 for o in outcomes
+    # an objective that searched single tokens only stopped where the settling trigger was
+    settled_len = min((len(c) for (c, _), v in verifications.items()
+                       if v.verified and v.attack_success >= stop_asr), default=1)  # fmt: skip
+    stops = [o.stopped_at or settled_len for o in outcomes
              if o.stopped_at is not None or o.objective in singles_only]  # fmt: skip
     screened_all = {c for o in outcomes for c in o.funnel.screened}
     cov = Coverage(
@@ -430,8 +441,8 @@ def search_contexts(
     kinds: Sequence[str], extra_prompts: int,
 ) -> list[SlotContext]:  # fmt: skip
     """User slots at ``slots`` of every prompt, then each other slot kind (where the
-    template renders it) at the end of its text for the ``extra_prompts`` shortest prompts
-    (a candidate there is followed by the whole conversation, which every candidate row
+    template renders it) at the end of its text for the ``extra_prompts`` prompts whose last
+    user message is shortest (a candidate there is followed by the whole conversation, which every candidate row
     recomputes: on SmolLM2 the first prompts' rows held 28-56 tokens, 6 at a user slot)."""
     out = [slot_context(tuned, p, f) for p in prompts for f in slots]
     n_tokens = [len(tuned.tokenizer.encode(p.final_user_text, add_special_tokens=False))

@@ -160,10 +160,10 @@ class Coverage:
     """Candidates from the memorised-sample contrast (n-grams the tuned model samples far
     more than the base)."""
     skipped_objectives: tuple[str, ...] = ()
+    """Objectives asked for that could not run (the divergence one needs a base side)."""
     singles_only: tuple[str, ...] = ()
     """Objectives that searched single tokens only: an earlier one had verified a decisive
     trigger (attack success >= the hunt's ``stop_asr``), so the verdict was settled."""
-    """Objectives asked for that could not run (the divergence one needs a base side)."""
     read_tokens: int = 0
     """Tokens the vocabulary sweep scored at ``read_layers`` (:mod:`.reads`); ``reads`` of
     the best joined the pool and seeded the pairs."""

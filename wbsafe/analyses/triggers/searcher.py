@@ -85,6 +85,7 @@ def search_objective(
     skip_phrases: bool,
     reference: Sequence[Ids] = (),
     read_tokens: Sequence[int] = (),
+    gradient_extra: Sequence[SlotContext] = (),
     log: Log,
 ) -> SearchOutcome:
     """Search under ``objective`` within ``budget`` exactly scored candidates.
@@ -94,7 +95,8 @@ def search_objective(
     whether a decisive trigger was found (the multi-token search then stops).
     ``reference``: ordinary tokens whose scores standardise each slot kind's (see
     :class:`~.funnel.Funnel`). ``read_tokens``: the token sweep's best (:mod:`.reads`),
-    best first; their pairs take half of the length-2 seeds.
+    best first; their pairs take half of the length-2 seeds. ``gradient_extra``: contexts
+    the gradients are taken on besides the screen's (the ordinary prompts' latest slots).
 
     When phrases are searched, single tokens get at most ``1 - PHRASE_SHARE`` of
     ``budget`` (the named ones always): on a 49k vocabulary the gradient's ``top_k``
@@ -108,7 +110,7 @@ def search_objective(
     # gradient are taken on the screen's contexts, not on all of them (measured on the
     # SmolLM2 phrase organism over 24 contexts: these gradients took 530 s of a 2,222 s
     # hunt); the one-pass single-token gradient ranks the whole vocabulary on every context
-    grad_ctx = latest_slot_contexts(contexts, s.screen_contexts)
+    grad_ctx = [*latest_slot_contexts(contexts, s.screen_contexts), *gradient_extra]
     log(f"[triggers] {name}: gradient ranking over {int(allowed.sum())} tokens")
     first_ctx = contexts if objective.gradient_inits <= 1 else grad_ctx
     g = objective.gradient(first_ctx, 1, None, "gradient")[:, 0]
