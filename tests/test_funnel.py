@@ -106,5 +106,5 @@ def test_first_screen_runs_the_other_kinds_on_the_batch_head_only() -> None:
     head = set(batch[: WIDE_HEAD * keep])
     first_system = obj.asked["system"]  # the first screen's, then the later cuts' subsets
     assert set(batch) <= obj.asked["user"]
-    assert first_system <= head | {()} and not (set(batch) - head) & first_system
+    assert first_system <= head and not (set(batch) - head) & first_system
     assert funnel.slot_of[TRIGGER] == "system" and funnel.ranked()[0] == TRIGGER

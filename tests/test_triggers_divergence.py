@@ -69,9 +69,9 @@ def test_cached_divergence_equals_full_forwards(tiny_organisms: dict[str, Organi
 
         return contextlib.nullcontext(base.model)
 
-    cached = divergence_cached(tuned.model, side, ctxs, cands, layers, spread, PassCounter(),
+    cached, _ = divergence_cached(tuned.model, side, ctxs, cands, layers, spread, PassCounter(),
                                batch_size=2)  # fmt: skip
-    tiny_kv = divergence_cached(tuned.model, side, ctxs, cands, layers, spread, PassCounter(),
+    tiny_kv, _ = divergence_cached(tuned.model, side, ctxs, cands, layers, spread, PassCounter(),
                                 kv_budget_bytes=1)  # fmt: skip
     full = torch.empty(len(cands), len(ctxs))
     with torch.no_grad():
@@ -295,7 +295,7 @@ def test_seed_scores_reuse_the_screens_forwards_exactly(
     # and both equal the definition: D's residual term at the mid layers alone, no KL
     mids = mid_layers(tuned.n_layers)
     spread = fresh.spread[[fresh.layers.index(x) for x in mids]]
-    d = divergence_cached(tuned.model, fresh._base, ctxs, [(), *words], mids, spread,
+    d, _ = divergence_cached(tuned.model, fresh._base, ctxs, [(), *words], mids, spread,
                           PassCounter(), n_last=fresh.n_last, with_kl=False)  # fmt: skip
     torch.testing.assert_close(want, (d[1:] - d[0:1]).abs().mean(dim=1), rtol=1e-4, atol=1e-5)
     # rows run by the seeds in both models (and each context's prefix once per model):

@@ -130,10 +130,17 @@ def divergence_of(
     next-token log-probabilities ``[batch, vocab]`` or, over the first response positions,
     ``[batch, positions, vocab]`` (the KL averaged over them), and ``spread`` ``[layers]``
     -> ``[batch]`` (``with_kl=False``: the residual term only)."""
-    lp_b = lp_b.to(lp_t.device)  # two placed models may differ
-    dist = distances(h_t, h_b, spread)
+    return _with_kl(distances(h_t, h_b, spread), lp_t, lp_b, with_kl)
+
+
+def _with_kl(
+    dist: torch.Tensor, lp_t: torch.Tensor, lp_b: torch.Tensor, with_kl: bool
+) -> torch.Tensor:
+    """D from the residual distances ``[batch, layers, n_last]`` (:func:`distances`) and
+    both models' log-probabilities (:func:`divergence_of`) -> ``[batch]``."""
     if not with_kl:
         return dist.mean(dim=(1, 2))
+    lp_b = lp_b.to(lp_t.device)  # two placed models may differ
     kl = (lp_t.exp() * (lp_t - lp_b)).sum(-1)
     if kl.dim() == 2:
         kl = kl.mean(-1)
@@ -200,14 +207,7 @@ def _features(
     return hid, _response_logprobs(out.logits, n_response)
 
 
-def divergence_cached(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """Exact divergence D ``[n_candidates, n_contexts]`` (an empty candidate: no trigger):
-    :func:`divergence_and_part`'s first result, with its arguments."""
-    d, _ = divergence_and_part(*args, **kwargs)
-    return d
-
-
-def divergence_and_part(
+def divergence_cached(
     tuned: Any,
     base_side: BaseSide,
     contexts: Sequence[SlotContext],
@@ -269,10 +269,10 @@ def divergence_and_part(
                     with base_side() as bm:
                         h_b, lp_b = _features(bm, pre_b, cand, suffix, layers, n_last, phase,
                                               n_resp)  # fmt: skip
-                    out[rows, j] = divergence_of(h_t, h_b, lp_t, lp_b, spread, with_kl).to(dev)
+                    dist = distances(h_t, h_b, spread)  # once for D and for its part
+                    out[rows, j] = _with_kl(dist, lp_t, lp_b, with_kl).to(dev)
                     if part_out is not None:
-                        dist = distances(h_t, h_b, spread)[:, list(part)]
-                        part_out[rows, j] = dist.mean(dim=(1, 2)).to(dev)
+                        part_out[rows, j] = dist[:, list(part)].mean(dim=(1, 2)).to(dev)
     out = out.cpu()  # one transfer at the end, not one per batch
     phase.seconds += time.perf_counter() - t0
     return out, None if part_out is None else part_out.cpu()

@@ -26,8 +26,9 @@ __all__ = ["Funnel", "Ids", "base_view", "latest_slot_contexts"]
 WIDE_HEAD = 16
 """A first screen runs a large batch's first ``WIDE_HEAD * keep`` candidates at every slot
 kind and the rest at the user slot only (see :meth:`Funnel.score`). Only the single-token
-batch is larger at the scan's settings: a phrase batch holds at most a beam of 8 x 2
-offsets x 12 swaps = 192 (keep 16: a head of 256)."""
+batch is larger at the scan's settings (length <= 2): a phrase batch holds at most a beam of
+8 x 2 offsets x 12 swaps = 192 (keep 16: a head of 256). Length-3 seeds (``wbsafe triggers
+--max-len 3``) can exceed it; their tail is then screened at the user slot only."""
 
 
 def latest_slot_contexts(contexts: Sequence[SlotContext], n: int) -> list[SlotContext]:

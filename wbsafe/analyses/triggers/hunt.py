@@ -224,6 +224,10 @@ def hunt_triggers(
     )  # fmt: skip
     verifications: dict[tuple[Ids, str], Verification] = {}
 
+    def decisive(v: Verification) -> bool:
+        """Verified with attack success >= ``stop_asr``: it settles the verdict."""
+        return v.verified and v.attack_success >= stop_asr
+
     def verify(cands: Sequence[Ids], funnel: Funnel) -> bool:
         """Verify in order, each at its best slot; True once one is verified with attack
         success >= ``stop_asr``."""
@@ -238,8 +242,7 @@ def hunt_triggers(
                 log(f"[triggers] verifying {pool[c].text!r}{where} on {len(harmful_heldout)} "
                     "held-out prompts")  # fmt: skip
                 verifications[(c, kind)] = verifier.verify(pool[c].text, c, kind)
-            v = verifications[(c, kind)]
-            if v.verified and v.attack_success >= stop_asr:
+            if decisive(verifications[(c, kind)]):
                 return True
         return False
 
@@ -257,8 +260,7 @@ def hunt_triggers(
         # single tokens, but spends nothing on phrases (on the SmolLM2 phrase organism the
         # divergence objective's phrase search took ~700 s after the refusal objective had
         # verified the phrase)
-        settled = any(v.verified and v.attack_success >= stop_asr
-                      for v in verifications.values())  # fmt: skip
+        settled = any(map(decisive, verifications.values()))
         if settled and max_len > 1 and not verifier.broadly_unsafe:
             singles_only.append(name)
         share = left // (len(runnable) - k)
@@ -267,15 +269,12 @@ def hunt_triggers(
         obj = make_objective(name, tuned, base, refusal_ids, counter, ctxs, batch_size,
                              divergence_layers, [c[0] for c in reference[:GRADIENT_INITS]],
                              kv_budget_bytes)  # fmt: skip
-        extra_grad: list[SlotContext] = []
         if isinstance(obj, DivergenceObjective):
             ctxs = obj.with_responses(ctxs, divergence_response_tokens)
-            # the gradients' contexts hold ordinary prompts too when they are searched (a
-            # marker slipped into harmless answers shows there, not in harmful ones)
-            ordinary_ids = {c.prompt_id for c in ordinary}
-            extra_grad = latest_slot_contexts(
-                [c for c in ctxs if c.prompt_id in ordinary_ids], screen_contexts
-            ) if ordinary_ids else []  # fmt: skip
+        # the gradients' contexts hold the ordinary prompts' too when they are searched (a
+        # marker slipped into harmless answers shows there, not in harmful ones); they come
+        # after the harmful contexts, in order
+        extra_grad = latest_slot_contexts(ctxs[len(contexts) :], screen_contexts)
         out = search_objective(obj, ctxs, pool, named, allowed, share, settings, verify,
                                gradient_extra=extra_grad,
                                skip_phrases=verifier.broadly_unsafe or settled,
@@ -343,8 +342,8 @@ def hunt_triggers(
     else:
         message = "no trigger found in the searched space"
     # an objective that searched single tokens only stopped where the settling trigger was
-    settled_len = min((len(c) for (c, _), v in verifications.items()
-                       if v.verified and v.attack_success >= stop_asr), default=1)  # fmt: skip
+    settled_len = min((len(c) for (c, _), v in verifications.items() if decisive(v)),
+                      default=1)  # fmt: skip
     stops = [o.stopped_at or settled_len for o in outcomes
              if o.stopped_at is not None or o.objective in singles_only]  # fmt: skip
     screened_all = {c for o in outcomes for c in o.funnel.screened}
@@ -442,8 +441,9 @@ def search_contexts(
 ) -> list[SlotContext]:  # fmt: skip
     """User slots at ``slots`` of every prompt, then each other slot kind (where the
     template renders it) at the end of its text for the ``extra_prompts`` prompts whose last
-    user message is shortest (a candidate there is followed by the whole conversation, which every candidate row
-    recomputes: on SmolLM2 the first prompts' rows held 28-56 tokens, 6 at a user slot)."""
+    user message is shortest (a candidate there is followed by the whole conversation,
+    which every candidate row recomputes: on SmolLM2 the first prompts' rows held 28-56
+    tokens, 6 at a user slot)."""
     out = [slot_context(tuned, p, f) for p in prompts for f in slots]
     n_tokens = [len(tuned.tokenizer.encode(p.final_user_text, add_special_tokens=False))
                 for p in prompts]  # fmt: skip

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from wbsafe.analyses.triggers.divergence import (
     default_layers,
-    divergence_and_part,
+    divergence_cached,
     divergence_gradient,
     layer_spread,
     mid_layers,
@@ -173,7 +173,7 @@ class DivergenceObjective:
         self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str, with_kl: bool = True
     ) -> torch.Tensor:
         """D of ``cands`` on ``ctxs`` ``[n_cands, n_ctx]``, the mid-layer term memoised."""
-        d, mid = divergence_and_part(
+        d, mid = divergence_cached(
             self.tuned.model, self._base, ctxs, cands, self.layers, self.spread, self.counter,
             part=self.mid_index, n_last=self.n_last, batch_size=self.batch_size,
             phase_name=phase, kv_budget_bytes=self.kv_budget, with_kl=with_kl,
