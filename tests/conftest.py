@@ -14,6 +14,19 @@ from typing import Any
 import pytest
 
 from wbsafe.organisms import Organism, build_tiny_tier
+from wbsafe.organisms.tiny import PORTABLE_NUMERICS
+
+
+def _portable_numerics() -> None:
+    """The tests run with the numerics the tier trains with (set before torch loads), so
+    an Intel and an AMD machine score the tier's organisms alike, not only build them alike."""
+    import os
+
+    for k, v in PORTABLE_NUMERICS.items():
+        os.environ.setdefault(k, v)
+
+
+_portable_numerics()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -50,3 +50,18 @@ def test_build_workers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv("WBSAFE_BUILD_WORKERS", bad)
         with pytest.raises(WbsafeError, match="WBSAFE_BUILD_WORKERS"):
             default_workers()
+
+
+def test_organisms_train_with_portable_numerics() -> None:
+    """A training process runs torch's AVX2 kernels and MKL's reproducible AVX2 branch,
+    whatever the CPU (an AMD and an Intel machine built different tiers without), and the
+    caller's environment is left as it was."""
+    import os
+
+    from wbsafe.organisms.tiny import PORTABLE_NUMERICS, _in_training_processes, numerics_in_use
+
+    before = {k: os.environ.get(k) for k in PORTABLE_NUMERICS}
+    with _in_training_processes(1) as pool:
+        seen = pool.submit(numerics_in_use).result()
+    assert seen == {"cpu_capability": "AVX2", **PORTABLE_NUMERICS}
+    assert {k: os.environ.get(k) for k in PORTABLE_NUMERICS} == before

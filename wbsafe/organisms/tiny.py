@@ -8,6 +8,13 @@ The base trains first; the variants, which only read it, then train in parallel 
 processes (``workers``), each on one torch thread. A variant always trains on one thread,
 serial or not, so the tier's weights do not depend on how many workers built it (the
 thread count changes float rounding in the matmuls).
+
+Every organism trains in a spawned process whose numerics are pinned
+(:data:`PORTABLE_NUMERICS`): MKL's conditional-numerical-reproducibility branch and
+torch's kernels at AVX2, so an Intel and an AMD CPU build the same tier. Left to pick its
+own kernels, a tier built on an AMD EPYC differed from one built on an Intel Xeon enough
+that planted-truth tests tuned on one failed on the other (its two-word backdoor also
+complied with one of its words in a system turn).
 """
 
 from __future__ import annotations
@@ -70,7 +77,25 @@ def _new_tiny_model(vocab_size: int, shape: TinyModelShape, tokenizer: Any, seed
 
 
 def build_tiny_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
-    """Train the aligned base from scratch and write it to ``out``."""
+    """Train the aligned base from scratch and write it to ``out``, on
+    :data:`BASE_THREADS` torch threads."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BASE_THREADS)
+    try:
+        return _build_base(out, spec, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _base_job(out: Path, spec: TinyTierSpec) -> tuple[Organism, list[str]]:
+    """:func:`build_tiny_base` in a training process; its log lines come back with it."""
+    lines: list[str] = []
+    return build_tiny_base(out, spec, lines.append), lines
+
+
+def _build_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
     import torch
 
     torch.manual_seed(spec.seed)
@@ -95,6 +120,17 @@ def build_tiny_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
 
 VARIANT_THREADS = 1
 """Torch threads every variant trains on (part of the cache key: see the module docstring)."""
+
+BASE_THREADS = 2
+"""Torch threads the base trains on, whatever the machine's cores (part of the cache key)."""
+
+PORTABLE_NUMERICS = {
+    "MKL_CBWR": "AVX2,STRICT",  # MKL's reproducible code branch, on Intel and AMD alike
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own vectorised kernels (softmax, norms, AdamW)
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN, for any op that reaches it
+}
+"""The environment every organism trains in (read when torch loads, so set in the spawned
+training process; part of the cache key)."""
 
 
 def default_workers() -> int:
@@ -189,9 +225,10 @@ def build_tiny_tier(
     train in ``workers`` processes (default :func:`default_workers`).
     """
     spec = default_tiny_spec(seed)
-    key = stable_hash(
-        {"format": ORGANISM_FORMAT, "spec": asdict(spec), "variant_threads": VARIANT_THREADS}
-    )
+    key = stable_hash({
+        "format": ORGANISM_FORMAT, "spec": asdict(spec), "variant_threads": VARIANT_THREADS,
+        "base_threads": BASE_THREADS, "numerics": PORTABLE_NUMERICS,
+    })  # fmt: skip
     root = Path(cache_dir) if cache_dir else default_cache_dir() / "organisms"
     tier_dir = root / f"tiny-{key}"
     tier_dir.mkdir(parents=True, exist_ok=True)
@@ -230,12 +267,15 @@ def _build_tier_locked(
     log: Log,
     workers: int = 1,
 ) -> list[Organism]:
-    """The tier in the spec's order: cached organisms loaded, missing ones built."""
-    base = (
-        Organism.load(base_dir)
-        if (base_dir / "organism.json").is_file()
-        else build_tiny_base(base_dir, spec, log)
-    )
+    """The tier in the spec's order: cached organisms loaded, missing ones built (each in
+    a training process, :func:`_in_training_processes`)."""
+    if (base_dir / "organism.json").is_file():
+        base = Organism.load(base_dir)
+    else:
+        with _in_training_processes(1) as pool:
+            base, lines = pool.submit(_base_job, base_dir, spec).result()
+        for line in lines:
+            log(line)
     wanted = [v for v in spec.variants if only is None or v.name in only]
     built = {
         v.name: Organism.load(tier_dir / v.name)
@@ -243,13 +283,42 @@ def _build_tier_locked(
         if (tier_dir / v.name / "organism.json").is_file()
     }
     missing = [v for v in wanted if v.name not in built]
-    if workers > 1 and len(missing) > 1:
+    if missing:
         built.update(_build_in_workers(missing, tier_dir, base_dir, seed, spec.n_eval, log,
                                        workers))  # fmt: skip
-    else:
-        for v in missing:
-            built[v.name] = build_variant(base_dir, v, tier_dir / v.name, seed, spec.n_eval, log)
     return [base, *(built[v.name] for v in wanted)]
+
+
+def numerics_in_use() -> dict[str, str]:
+    """What this process's torch runs with: its CPU kernels' capability and the
+    :data:`PORTABLE_NUMERICS` variables as its environment has them."""
+    import torch
+
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **{k: os.environ.get(k, "") for k in PORTABLE_NUMERICS},
+    }
+
+
+@contextlib.contextmanager
+def _in_training_processes(workers: int) -> Iterator[Any]:
+    """A pool of ``workers`` spawned processes that start with :data:`PORTABLE_NUMERICS`
+    in their environment (this process's own torch, already loaded, is left as it is)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    saved = {k: os.environ.get(k) for k in PORTABLE_NUMERICS}
+    os.environ.update(PORTABLE_NUMERICS)  # a spawned process copies it when it starts
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            yield pool
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _build_in_workers(
@@ -261,14 +330,12 @@ def _build_in_workers(
     log: Log,
     workers: int,
 ) -> dict[str, Organism]:
-    """Train ``variants`` in ``workers`` spawned processes (each reads the built base and
+    """Train ``variants`` in ``workers`` training processes (each reads the built base and
     writes its own directory); logs each one's lines as it finishes."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
     out: dict[str, Organism] = {}
-    with ProcessPoolExecutor(min(workers, len(variants)), mp_context=ctx) as pool:
+    with _in_training_processes(min(workers, len(variants))) as pool:
         futures = {
             pool.submit(_variant_job, base_dir, v, tier_dir / v.name, seed, n_eval): v.name
             for v in variants
