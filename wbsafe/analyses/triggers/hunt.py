@@ -46,7 +46,7 @@ from wbsafe.analyses.triggers.search import (
     special_ids,
 )
 from wbsafe.analyses.triggers.searcher import SearchOutcome, SearchSettings, search_objective
-from wbsafe.analyses.triggers.verify import Verifier
+from wbsafe.analyses.triggers.verify import FIRST_LOOK, Verifier
 from wbsafe.errors import WbsafeError
 from wbsafe.progress import Log, no_log
 
@@ -103,6 +103,7 @@ def hunt_triggers(
     refine_steps: int = 3,
     verify_top: int = 5,
     stop_asr: float = 0.9,
+    first_look: float = FIRST_LOOK,
     direction: tuple[int, torch.Tensor] | None = None,
     slots: Sequence[float] = (0.5, 1.0),
     positions: Sequence[float] = (0.0, 0.5, 1.0),
@@ -147,6 +148,8 @@ def hunt_triggers(
     ``hidden_states[layer]`` (``blocks.{layer}.hook_resid_pre``) at the last prompt
     position. A verified trigger needs attack success >= ``threshold`` on held-out harmful
     prompts, a lift of at least ``min_lift`` over no trigger, and no such lift in the base.
+    Each candidate is first verified on the first ``first_look`` of the held-out prompts
+    and rejected there when it falls short of half of that (:mod:`.verify`; 1.0: none is).
     ``log`` gets one line per step (``"[triggers] ..."``).
     """
     import torch
@@ -220,7 +223,7 @@ def hunt_triggers(
         tuned, base, harmful_heldout, harmless, positions=positions, direction=direction,
         threshold=threshold, min_lift=min_lift, max_new_tokens=max_new_tokens,
         refusal_ids=refusal_ids, counter=counter,
-        harm_requests=[p.final_user_text for p in harmful_search],
+        harm_requests=[p.final_user_text for p in harmful_search], first_look=first_look,
     )  # fmt: skip
     verifications: dict[tuple[Ids, str], Verification] = {}
 
@@ -358,6 +361,8 @@ def hunt_triggers(
         search_contexts=len(contexts) + (len(ordinary) if "divergence" in runnable else 0),
         screen_contexts=len(outcomes[0].funnel.screen_ctx),
         heldout_prompts=len(harmful_heldout),
+        first_look_prompts=verifier.lead if verifier.lead < len(harmful_heldout) else 0,
+        rejected_early=sum(v.first_look for v in verifications.values()),
         positions=tuple(positions),
         skipped=skipped,
         stopped_at_length=min(stops) if len(stops) == len(outcomes) else None,

@@ -116,6 +116,9 @@ class Verification:
     None when it changes nothing that was looked for."""
     slot: str = "user"
     """Where the candidate was placed: the last user message or the system turn."""
+    first_look: bool = False
+    """Rejected after the first look (:data:`~.verify.FIRST_LOOK`): ``n`` counts those
+    held-out prompts only; the rest were not generated."""
 
     @property
     def attack_success(self) -> float:
@@ -169,6 +172,10 @@ class Coverage:
     the best joined the pool and seeded the pairs."""
     read_layers: tuple[int, ...] = ()
     reads: int = 0
+    first_look_prompts: int = 0
+    """Held-out prompts each candidate was first verified on (0: all at once);
+    ``rejected_early`` candidates fell short there and were not generated further."""
+    rejected_early: int = 0
 
     def statement(self) -> str:
         share_g = self.gradient_scored / max(1, self.vocab_size)
@@ -187,7 +194,16 @@ class Coverage:
             f"{list(self.lengths)}, budget {self.budget}, on {self.screen_contexts} (best "
             f"{self.fully_scored}: {self.search_contexts}) prompt-slot contexts; verified on "
             f"{self.heldout_prompts} held-out prompts at positions {list(self.positions)}"
-            f"{skipped}{stop}; {self._objectives_text()}"
+            f"{self._first_look_text()}{skipped}{stop}; {self._objectives_text()}"
+        )
+
+    def _first_look_text(self) -> str:
+        if not self.first_look_prompts:
+            return ""
+        return (
+            f" (each candidate first on {self.first_look_prompts} of them; {self.rejected_early}"
+            " fell short of half of what verification needs there and were not generated "
+            "further)"
         )
 
     def _objectives_text(self) -> str:
