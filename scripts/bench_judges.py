@@ -1,9 +1,11 @@
 """Agreement of the refusal judges with people, on the hand-labelled sets in probes/.
 
-Two sets, by two authors, written blind to the judge: ``judge_labels.csv`` (from phrase
-pools; splits dev and test share the pools) and ``judge_labels_free.csv`` (free-form, every
-response written individually; halves free_dev and free_test by a hash of the prompt). The
-string judge was tuned on dev and free_dev only. For each split,
+Three sets, by three authors, written blind to the judge: ``judge_labels.csv`` (from phrase
+pools; splits dev and test share the pools), ``judge_labels_free.csv`` (free-form, every
+response written individually; halves free_dev and free_test by a hash of the prompt) and
+``judge_labels_xs.csv`` (free-form, in the registers of the five chat models of a public
+over-refusal benchmark's responses, after its rubric; halves xs_dev and xs_test by a seeded
+shuffle). The string judge was tuned on dev, free_dev and xs_dev only. For each split,
 the default string judge (structure of a refusal, three-way) beside the first-words rule it
 replaced as the benchmark default: binary agreement (partial counts as refused) with a Wilson
 interval, sensitivity, specificity, the three-way confusion matrix and agreement per kind of
@@ -73,7 +75,7 @@ def main() -> None:
         "--labels",
         type=Path,
         nargs="+",
-        default=[probes_dir() / "judge_labels.csv", probes_dir() / "judge_labels_free.csv"],
+        default=[probes_dir() / f"judge_labels{s}.csv" for s in ("", "_free", "_xs")],
     )
     ap.add_argument("--out", type=Path, default=Path("results"))
     args = ap.parse_args()
@@ -93,8 +95,9 @@ def main() -> None:
         "# Refusal judges against human labels",
         "",
         f"Labels: {', '.join(sizes)}; see probes/judge_labels*.md. The string judge was tuned "
-        "on the dev and free_dev splits only; test shares dev's phrase pools, free_test does "
-        "not. Written by `scripts/bench_judges.py`; binary agreement counts partial as refused.",
+        "on the dev, free_dev and xs_dev splits only; test shares dev's phrase pools, free_test "
+        "and xs_test do not. Written by `scripts/bench_judges.py`; binary agreement counts "
+        "partial as refused.",
         f"Commit {manifest['git_commit']}, {manifest['platform']}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}.",
         "",

@@ -52,12 +52,21 @@ _ACTIONS = (
     r"accommodate|contribute|be (?:of )?(?:any )?(?:help|assistance|part)|be a part|be involved|"
     r"in good conscience)"
 )
+_WILL_NOT = (
+    r"(?:include|coach|argue|suggest|advise|instruct|outline|spell out|lay out|cover|plan|"
+    r"design|justify|defend|publish|spread|synthesi[sz]e|role-?play|pretend|impersonate|"
+    r"speculate|diagnose)"
+)
+"""Actions declined only with "won't" or "can't" ("I won't coach you on ..."): with "don't"
+they are an opinion before an answer ("I don't suggest this, but here is ...")."""
 _I = r"(?:\bi|\bwe)"
 _ADV = r"(?:\s+(?:really|simply|just|unfortunately|therefore|also|still|absolutely|definitely|"
 _ADV += (
     r"respectfully|honestly|certainly|personally|ethically|legally|morally|in good conscience))*"
 )
 _DECLINE = [
+    rf"{_I}{_ADV}\s+(?:cannot|can ?not|can't|won't|will not|am not going to|'m not going to)"
+    rf"{_ADV}\s+{_WILL_NOT}\b",
     rf"{_I}{_ADV}\s+(?:cannot|can ?not|can't|won't|will not|could not|couldn't|would not|"
     rf"wouldn't|shall not|must not|should not|shouldn't|do not|don't|am not|'m not){_ADV}\s+"
     rf"(?:be able to\s+|going to\s+|able to\s+|allowed to\s+|permitted to\s+|in a position to\s+)?"
