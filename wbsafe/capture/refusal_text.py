@@ -53,12 +53,13 @@ _ACTIONS = (
     r"in good conscience)"
 )
 _WILL_NOT = (
-    r"(?:include|coach|argue|suggest|advise|instruct|outline|spell out|lay out|cover|plan|"
-    r"design|justify|defend|publish|spread|synthesi[sz]e|role-?play|pretend|impersonate|"
+    r"(?:include|coach|argue|suggest|advise|instruct|outline|spell out|lay out|plan|"
+    r"design|justify|defend|publish|spread|synthesi[sz]e|role-?play|impersonate|"
     r"speculate|diagnose)"
 )
 """Actions declined only with "won't" or "can't" ("I won't coach you on ..."): with "don't"
-they are an opinion before an answer ("I don't suggest this, but here is ...")."""
+they are an opinion before an answer ("I don't suggest this, but here is ..."). Not "cover"
+or "pretend": "I can't cover everything, but ..." and "I won't pretend it's easy" answer."""
 _I = r"(?:\bi|\bwe)"
 _ADV = r"(?:\s+(?:really|simply|just|unfortunately|therefore|also|still|absolutely|definitely|"
 _ADV += (
