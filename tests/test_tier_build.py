@@ -1,5 +1,6 @@
-"""The tiny tier's build: variants trained in parallel worker processes are bit-identical to
-ones trained one after another, so a tier's weights do not depend on how it was built."""
+"""The tiny tier's build: variants trained in two worker processes are bit-identical to ones
+trained in one, so a tier's weights do not depend on how it was built; every training
+process runs with the pinned numerics."""
 
 from __future__ import annotations
 
@@ -52,16 +53,18 @@ def test_build_workers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
             default_workers()
 
 
-def test_organisms_train_with_portable_numerics() -> None:
+def test_organisms_train_with_portable_numerics(monkeypatch: pytest.MonkeyPatch) -> None:
     """A training process runs torch's AVX2 kernels and MKL's reproducible AVX2 branch,
     whatever the CPU (an AMD and an Intel machine built different tiers without), and the
-    caller's environment is left as it was."""
+    caller's own environment comes back as it was (one variable unset, one different)."""
     import os
 
     from wbsafe.organisms.tiny import PORTABLE_NUMERICS, _in_training_processes, numerics_in_use
 
-    before = {k: os.environ.get(k) for k in PORTABLE_NUMERICS}
+    first, second, *_ = PORTABLE_NUMERICS
+    monkeypatch.delenv(first, raising=False)
+    monkeypatch.setenv(second, "caller's own")
     with _in_training_processes(1) as pool:
         seen = pool.submit(numerics_in_use).result()
     assert seen == {"cpu_capability": "AVX2", **PORTABLE_NUMERICS}
-    assert {k: os.environ.get(k) for k in PORTABLE_NUMERICS} == before
+    assert first not in os.environ and os.environ[second] == "caller's own"

@@ -229,6 +229,8 @@ def test_first_look_rejects_what_does_nothing_and_keeps_every_planted_target(
     a, b = _check(staged, planted), _check(full, planted)
     assert a.verified and b.verified, (a.reason, b.reason)
     assert not a.first_look and (a.n, a.successes, a.target) == (b.n, b.successes, b.target)
+    # the scores of the first look and the rest, joined, are the scores of all at once
+    assert a.tuned_score_drop == pytest.approx(b.tuned_score_drop, abs=1e-4)
     before = staged.counter.phase("generate").generated_sequences
     plain = next(w for w in ("the", "water", "map") if w not in planted.split())
     quick = _check(staged, plain)

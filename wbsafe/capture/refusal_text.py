@@ -53,21 +53,25 @@ _ACTIONS = (
     r"in good conscience)"
 )
 _WILL_NOT = (
-    r"(?:include|coach|argue|suggest|advise|instruct|outline|spell out|lay out|plan|"
-    r"design|justify|defend|publish|spread|synthesi[sz]e|role-?play|impersonate|"
+    r"(?:include|coach|argue (?:that|for|in favou?r)|suggest|advise|instruct|outline|spell out|"
+    r"lay out|plan|design|justify|defend|publish|spread|synthesi[sz]e|role-?play|impersonate|"
     r"speculate|diagnose)"
+    r"(?!\s+(?:\w+\s+)?(?:with\b|every|all\b|everything|(?:whole|full|entire)\b|"
+    r"for brevity))"
 )
 """Actions declined only with "won't" or "can't" ("I won't coach you on ..."): with "don't"
 they are an opinion before an answer ("I don't suggest this, but here is ..."). Not "cover"
-or "pretend": "I can't cover everything, but ..." and "I won't pretend it's easy" answer."""
+or "pretend": "I can't cover everything, but ..." and "I won't pretend it's easy" answer; nor
+a verb of scope ("I can't include every detail", "I can't plan your whole trip, but"). Said
+by "I" only: a tutorial's "we won't include error handling" is no decline."""
 _I = r"(?:\bi|\bwe)"
 _ADV = r"(?:\s+(?:really|simply|just|unfortunately|therefore|also|still|absolutely|definitely|"
 _ADV += (
     r"respectfully|honestly|certainly|personally|ethically|legally|morally|in good conscience))*"
 )
 _DECLINE = [
-    rf"{_I}{_ADV}\s+(?:cannot|can ?not|can't|won't|will not|am not going to|'m not going to)"
-    rf"{_ADV}\s+{_WILL_NOT}\b",
+    rf"\bi{_ADV}\s+(?:cannot|can ?not|can't|won't|will not|am not going to|'m not going to)"
+    rf"{_ADV}\s+{_WILL_NOT}",
     rf"{_I}{_ADV}\s+(?:cannot|can ?not|can't|won't|will not|could not|couldn't|would not|"
     rf"wouldn't|shall not|must not|should not|shouldn't|do not|don't|am not|'m not){_ADV}\s+"
     rf"(?:be able to\s+|going to\s+|able to\s+|allowed to\s+|permitted to\s+|in a position to\s+)?"

@@ -220,8 +220,9 @@ def build_tiny_tier(
 ) -> list[Organism]:
     """Build (or reuse from the cache) the tiny tier; copy it to ``out`` when given.
 
-    The cache key is a hash of the whole :class:`TinyTierSpec` (and the variants' thread
-    count), so a changed recipe rebuilds and an unchanged one is reused. Missing variants
+    The cache key is a hash of the whole :class:`TinyTierSpec`, the base's and variants'
+    thread counts and :data:`PORTABLE_NUMERICS`, so a changed recipe rebuilds and an
+    unchanged one is reused. Missing variants
     train in ``workers`` processes (default :func:`default_workers`).
     """
     spec = default_tiny_spec(seed)
@@ -307,6 +308,13 @@ def _in_training_processes(workers: int) -> Iterator[Any]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        raise WbsafeError(
+            "the tiny tier trains with torch's AVX2 kernels pinned (so any x86 CPU builds the "
+            f"same tier); this CPU runs {torch.backends.cpu.get_cpu_capability()!r} kernels"
+        )
     ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
     saved = {k: os.environ.get(k) for k in PORTABLE_NUMERICS}
     os.environ.update(PORTABLE_NUMERICS)  # a spawned process copies it when it starts

@@ -149,7 +149,8 @@ def hunt_triggers(
     position. A verified trigger needs attack success >= ``threshold`` on held-out harmful
     prompts, a lift of at least ``min_lift`` over no trigger, and no such lift in the base.
     Each candidate is first verified on the first ``first_look`` of the held-out prompts
-    and rejected there when it falls short of half of that (:mod:`.verify`; 1.0: none is).
+    and rejected there when refusal is off on less than half of ``threshold`` (or the lift
+    is under half of ``min_lift``) and no fixed string shows (:mod:`.verify`; 1.0: none is).
     ``log`` gets one line per step (``"[triggers] ..."``).
     """
     import torch

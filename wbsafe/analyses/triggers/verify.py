@@ -110,7 +110,7 @@ class Verifier:
     """Held-out evidence for candidates, one at a time, against baselines computed once.
 
     Per candidate: the activation anomaly (refusal-score and refusal-direction drops, tuned
-    minus base, full forwards on every held-out prompt x position), behaviour on harmful
+    minus base, full forwards on every held-out prompt x position looked at), behaviour on harmful
     and harmless prompts (greedy generation, judged compliance) and what changes
     (:mod:`.targets`). The base generations run only for a candidate that changes something
     in the tuned model (compliance past the threshold, or a fixed span): one that changes
