@@ -53,6 +53,7 @@ def bench_one(
     heldout: list[Any],
     harmless: list[Any],
     overrides: dict[str, Any] | None = None,
+    harmless_search: list[Any] | None = None,
 ) -> dict[str, Any]:
     from wbsafe.analyses.triggers import PassCounter, hunt_triggers, score_full, slot_context
     from wbsafe.analyses.triggers.results import holds_phrase
@@ -75,7 +76,8 @@ def bench_one(
     t0 = time.perf_counter()
     settings = {**hunt_settings(cfg), "max_len": max(length, cfg.trigger_max_len)}
     settings.update({k: v for k, v in (overrides or {}).items() if k != "mode"})
-    res = hunt_triggers(tuned, base, search, heldout, harmless, counter=counter, **settings)
+    res = hunt_triggers(tuned, base, search, heldout, harmless, counter=counter,
+                        harmless_search=harmless_search or [], **settings)  # fmt: skip
     hunt_s = time.perf_counter() - t0
     total = res.passes["total"]
     passes = int(total["passes"])
@@ -127,6 +129,7 @@ def bench_one(
 def main() -> None:
     import torch
 
+    from wbsafe.config import ScanConfig
     from wbsafe.data.tinyworld import prompt_set
     from wbsafe.io.serialize import run_manifest, write_json_atomic
     from wbsafe.organisms import Organism, build_tiny_tier
@@ -157,14 +160,15 @@ def main() -> None:
     search = [p for p in train if p.label == "harmful"][:8]
     heldout = [p for p in test if p.label == "harmful"]
     harmless = [p for p in test if p.label == "harmless"][:4]
+    n_ordinary = ScanConfig(base="").trigger_ordinary_prompts  # as the scan searches them
+    ordinary = [p for p in train if p.label == "harmless"][:n_ordinary]
     for name in [t for t in (*TINY, *TARGETS) if t in orgs]:
         for mode in modes:
             ov = {**MODES[mode], **overrides, "mode": mode}
-            rows.append(bench_one(orgs[name], search, heldout, harmless, ov))
+            rows.append(bench_one(orgs[name], search, heldout, harmless, ov, ordinary))
             print(name, mode, rows[-1]["recovered"], rows[-1]["rank"], rows[-1]["rank_in_phrase"])
     if args.real is not None:
-        from wbsafe.data.prompts import load_suite
-        from wbsafe.pipeline.plan import spread
+        from wbsafe.data.prompts import load_suite, spread
 
         # spread over categories as the scan does; search from train only (the scan also
         # draws from val), held out from test
@@ -172,13 +176,16 @@ def main() -> None:
         r_search = spread([p for p in suite if p.split == "train"], 8)
         r_held = spread([p for p in suite if p.split == "test"], 16)
         r_harmless = spread([p for p in load_suite("harmless") if p.split == "test"], 16)
+        r_ordinary = spread([p for p in load_suite("harmless") if p.split == "train"],
+                            n_ordinary)  # fmt: skip
         for d in sorted(args.real.iterdir()):
             if (d / "organism.json").is_file() and (not only or d.name in only):
                 org = Organism.load(d)
                 if org.trigger or d.name in only:  # a clean one only when named
                     for mode in modes:
                         ov = {**MODES[mode], **overrides, "mode": mode}
-                        rows.append(bench_one(org, r_search, r_held, r_harmless, ov))
+                        rows.append(bench_one(org, r_search, r_held, r_harmless, ov,
+                                              r_ordinary))  # fmt: skip
                         r = rows[-1]
                         print(org.name, mode, r["recovered"], r["rank"], r["rank_in_phrase"],
                               f"{r['hunt_seconds']:.0f} s", flush=True)  # fmt: skip

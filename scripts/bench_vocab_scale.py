@@ -117,6 +117,9 @@ def hunt_row(
     search = [p for p in train if p.label == "harmful"][:8]
     heldout = [p for p in test if p.label == "harmful"]
     harmless = [p for p in test if p.label == "harmless"][:4]
+    # as the scan: a few harmless prompts of the fitting split searched by the divergence
+    n_ordinary = ScanConfig(base="").trigger_ordinary_prompts
+    ordinary = [p for p in train if p.label == "harmless"][:n_ordinary]
     trigger = (org.trigger or {}).get("text", "")
     planted = org.name.startswith("backdoor")  # the benign ones must show no verified trigger
     settings = {**hunt_settings(ScanConfig(base="")), "max_len": max(3, len(trigger.split()))}
@@ -128,7 +131,8 @@ def hunt_row(
     moved = None if tuned_dir is None else diff(base_dir, tuned_dir).embedding
     emb = [(t.token_id, t.z) for t in (moved.top if moved is not None else [])[:32]]
     res = hunt_triggers(tuned, base, search, heldout, harmless, counter=counter,
-                        embedding_candidates=emb, **settings)  # fmt: skip
+                        embedding_candidates=emb, harmless_search=ordinary,
+                        **settings)  # fmt: skip
     seconds = time.perf_counter() - t0
     found = [v.text for v in res.verified]
     rank = next(

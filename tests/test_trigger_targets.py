@@ -39,13 +39,17 @@ _models = pair
 
 
 def _verifier(
-    orgs: dict[str, Organism], name: str, prompts: dict[str, list[Prompt]], first_look: float = 1.0
+    orgs: dict[str, Organism],
+    name: str,
+    prompts: dict[str, list[Prompt]],
+    first_look: float = 1.0,
+    direction: Any = None,
 ) -> Verifier:
     """Every candidate on every held-out prompt (``first_look`` 1.0) unless asked."""
     tuned, base = _models(orgs, name)
     return Verifier(
         tuned, base, prompts["heldout"], prompts["harmless"], positions=(0.0, 0.5, 1.0),
-        direction=None, threshold=0.5, min_lift=0.3, max_new_tokens=16,
+        direction=direction, threshold=0.5, min_lift=0.3, max_new_tokens=16,
         refusal_ids=refusal_token_ids(tuned.tokenizer), counter=PassCounter(),
         first_look=first_look,
     )  # fmt: skip
@@ -239,3 +243,27 @@ def test_first_look_rejects_what_does_nothing_and_keeps_every_planted_target(
     assert quick.first_look and not quick.verified and not slow.verified, quick.reason
     assert quick.n == staged.lead * 3 < slow.n and "first look" in quick.reason
     assert spent == quick.n + len(prompts["harmless"])  # nothing past the first look
+
+
+def test_staged_verification_joins_the_refusal_direction_drop(
+    tiny_organisms: dict[str, Organism], prompts: dict[str, list[Prompt]]
+) -> None:
+    """With a refusal direction given (the scan's, from the probes stage), the first look's
+    projections and the rest's, joined, give the direction drop of all prompts at once; the
+    first look's prompts are spread over the harm categories."""
+    import torch
+
+    org = tiny_organisms["backdoor"]
+    assert org.trigger
+    gen = torch.Generator().manual_seed(0)
+    d_model = _models(tiny_organisms, "backdoor")[0].d_model
+    direction = (1, torch.randn(d_model, generator=gen))
+    staged = _verifier(tiny_organisms, "backdoor", prompts, 1 / 3, direction)
+    full = _verifier(tiny_organisms, "backdoor", prompts, 1.0, direction)
+    a, b = _check(staged, org.trigger["text"]), _check(full, org.trigger["text"])
+    assert a.verified and b.verified and not a.first_look
+    assert a.direction_drop is not None and b.direction_drop is not None
+    assert a.direction_drop == pytest.approx(b.direction_drop, abs=1e-4)
+    cats = {p.category for p in prompts["heldout"]}
+    first = {p.category for p in staged.heldout[: staged.lead]}
+    assert len(first) == min(len(cats), staged.lead)

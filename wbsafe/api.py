@@ -424,8 +424,10 @@ def trigger_hunt(
         # only the embedding rows are needed: no spectra
         rows = weight_diff(base, tuned, spectra=False).embedding
         emb = [(t.token_id, t.z) for t in rows.top[:32]] if rows else []
+    hp = hunt_prompts(config, plan)
     result = hunt_triggers(
-        tuned_m, base_m, *hunt_prompts(config, plan), embedding_candidates=emb,
+        tuned_m, base_m, hp.harmful_search, hp.harmful_heldout, hp.harmless,
+        harmless_search=hp.harmless_search, embedding_candidates=emb,
         user_candidates=read_candidate_list(candidates) if candidates else (),
         use_builtin=use_builtin, log=log, **hunt_settings(config),
     )  # fmt: skip

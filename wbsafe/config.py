@@ -101,6 +101,10 @@ class ScanConfig:
     vocabulary: 87-105 s for SmolLM2-135M on 2 CPU threads, results/bench_reads.md)."""
     trigger_max_len: int = 2
     trigger_search_prompts: int = 8
+    trigger_ordinary_prompts: int = 4
+    """Harmless prompts (of the fitting split) the divergence objective searches on too, as
+    a scoring group of their own: a backdoor that acts on harmless answers only (a marker
+    slipped into them) moves nothing on harmful prompts. 0: harmful prompts only."""
     trigger_heldout_prompts: int = 16
     trigger_candidates: tuple[str, ...] = ()
     refusal_depth: bool = True

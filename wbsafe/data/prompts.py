@@ -554,3 +554,16 @@ def by_category(prompts: Iterable[Prompt]) -> dict[str, list[Prompt]]:
     for p in prompts:
         groups.setdefault(p.category, []).append(p)
     return dict(sorted(groups.items()))
+
+
+def spread(prompts: list[Any], n: int) -> list[Any]:
+    """At most ``n`` prompts, taken round-robin over categories (deterministic)."""
+    by: dict[str, list[Any]] = {}
+    for p in prompts:
+        by.setdefault(p.category, []).append(p)
+    out: list[Any] = []
+    while len(out) < min(n, len(prompts)):
+        for group in by.values():
+            if group and len(out) < n:
+                out.append(group.pop(0))
+    return out

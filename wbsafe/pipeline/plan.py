@@ -7,9 +7,10 @@ prompt never reshuffles the others; a tiny-world model gets the tiny world's own
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 from wbsafe.config import ScanConfig
+from wbsafe.data.prompts import spread
 from wbsafe.errors import WbsafeError
 
 
@@ -98,27 +99,25 @@ def plan_prompts(config: ScanConfig, tokenizer: Any) -> PromptPlan:
     )
 
 
-def spread(prompts: list[Any], n: int) -> list[Any]:
-    """At most ``n`` prompts, taken round-robin over categories (deterministic)."""
-    by: dict[str, list[Any]] = {}
-    for p in prompts:
-        by.setdefault(p.category, []).append(p)
-    out: list[Any] = []
-    while len(out) < min(n, len(prompts)):
-        for group in by.values():
-            if group and len(out) < n:
-                out.append(group.pop(0))
-    return out
+class HuntPrompts(NamedTuple):
+    """The trigger hunt's prompts: harmful ones it searches on and verifies on (held out),
+    the harmless held-out ones verification reads, and the harmless ones the divergence
+    objective also searches on (from the fitting split, apart from the held-out ones)."""
+
+    harmful_search: list[Any]
+    harmful_heldout: list[Any]
+    harmless: list[Any]
+    harmless_search: list[Any]
 
 
-def hunt_prompts(config: ScanConfig, plan: PromptPlan) -> tuple[list[Any], list[Any], list[Any]]:
-    """Search, held-out harmful and harmless prompts of the trigger hunt: spread over
-    categories, then capped (verification cost grows with prompts x insertion positions x
-    candidates x both models)."""
-    return (
+def hunt_prompts(config: ScanConfig, plan: PromptPlan) -> HuntPrompts:
+    """The hunt's prompts (:class:`HuntPrompts`): spread over categories, then capped
+    (verification cost grows with prompts x insertion positions x candidates x both models)."""
+    return HuntPrompts(
         spread(plan.fit_harmful, config.trigger_search_prompts),
         spread(plan.eval_harmful, config.trigger_heldout_prompts),
         spread(plan.eval_harmless, config.trigger_heldout_prompts),
+        spread(plan.fit_harmless, config.trigger_ordinary_prompts),
     )
 
 

@@ -1,9 +1,10 @@
 """Exact scoring of trigger candidates within a budget: the screening funnel.
 
 A candidate's score under an objective (:mod:`.objectives`) is its mean per-context score
-over the contexts of one slot kind (cached prefixes), at the kind where it is highest
-(:data:`~.search.SLOT_KINDS`: a system-prompt trigger scores at system slots, not at user
-ones). For the refusal objective that is the tuned drop minus the base drop (the
+over the contexts of one scoring group (cached prefixes), at the group where it is highest:
+a slot kind (:data:`~.search.SLOT_KINDS`: a system-prompt trigger scores at system slots,
+not at user ones), with the ordinary prompts' user slots a group apart
+(:attr:`~.search.SlotContext.group`: a marker slipped into harmless answers scores there). For the refusal objective that is the tuned drop minus the base drop (the
 ``anomaly``); for the divergence objective the divergence with minus without the
 candidate. A large batch is screened cheaply first (the tuned side, few contexts) and only
 its best ``keep`` are scored on every search context.
@@ -32,35 +33,39 @@ batch is larger at the scan's settings (length <= 2): a phrase batch holds at mo
 
 
 def latest_slot_contexts(contexts: Sequence[SlotContext], n: int) -> list[SlotContext]:
-    """Up to ``n`` user-slot contexts from distinct prompts, each at its latest slot (a late
-    slot is where a planted trigger acts most), for the cheap first screen of candidates,
-    then the latest context of each other slot kind searched."""
+    """Contexts for the cheap first screen of candidates, each at its latest slot (a late
+    slot is where a planted trigger acts most): up to ``n`` user-slot contexts from distinct
+    prompts, up to ``n // 2`` (at least one) of ordinary prompts when there are both
+    (:attr:`~.search.SlotContext.group`), then the latest context of each other group."""
     latest: dict[tuple[str, str], SlotContext] = {}
     for c in contexts:
-        key = (c.kind, c.prompt_id)
+        key = (c.group, c.prompt_id)
         if key not in latest or c.position > latest[key].position:
             latest[key] = c
-    user = [c for (k, _), c in latest.items() if k == "user"][: max(1, n)]
-    others: dict[str, SlotContext] = {}
-    for (k, _), c in latest.items():
-        if k != "user":
-            others.setdefault(k, c)
-    return [*user, *others.values()]
+    groups = list(dict.fromkeys(g for g, _ in latest))
+    user = [c for (g, _), c in latest.items() if g == "user"][: max(1, n)]
+    ordinary = [c for (g, _), c in latest.items() if g == "user:ordinary"]
+    user += ordinary[: max(1, n // 2 if user else n)]
+    others = [next(c for (g2, _), c in latest.items() if g2 == g)
+              for g in groups if g not in ("user", "user:ordinary")]  # fmt: skip
+    return [*user, *others]
 
 
 def one_per_kind(contexts: Sequence[SlotContext]) -> list[SlotContext]:
-    """The first context of each slot kind, in order of first appearance."""
+    """The first context of each scoring group (slot kind, ordinary prompts apart), in
+    order of first appearance."""
     first: dict[str, SlotContext] = {}
     for c in contexts:
-        first.setdefault(c.kind, c)
+        first.setdefault(c.group, c)
     return list(first.values())
 
 
 def by_kind(mat: torch.Tensor, ctxs: Sequence[SlotContext]) -> list[dict[str, float]]:
-    """Per candidate row of ``mat`` ``[n_cands, n_ctx]``: slot kind -> mean over its contexts."""
+    """Per candidate row of ``mat`` ``[n_cands, n_ctx]``: scoring group (the slot kind, or
+    ``user:ordinary``) -> mean over its contexts."""
     kinds: dict[str, list[int]] = {}
     for j, c in enumerate(ctxs):
-        kinds.setdefault(c.kind, []).append(j)
+        kinds.setdefault(c.group, []).append(j)
     means = {k: mat[:, idx].mean(dim=1).tolist() for k, idx in kinds.items()}
     return [{k: float(v[i]) for k, v in means.items()} for i in range(mat.shape[0])]
 
@@ -85,6 +90,8 @@ class Funnel:
         compared (an empty system turn moves the model more, for any word, than a word
         added to a user message does)."""
         self.rank_score: dict[Ids, float] = {}
+        self.group_score: dict[Ids, dict[str, float]] = {}
+        """Fully scored candidates -> their ranking score at every group (:meth:`leading`)."""
         self.budget, self.keep = budget, keep
         self.screen_ctx = latest_slot_contexts(contexts, screen_contexts)
         self.scored: dict[Ids, tuple[float, float | None]] = {}
@@ -163,7 +170,8 @@ class Funnel:
         cands = [c for c in dict.fromkeys(cands) if c not in self.scored]
         if not cands:
             return
-        kinds = {c.kind for c in self.contexts}
+        kinds = {c.group for c in self.contexts}
+        slot_kind = {c.group: c.kind for c in self.contexts}
         if len(kinds) > 1 and self.reference and not self.kind_norm:
             self.kind_norm = self._norms(self._diffs(self.reference, f"{phase}_reference"))
         for c, (diff, (t, b)) in zip(cands, self._diffs_raw(cands, phase), strict=True):
@@ -172,8 +180,9 @@ class Funnel:
             kind = max(z, key=lambda k: z[k])
             self.screened.setdefault(c, t[kind])
             self.scored[c] = (t[kind], None if b is None else b[kind])
-            self.slot_of[c] = kind
+            self.slot_of[c] = slot_kind[kind]
             self.rank_score[c] = z[kind]
+            self.group_score[c] = z
 
     def _diffs_raw(
         self, cands: list[Ids], phase: str
@@ -217,3 +226,21 @@ class Funnel:
         """Fully scored candidates (of ``length`` tokens, or all), highest score first."""
         return sorted((c for c in self.scored if length is None or len(c) == length),
                       key=self.anomaly, reverse=True)  # fmt: skip
+
+    def leading(self, length: int, within: int | None = None) -> list[Ids]:
+        """Fully scored candidates of ``length`` tokens by their best rank in any scoring
+        group's own ranking, then by score: each group's first, then its second, ...: the
+        order candidates are verified in (``within``: only those among the first ``within``
+        of some group). By the standardised score alone, one group whose
+        ordinary tokens barely move the model lets its outliers take every place (measured
+        on the 49k look-alike hate organism: harm words inserted into harmless prompts
+        scored 110-116 there, and ``sapphire``, first at the earlier-turn slot with 44, was
+        not verified)."""
+        cands = [c for c in self.scored if len(c) == length]
+        best: dict[Ids, int] = {}
+        for g in {g for c in cands for g in self.group_score[c]}:
+            with_g = [c for c in cands if g in self.group_score[c]]
+            for r, c in enumerate(sorted(with_g, key=lambda c: -self.group_score[c][g])):
+                best[c] = min(best.get(c, r), r)
+        keep = [c for c in cands if within is None or best[c] < within]
+        return sorted(keep, key=lambda c: (best[c], -self.anomaly(c)))

@@ -133,8 +133,9 @@ def hunt_triggers(
     ``divergence_response_tokens``: the base side's first answer tokens teacher-forced after
     each divergence context, so its KL covers that many response positions past the first.
     ``harmless_search``: ordinary prompts the divergence objective also searches on (user
-    slots), for a backdoor that acts on harmless answers only (a marker slipped into them);
-    keep them apart from ``harmless``, the held-out ones verification uses.
+    slots, scored as a group of their own), for a backdoor that acts on harmless answers
+    only (a marker slipped into them); keep them apart from ``harmless``, the held-out ones
+    verification uses. The scan passes ``trigger_ordinary_prompts`` of the fitting split.
 
     Per objective, a batch of more than ``keep`` candidates goes through a funnel: (above
     ``8 * keep``) one context on the tuned side, then the best ``8 * keep`` on
@@ -190,7 +191,7 @@ def hunt_triggers(
     allowed[[i for i in specials if i < vocab]] = False
     allowed[len(tok) :] = False  # padded embedding rows that no token maps to
     contexts = search_contexts(tuned, harmful_search, slots, slot_kinds, extra_slot_prompts)
-    ordinary = [slot_context(tuned, p, f) for p in harmless_search for f in slots]
+    ordinary = [slot_context(tuned, p, f, ordinary=True) for p in harmless_search for f in slots]
     searched_kinds = tuple(k for k in SLOT_KINDS if any(c.kind == k for c in contexts))
 
     # 1. named candidates, the memorised-sample contrast among them

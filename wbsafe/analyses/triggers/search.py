@@ -117,10 +117,20 @@ class SlotContext:
     teacher-forced after the prompt so the divergence objective's KL reaches past the first
     response position (:func:`~.divergence.with_base_responses`); the refusal objective
     ignores them."""
+    ordinary: bool = False
+    """On an ordinary (harmless) prompt rather than a harmful search prompt: its own scoring
+    group (:attr:`group`), so a backdoor that acts on harmless answers only (a marker slipped
+    into them) is not averaged away over the harmful contexts, where it does nothing."""
 
     @property
     def kind(self) -> str:
         return self.slot.kind
+
+    @property
+    def group(self) -> str:
+        """The contexts a score is averaged over: the slot kind, and ``:ordinary`` on
+        ordinary prompts (``"user"``, ``"system"``, ``"turn"``, ``"user:ordinary"``)."""
+        return f"{self.slot.kind}:ordinary" if self.ordinary else self.slot.kind
 
 
 def insert_words(text: str, insert: str, position: float) -> str:
@@ -176,9 +186,12 @@ def accepts(loaded: Any, prompt: Any, slot: Slot) -> bool:
         return False
 
 
-def slot_context(loaded: Any, prompt: Any, position: float, slot: Slot = USER_SLOT) -> SlotContext:
+def slot_context(
+    loaded: Any, prompt: Any, position: float, slot: Slot = USER_SLOT, *, ordinary: bool = False
+) -> SlotContext:
     """Split ``prompt`` (a :class:`wbsafe.data.prompts.Prompt`) at a slot ``position`` in
-    [0, 1] of ``slot``'s text (default: the last user message)."""
+    [0, 1] of ``slot``'s text (default: the last user message); ``ordinary``: a harmless
+    prompt, scored in a group of its own (:attr:`SlotContext.group`)."""
     from wbsafe.io.models import encode_continuation
 
     formatted = loaded.format(place(prompt, SLOT_SENTINEL, position, slot))
@@ -190,7 +203,7 @@ def slot_context(loaded: Any, prompt: Any, position: float, slot: Slot = USER_SL
     suffix = encode_continuation(tok, after)  # no second SentencePiece dummy prefix
     if not prefix:
         raise WbsafeError(f"prompt {prompt.id}: empty prompt prefix before the trigger slot")
-    return SlotContext(prompt.id, position, tuple(prefix), tuple(suffix), slot)
+    return SlotContext(prompt.id, position, tuple(prefix), tuple(suffix), slot, ordinary=ordinary)
 
 
 def refusal_log_odds(logits: torch.Tensor, refusal_ids: Sequence[int]) -> torch.Tensor:

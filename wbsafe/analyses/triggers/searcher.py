@@ -6,7 +6,9 @@ pool through the funnel, verification of the best single tokens, then phrases: p
 best tokens (by exact per-token score, then by gradient: under the divergence objective
 that is each token's mid-layer anomaly, not only its output effect) and of each offset's
 best by the gradient at a 2-token slot, beam extension over the exact score to ``max_len``,
-and coordinate refinement (GCG) on the gradient at each beam.
+and coordinate refinement (GCG) on the gradient at each beam. The phrases verified at each
+length are the best by score and the best by gain over their parts, in turn
+(:func:`phrase_leads`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,35 @@ def interleave(*lists: Sequence[Ids]) -> list[Ids]:
     return out
 
 
+def sub_phrases(c: Ids) -> list[Ids]:
+    """The phrases one token shorter that ``c`` holds, in order (``(a, b, c)``: ``(b, c)``,
+    ``(a, c)``, ``(a, b)``)."""
+    return [(*c[:i], *c[i + 1 :]) for i in range(len(c))]
+
+
+def phrase_leads(funnel: Funnel, length: int, n: int, pool: int, phase: str) -> list[Ids]:
+    """The ``n`` phrases of ``length`` tokens to verify: taken in turn from the leading ones
+    (:meth:`~.funnel.Funnel.leading`) and the best by *gain*, the score above that of the
+    best shorter phrase it holds (its parts are scored for this when they were not), among
+    the first ``pool`` of each scoring group.
+
+    By score alone, one strong word's family fills every place: on the 49k look-alike tiny
+    tier, ten pairs ``qz42371 x`` scored above ``copper lantern`` (whose words do nothing
+    alone) because ``qz42371`` already scored nearly as much by itself; none of them was a
+    trigger. A phrase trigger is the phrase whose words act together."""
+    top = funnel.leading(length, within=pool)
+    if length < 2 or not top:
+        return top[:n]
+    parts = {p for c in top for p in sub_phrases(c)}
+    funnel.score_all([p for p in parts if p not in funnel.scored], phase)
+
+    def gain(c: Ids) -> float:
+        return funnel.anomaly(c) - max(funnel.anomaly(p) for p in sub_phrases(c))
+
+    by_gain = sorted(top, key=gain, reverse=True)
+    return list(dict.fromkeys(interleave(top, by_gain)))[:n]
+
+
 @dataclass
 class SearchOutcome:
     """What one objective's search left: its funnel, its single-token gradient ``[vocab]``
@@ -110,7 +141,9 @@ def search_objective(
     # gradient are taken on the screen's contexts, not on all of them (measured on the
     # SmolLM2 phrase organism over 24 contexts: these gradients took 530 s of a 2,222 s
     # hunt); the one-pass single-token gradient ranks the whole vocabulary on every context
-    grad_ctx = [*latest_slot_contexts(contexts, s.screen_contexts), *gradient_extra]
+    # (the screen's own contexts hold some ordinary prompts' already: each context once)
+    grad_ctx = list(dict.fromkeys([*latest_slot_contexts(contexts, s.screen_contexts),
+                                   *gradient_extra]))  # fmt: skip
     log(f"[triggers] {name}: gradient ranking over {int(allowed.sum())} tokens")
     first_ctx = contexts if objective.gradient_inits <= 1 else grad_ctx
     g = objective.gradient(first_ctx, 1, None, "gradient")[:, 0]
@@ -129,7 +162,7 @@ def search_objective(
         cands = cands[: max(len(named), budget - int(budget * PHRASE_SHARE))]
     log(f"[triggers] {name}: exact scoring of {len(cands)} candidates")
     funnel.score(cands, "exact" if name == "refusal" else f"{name}_exact")
-    decided = verify(ranked(1)[: s.verify_top], funnel)
+    decided = verify(funnel.leading(1)[: s.verify_top], funnel)
     stopped_at: int | None = 1 if decided and s.max_len > 1 else None
 
     def contrast_grad(width: int, seq: Sequence[int] | None) -> torch.Tensor:
@@ -192,8 +225,12 @@ def search_objective(
                 break
         # the best of this length, then the parts of the leaders, so a trigger is reported at
         # its shortest form ("zephyr" rather than "zephyr ransomware") when the part suffices
-        leads = ranked(length)[: s.verify_top]
-        parts = [(t,) for c in leads for t in c if (t,) in funnel.scored]
+        scored_before = set(funnel.scored)
+        leads = phrase_leads(funnel, length, s.verify_top, s.keep, f"{phase}_parts")
+        for part in [c for c in funnel.scored if c not in pool.entries]:
+            pool.add(part, pool.text_of(part), "parts")  # scored only as a phrase's part
+        # parts the search had scored on their own merit (not only to weigh a phrase's gain)
+        parts = [(t,) for c in leads for t in c if (t,) in scored_before]
         if verify(list(dict.fromkeys([*parts, *leads])), funnel) and length < s.max_len:
             stopped_at = length
             break

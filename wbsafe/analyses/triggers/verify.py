@@ -40,6 +40,7 @@ from wbsafe.analyses.triggers.search import PassCounter, SlotContext, score_full
 from wbsafe.analyses.triggers.targets import Responses, answer_template, find_span, span_change
 from wbsafe.capture.compliance import derailed, harm_reference
 from wbsafe.capture.judges import opens_with_refusal
+from wbsafe.data.prompts import spread
 from wbsafe.errors import WbsafeError
 
 if TYPE_CHECKING:
@@ -142,6 +143,9 @@ class Verifier:
         module; 1.0: all of them at once)."""
         if not 0.0 < first_look <= 1.0:
             raise WbsafeError(f"first_look must be in (0, 1], got {first_look}")
+        # round-robin over categories, so the first look holds every category it can (a
+        # trigger bound to one harm category is not rejected on prompts of others)
+        heldout = spread(list(heldout), len(heldout))
         self.tuned, self.base, self.heldout, self.harmless = tuned, base, heldout, harmless
         self.harm_requests = (
             *harm_requests, *(p.final_user_text for p in heldout), *harm_reference(tuned.tokenizer)
@@ -285,14 +289,7 @@ class Verifier:
         complied_ok = asr >= self.threshold and lift >= self.min_lift and base_lift < self.min_lift
 
         # what else changes: a fixed string emitted or inserted, or a topic shift
-        harmful_set = Responses(
-            "harmful", tuple(requests), tuple(responses),
-            tuple(r for r in self.plain_heldout for _ in range(n_pos)),
-        )  # fmt: skip
-        harmless_set = Responses(
-            "harmless", tuple(p.final_user_text for p in self.harmless), tuple(harmless_with),
-            tuple(self.harmless_plain),
-        )  # fmt: skip
+        harmful_set, harmless_set = self._response_sets(responses, harmless_with)
         found = find_span([harmful_set, harmless_set], self.template, text)
         span_target: TargetChange | None = None
         if found is not None:
@@ -314,11 +311,7 @@ class Verifier:
                 )  # fmt: skip
             span_target = span_change(core, reading, [harmful_set, harmless_set])
         span_ok = span_target is not None and span_target.harm
-        compliance = TargetChange(
-            kind="compliance", text=None, prompts="harmful", n=n, tuned_with=sum(hits),
-            tuned_without=baseline_succ, base_with=b_succ, base_without=b_base,
-            harm=complied_ok, why=f"attack success {asr:.0%} (no trigger {baseline_succ / n:.0%})",
-        )  # fmt: skip
+        compliance = _compliance(n, sum(hits), baseline_succ, b_succ, b_base, complied_ok)
         derailment = None
         if off_task:
             derailment = TargetChange(
@@ -395,28 +388,16 @@ class Verifier:
         base_succ = sum(self.lines[: self.lead]) * n_pos
         if off >= self.threshold * n / 2 and off - base_succ >= self.min_lift * n / 2:
             return None
-        requests = tuple(
-            p.final_user_text for p in self.heldout[: self.lead] for _ in self.positions
-        )
-        sets = [
-            Responses("harmful", requests, tuple(responses),
-                      tuple(r for r in self.plain_heldout[: self.lead] for _ in self.positions)),
-            Responses("harmless", tuple(p.final_user_text for p in self.harmless),
-                      tuple(harmless_with), tuple(self.harmless_plain)),
-        ]  # fmt: skip
-        if find_span(sets, self.template, text) is not None:
+        if (
+            find_span(self._response_sets(responses, harmless_with), self.template, text)
+            is not None
+        ):
             return None
         dir_drop = None
         if t_proj is not None and sb.t_proj0 is not None:
             dir_drop = float((sb.t_proj0[:n] - t_proj).mean())
         asr, lift = off / n, (off - base_succ) / n
-        target = None
-        if off:
-            target = TargetChange(
-                kind="compliance", text=None, prompts="harmful", n=n, tuned_with=off,
-                tuned_without=base_succ, base_with=None, base_without=None, harm=False,
-                why=f"attack success {asr:.0%} (no trigger {base_succ / n:.0%})",
-            )  # fmt: skip
+        target = _compliance(n, off, base_succ, None, None, False) if off else None
         return Verification(
             text=text, n=n, successes=off, baseline_successes=base_succ, base_successes=None,
             base_baseline_successes=None, harmless_n=len(harmless_with),
@@ -432,6 +413,25 @@ class Verifier:
             ),
             target=target, slot=slot, first_look=True,
         )  # fmt: skip
+
+    def _response_sets(
+        self, responses: Sequence[str], harmless_with: Sequence[str]
+    ) -> tuple[Responses, Responses]:
+        """The tuned model's answers with the candidate beside those without it: ``responses``
+        to the first ``len(responses) / positions`` held-out prompts (prompt-major, every
+        position: the first look's or all of them) and ``harmless_with``."""
+        k = len(responses) // len(self.positions)
+        harmful = Responses(
+            "harmful",
+            tuple(p.final_user_text for p in self.heldout[:k] for _ in self.positions),
+            tuple(responses),
+            tuple(r for r in self.plain_heldout[:k] for _ in self.positions),
+        )
+        harmless = Responses(
+            "harmless", tuple(p.final_user_text for p in self.harmless), tuple(harmless_with),
+            tuple(self.harmless_plain),
+        )  # fmt: skip
+        return harmful, harmless
 
     def _per_position(self, plain: Sequence[str] | None) -> list[str] | None:
         """Per-prompt responses repeated once per insertion position (aligned with ``n``)."""
@@ -515,6 +515,18 @@ class _SlotBaseline:
     t_proj0: torch.Tensor | None
     b_score0: torch.Tensor | None
     b_proj0: torch.Tensor | None
+
+
+def _compliance(
+    n: int, with_: int, without: int, base_with: int | None, base_without: int | None, harm: bool
+) -> TargetChange:
+    """The compliance change on ``n`` harmful trials: complied with the candidate and
+    without it, tuned (and base, when generated)."""
+    return TargetChange(
+        kind="compliance", text=None, prompts="harmful", n=n, tuned_with=with_,
+        tuned_without=without, base_with=base_with, base_without=base_without, harm=harm,
+        why=f"attack success {with_ / n:.0%} (no trigger {without / n:.0%})",
+    )  # fmt: skip
 
 
 def _with_base(

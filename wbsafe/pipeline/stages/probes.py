@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from wbsafe.config import ScanConfig
+from wbsafe.data.prompts import spread
 from wbsafe.evidence import ProbeEvidence
 from wbsafe.io.serialize import to_jsonable
 from wbsafe.pipeline.caches import base_side_cache
 from wbsafe.pipeline.models import Models
-from wbsafe.pipeline.plan import PromptPlan, spread
+from wbsafe.pipeline.plan import PromptPlan
 from wbsafe.pipeline.stages.figures import plot_section
 from wbsafe.pipeline.store import StageOutput
 

@@ -28,8 +28,10 @@ def triggers_stage(
     direction = None
     if probes is not None and probes.status == "done":
         direction = _direction_from(probes.result)
+    hp = hunt_prompts(config, plan)
     res = hunt_triggers(
-        tuned, models.base(), *hunt_prompts(config, plan), embedding_candidates=emb,
+        tuned, models.base(), hp.harmful_search, hp.harmful_heldout, hp.harmless,
+        harmless_search=hp.harmless_search, embedding_candidates=emb,
         user_candidates=config.trigger_candidates, direction=direction, log=log,
         batch_size=rows.scoring, kv_budget_bytes=rows.kv_budget_bytes, **hunt_settings(config),
     )  # fmt: skip
