@@ -5,7 +5,10 @@ pools; splits dev and test share the pools), ``judge_labels_free.csv`` (free-for
 response written individually; halves free_dev and free_test by a hash of the prompt) and
 ``judge_labels_xs.csv`` (free-form, in the registers of the five chat models of a public
 over-refusal benchmark's responses, after its rubric; halves xs_dev and xs_test by a seeded
-shuffle). The string judge was tuned on dev, free_dev and xs_dev only. For each split,
+shuffle). The string judge was tuned on dev, free_dev and xs_dev; its last fix (declines
+with "not willing to", "must firmly decline", "not a paragraph I'm willing to write") was
+made after the misses of every split had been read, so free_test and xs_test are no longer
+blind to it (their figures before that fix: 93.7% and 95.6%). For each split,
 the default string judge (structure of a refusal, three-way) beside the first-words rule it
 replaced as the benchmark default: binary agreement (partial counts as refused) with a Wilson
 interval, sensitivity, specificity, the three-way confusion matrix and agreement per kind of
@@ -95,9 +98,10 @@ def main() -> None:
         "# Refusal judges against human labels",
         "",
         f"Labels: {', '.join(sizes)}; see probes/judge_labels*.md. The string judge was tuned "
-        "on the dev, free_dev and xs_dev splits only; test shares dev's phrase pools, free_test "
-        "and xs_test do not. Written by `scripts/bench_judges.py`; binary agreement counts "
-        "partial as refused.",
+        "on the dev, free_dev and xs_dev splits; test shares dev's phrase pools, free_test "
+        "and xs_test do not, but its last fix was made after every split's misses had been "
+        "read (free_test and xs_test were 93.7% and 95.6% before it). Written by "
+        "`scripts/bench_judges.py`; binary agreement counts partial as refused.",
         f"Commit {manifest['git_commit']}, {manifest['platform']}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}.",
         "",
