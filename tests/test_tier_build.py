@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,7 +65,35 @@ def test_organisms_train_with_portable_numerics(monkeypatch: pytest.MonkeyPatch)
     first, second, *_ = PORTABLE_NUMERICS
     monkeypatch.delenv(first, raising=False)
     monkeypatch.setenv(second, "caller's own")
-    with _in_training_processes(1) as pool:
+    with _in_training_processes(1) as (pool, _lines):
         seen = pool.submit(numerics_in_use).result()
     assert seen == {"cpu_capability": "AVX2", **PORTABLE_NUMERICS}
     assert first not in os.environ and os.environ[second] == "caller's own"
+
+
+def _talk_then(lines: Any, fail: bool) -> str:
+    lines.put("first line")
+    lines.put("second line")
+    if fail:
+        raise RuntimeError("training diverged")
+    return "done"
+
+
+def test_training_log_lines_arrive_while_jobs_run_and_survive_a_crash() -> None:
+    """A job's log lines reach the caller's log as they are put, in order, and those of a job
+    that raises are logged before its error (they were returned with the result before, and
+    lost on a crash)."""
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wbsafe.organisms.tiny import _relay
+
+    seen: list[str] = []
+    lines: queue.Queue[str] = queue.Queue()
+    with ThreadPoolExecutor(1) as pool:
+        (ok,) = _relay([pool.submit(_talk_then, lines, False)], lines, seen.append)
+        assert ok.result() == "done" and seen == ["first line", "second line"]
+        (bad,) = _relay([pool.submit(_talk_then, lines, True)], lines, seen.append)
+        assert seen[2:] == ["first line", "second line"]
+        with pytest.raises(RuntimeError, match="diverged"):
+            bad.result()

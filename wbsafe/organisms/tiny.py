@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,10 @@ def build_tiny_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
         torch.set_num_threads(threads)
 
 
-def _base_job(out: Path, spec: TinyTierSpec) -> tuple[Organism, list[str]]:
-    """:func:`build_tiny_base` in a training process; its log lines come back with it."""
-    lines: list[str] = []
-    return build_tiny_base(out, spec, lines.append), lines
+def _base_job(out: Path, spec: TinyTierSpec, lines: Any) -> Organism:
+    """:func:`build_tiny_base` in a training process; its log lines go to the queue ``lines``
+    as they are written (:func:`_relay`)."""
+    return build_tiny_base(out, spec, lines.put)
 
 
 def _build_base(out: Path, spec: TinyTierSpec, log: Log) -> Organism:
@@ -161,11 +162,10 @@ def build_variant(
 
 
 def _variant_job(
-    base_dir: Path, spec: VariantSpec, out: Path, seed: int, n_eval: int
-) -> tuple[Organism, list[str]]:
-    """:func:`build_variant` in a worker process; its log lines come back with it."""
-    lines: list[str] = []
-    return build_variant(base_dir, spec, out, seed, n_eval, lines.append), lines
+    base_dir: Path, spec: VariantSpec, out: Path, seed: int, n_eval: int, lines: Any
+) -> Organism:
+    """:func:`build_variant` in a worker process; its log lines go to the queue ``lines``."""
+    return build_variant(base_dir, spec, out, seed, n_eval, lines.put)
 
 
 def _build_variant(
@@ -273,10 +273,9 @@ def _build_tier_locked(
     if (base_dir / "organism.json").is_file():
         base = Organism.load(base_dir)
     else:
-        with _in_training_processes(1) as pool:
-            base, lines = pool.submit(_base_job, base_dir, spec).result()
-        for line in lines:
-            log(line)
+        with _in_training_processes(1) as (pool, lines):
+            (job,) = _relay([pool.submit(_base_job, base_dir, spec, lines)], lines, log)
+            base = job.result()
     wanted = [v for v in spec.variants if only is None or v.name in only]
     built = {
         v.name: Organism.load(tier_dir / v.name)
@@ -302,9 +301,10 @@ def numerics_in_use() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _in_training_processes(workers: int) -> Iterator[Any]:
+def _in_training_processes(workers: int) -> Iterator[tuple[Any, Any]]:
     """A pool of ``workers`` spawned processes that start with :data:`PORTABLE_NUMERICS`
-    in their environment (this process's own torch, already loaded, is left as it is)."""
+    in their environment (this process's own torch, already loaded, is left as it is), and
+    a queue the jobs put their log lines on (:func:`_relay` passes them on)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -319,8 +319,8 @@ def _in_training_processes(workers: int) -> Iterator[Any]:
     saved = {k: os.environ.get(k) for k in PORTABLE_NUMERICS}
     os.environ.update(PORTABLE_NUMERICS)  # a spawned process copies it when it starts
     try:
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            yield pool
+        with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            yield pool, manager.Queue()
     finally:
         for k, v in saved.items():
             if v is None:
@@ -339,18 +339,35 @@ def _build_in_workers(
     workers: int,
 ) -> dict[str, Organism]:
     """Train ``variants`` in ``workers`` training processes (each reads the built base and
-    writes its own directory); logs each one's lines as it finishes."""
-    from concurrent.futures import as_completed
+    writes its own directory), logging their lines as they are written."""
 
     out: dict[str, Organism] = {}
-    with _in_training_processes(min(workers, len(variants))) as pool:
+    with _in_training_processes(min(workers, len(variants))) as (pool, lines):
         futures = {
-            pool.submit(_variant_job, base_dir, v, tier_dir / v.name, seed, n_eval): v.name
+            pool.submit(_variant_job, base_dir, v, tier_dir / v.name, seed, n_eval, lines): v.name
             for v in variants
         }
-        for fut in as_completed(futures):
-            org, lines = fut.result()
-            for line in lines:
-                log(line)
-            out[futures[fut]] = org
+        for fut in _relay(list(futures), lines, log):
+            out[futures[fut]] = fut.result()
     return out
+
+
+def _relay(futures: Sequence[Future[Any]], lines: Any, log: Log) -> Iterator[Future[Any]]:
+    """``futures`` as they finish, passing the log lines their jobs put on the queue ``lines``
+    to ``log`` while they run (a base trains for a minute; a job that raises has its lines
+    logged before its error is)."""
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    def drain() -> None:
+        while True:
+            try:
+                log(lines.get_nowait())
+            except queue.Empty:
+                return
+
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        drain()
+        yield from done
