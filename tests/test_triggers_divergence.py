@@ -326,3 +326,6 @@ def test_divergence_gradients_see_the_ordinary_prompts_searched(
     screen = 4  # the hunt's screen_contexts: four harmful prompts at their latest slot
     rows = res.passes["divergence_gradient"]["sequences"]
     assert rows == 2 * GRADIENT_INITS * (screen + len(ordinary)), rows  # both models
+    # each ordinary prompt at both slots, and the coverage says so
+    assert res.coverage.ordinary_contexts == 2 * len(ordinary)
+    assert f"({2 * len(ordinary)} on harmless prompts)" in res.coverage.statement()

@@ -365,6 +365,7 @@ def hunt_triggers(
         heldout_prompts=len(harmful_heldout),
         first_look_prompts=verifier.lead if verifier.lead < len(harmful_heldout) else 0,
         rejected_early=sum(v.first_look for v in verifications.values()),
+        ordinary_contexts=len(ordinary) if "divergence" in runnable else 0,
         positions=tuple(positions),
         skipped=skipped,
         stopped_at_length=min(stops) if len(stops) == len(outcomes) else None,

@@ -176,6 +176,9 @@ class Coverage:
     """Held-out prompts each candidate was first verified on (0: all at once);
     ``rejected_early`` candidates fell short there and were not generated further."""
     rejected_early: int = 0
+    ordinary_contexts: int = 0
+    """Of ``search_contexts``, those on harmless prompts (the divergence objective's, scored
+    as a group of their own: a marker slipped into harmless answers shows there)."""
 
     def statement(self) -> str:
         share_g = self.gradient_scored / max(1, self.vocab_size)
@@ -192,7 +195,9 @@ class Coverage:
             f"exactly scored {self.exact_single_tokens} single tokens ({share_e:.1%} of the "
             f"vocabulary) and {self.exact_total} candidates in all, lengths "
             f"{list(self.lengths)}, budget {self.budget}, on {self.screen_contexts} (best "
-            f"{self.fully_scored}: {self.search_contexts}) prompt-slot contexts; verified on "
+            f"{self.fully_scored}: {self.search_contexts}) prompt-slot contexts"
+            f"{f' ({self.ordinary_contexts} on harmless prompts)' if self.ordinary_contexts else ''}"
+            "; verified on "
             f"{self.heldout_prompts} held-out prompts at positions {list(self.positions)}"
             f"{self._first_look_text()}{skipped}{stop}; {self._objectives_text()}"
         )
