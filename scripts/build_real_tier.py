@@ -362,9 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     record.setdefault("organisms", {})
     if args.time_steps:
         timing = time_steps(prepared, args.time_steps, args.fp32)
-        record.setdefault("step_timing", {})[timing["precision"]] = {**timing, "machine": machine()}
+        where = machine()
+        key = f"{timing['precision']} ({where['cpu']})"  # one entry per precision and CPU
+        record.setdefault("step_timing", {})[key] = {**timing, "machine": where}
         write_json_atomic(record_path, record)
-        print(json.dumps(record["step_timing"][timing["precision"]], indent=1))
+        print(json.dumps(record["step_timing"][key], indent=1))
         return 0
     if args.out is None:
         raise SystemExit("--out is required (unless --time-steps)")
