@@ -253,3 +253,33 @@ def test_each_group_leads_with_its_best() -> None:
     assert TRIGGER not in funnel.ranked(1)[:5]
     assert funnel.leading(1)[:2] == [LOUD[-1], TRIGGER]
     assert funnel.leading(1, within=1) == [LOUD[-1], TRIGGER]
+
+
+class SlotObjective(OrdinaryObjective):
+    """Reference tokens move the ordinary contexts ten times less than the others (their
+    group's scores spread least); the trigger moves the system turn by 2 and ordinary
+    prompts by 0.5; each loud token moves ordinary prompts by 10 + i."""
+
+    def value(self, c: Ids, x: SlotContext) -> float:
+        if c in REFERENCE:
+            return (0.001 if x.ordinary else 0.01) * (c[0] - 400)
+        if c == TRIGGER:
+            return 0.5 if x.ordinary else 2.0 if x.kind == "system" else 0.0
+        return 10.0 + (c[0] - 300) if c in LOUD and x.ordinary else 0.0
+
+
+def test_a_candidate_is_verified_where_it_leads() -> None:
+    """The trigger's highest standardised score is on the ordinary prompts (0.5 against a
+    tenfold smaller spread), where the loud tokens rank above it; it leads the system
+    group, so it is verified in a system turn, not in the user message ``slot_of`` names."""
+    from wbsafe.analyses.triggers.search import Slot
+
+    system = [SlotContext(f"h{i}", 1.0, (1,), (2, 3), Slot("system")) for i in range(2)]
+    funnel = Funnel(SlotObjective(), [*_contexts(True), *system], budget=2048, keep=64,
+                    screen_contexts=4, reference=REFERENCE)  # type: ignore[arg-type]  # fmt: skip
+    funnel.score_all([*LOUD, TRIGGER], "x")
+    assert funnel.slot_of[TRIGGER] == "user"  # its highest z: the ordinary prompts' group
+    # each group's first: the ordinary prompts' (305), the harmful ones' (a tie at 0: 300),
+    # the system turn's (the trigger)
+    assert funnel.leading(1)[:3] == [LOUD[-1], LOUD[0], TRIGGER]
+    assert funnel.verify_slot(TRIGGER) == "system" and funnel.verify_slot(LOUD[0]) == "user"

@@ -67,23 +67,22 @@ by "I" only: a tutorial's "we won't include error handling" is no decline."""
 _I = r"(?:\bi|\bwe)"
 _ADV = r"(?:\s+(?:really|simply|just|unfortunately|therefore|also|still|absolutely|definitely|"
 _ADV += (
-    r"respectfully|honestly|certainly|personally|ethically|legally|morally|in good conscience|"
-    r"firmly|regretfully|politely|kindly))*"
+    r"respectfully|honestly|certainly|personally|ethically|legally|morally|in good conscience))*"
 )
 _DECLINE = [
     rf"\bi{_ADV}\s+(?:cannot|can ?not|can't|won't|will not|am not going to|'m not going to)"
     rf"{_ADV}\s+{_WILL_NOT}",
     rf"{_I}{_ADV}\s+(?:cannot|can ?not|can't|won't|will not|could not|couldn't|would not|"
     rf"wouldn't|shall not|must not|should not|shouldn't|do not|don't|am not|'m not){_ADV}\s+"
-    rf"(?:be able to\s+|going to\s+|able to\s+|willing to\s+|allowed to\s+|permitted to\s+|"
-    rf"in a position to\s+|prepared to\s+)?"
+    rf"(?:be able to\s+|going to\s+|able to\s+|willing to\s+(?!give up\b)|allowed to\s+|"
+    rf"permitted to\s+|in a position to\s+|prepared to\s+(?!give up\b))?"
     rf"{_ACTIONS}\b",
     rf"{_I}{_ADV}\s*(?:'m| am| are|'re){_ADV}\s+(?:not able|unable|not going|not allowed|"
     r"not permitted|not comfortable|uncomfortable|not in a position|prohibited|not programmed)\b",
     rf"{_I}{_ADV}\s*(?:'m| am| are|'re){_ADV}\s+(?:not willing|unwilling|not prepared)\s+to\s+"
-    rf"{_ACTIONS}\b",
+    rf"(?!give up\b){_ACTIONS}\b",
     rf"{_I}{_ADV}\s+(?:must|have to|need to|will have to|'ll have to|am going to have to)"
-    rf"{_ADV}\s+(?:decline|refuse|refrain)\b",
+    r"(?:\s+(?:respectfully|politely|kindly|firmly|regretfully))?\s+(?:decline|refuse|refrain)\b",
     rf"{_I}{_ADV}\s+(?:refuse|decline)\b",
     rf"{_I}{_ADV}\s+(?:do not|don't)\s+(?:feel comfortable|think (?:it(?:'s| is| would be)|that)"
     r"\s+(?:appropriate|ethical|right|responsible|wise|a good idea))",
@@ -91,11 +90,11 @@ _DECLINE = [
     r"\b(?:isn't|is not|not)\s+something\s+(?:i|we)(?:'m| am| are)?\s+(?:can|could|will|should|"
     r"able|going|comfortable|willing)",
     r"\b(?:sharing|giving|providing|writing|creating|making|helping|offering|revealing)\b"
-    r"[^.!?]{0,80}?\s(?:isn't|is not)\s+something\s+(?:i|we)\s+do\b",
+    r"[^.!?]{0,80}?\s(?:isn't|is not)\s+something\s+(?:i|we)\s+do\s*(?:[.!,;]|$)",
     r"\bnot (?:a|an|the (?:kind|sort|type) of)\s+(?:paragraph|essay|story|speech|post|article|"
     r"joke|letter|message|poem|script|song|review|request|task|question|topic|conversation|"
     r"content|text|piece|argument|list|guide|plan)s?\s+(?:that\s+)?(?:i'm|i am|we're|we are|"
-    r"i'd be|i would be|i feel)\s+(?:willing|able|comfortable|prepared|going) to\b",
+    r"i'd be|i would be|i feel)\s+(?:willing|comfortable|prepared) to\b",
     r"\b(?:isn't|is not|not)\s+something\s+(?:i|we)(?:'ll|'d| will| would| can| could)\s+"
     r"(?:\w+\s+)?(?:help|write|do|provide|point|assist|share|give|create|make|support|advise|"
     r"recommend|go into|explain|discuss|plan|draft|produce|generate)",

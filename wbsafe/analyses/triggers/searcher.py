@@ -71,8 +71,8 @@ def sub_phrases(c: Ids) -> list[Ids]:
 def phrase_leads(funnel: Funnel, length: int, n: int, pool: int, phase: str) -> list[Ids]:
     """The ``n`` phrases of ``length`` tokens to verify: taken in turn from the leading ones
     (:meth:`~.funnel.Funnel.leading`) and the best by *gain*, the score above that of the
-    best shorter phrase it holds (its parts are scored for this when they were not), among
-    the first ``pool`` of each scoring group.
+    best shorter phrase it holds (its parts are scored for this when they were not, within
+    what is left of the funnel's budget), among the first ``pool`` of each scoring group.
 
     By score alone, one strong word's family fills every place: on the 49k look-alike tiny
     tier, ten pairs ``qz42371 x`` scored above ``copper lantern`` (whose words do nothing
@@ -81,10 +81,13 @@ def phrase_leads(funnel: Funnel, length: int, n: int, pool: int, phase: str) -> 
     top = funnel.leading(length, within=pool)
     if length < 2 or not top:
         return top[:n]
-    parts = {p for c in top for p in sub_phrases(c)}
-    funnel.score_all([p for p in parts if p not in funnel.scored], phase)
+    parts = dict.fromkeys(p for c in top for p in sub_phrases(c) if p not in funnel.scored)
+    funnel.score_all(list(parts)[: max(0, funnel.budget - len(funnel.screened))], phase)
 
     def gain(c: Ids) -> float:
+        """Over the best part; none when a part went unscored (the budget ran out)."""
+        if any(p not in funnel.scored for p in sub_phrases(c)):
+            return float("-inf")
         return funnel.anomaly(c) - max(funnel.anomaly(p) for p in sub_phrases(c))
 
     by_gain = sorted(top, key=gain, reverse=True)
