@@ -4,7 +4,8 @@ A candidate's score under an objective (:mod:`.objectives`) is its mean per-cont
 over the contexts of one scoring group (cached prefixes), at the group where it is highest:
 a slot kind (:data:`~.search.SLOT_KINDS`: a system-prompt trigger scores at system slots,
 not at user ones), with the ordinary prompts' user slots a group apart
-(:attr:`~.search.SlotContext.group`: a marker slipped into harmless answers scores there). For the refusal objective that is the tuned drop minus the base drop (the
+(:attr:`~.search.SlotContext.group`: a marker slipped into harmless answers scores there).
+For the refusal objective that is the tuned drop minus the base drop (the
 ``anomaly``); for the divergence objective the divergence with minus without the
 candidate. A large batch is screened cheaply first (the tuned side, few contexts) and only
 its best ``keep`` are scored on every search context.
@@ -42,13 +43,14 @@ def latest_slot_contexts(contexts: Sequence[SlotContext], n: int) -> list[SlotCo
         key = (c.group, c.prompt_id)
         if key not in latest or c.position > latest[key].position:
             latest[key] = c
-    groups = list(dict.fromkeys(g for g, _ in latest))
     user = [c for (g, _), c in latest.items() if g == "user"][: max(1, n)]
     ordinary = [c for (g, _), c in latest.items() if g == "user:ordinary"]
     user += ordinary[: max(1, n // 2 if user else n)]
-    others = [next(c for (g2, _), c in latest.items() if g2 == g)
-              for g in groups if g not in ("user", "user:ordinary")]  # fmt: skip
-    return [*user, *others]
+    others: dict[str, SlotContext] = {}
+    for (g, _), c in latest.items():
+        if g not in ("user", "user:ordinary"):
+            others.setdefault(g, c)
+    return [*user, *others.values()]
 
 
 def one_per_kind(contexts: Sequence[SlotContext]) -> list[SlotContext]:
@@ -174,8 +176,7 @@ class Funnel:
         cands = [c for c in dict.fromkeys(cands) if c not in self.scored]
         if not cands:
             return
-        kinds = {c.group for c in self.contexts}
-        slot_kind = {c.group: c.kind for c in self.contexts}
+        kinds = set(self._group_kind)
         if len(kinds) > 1 and self.reference and not self.kind_norm:
             self.kind_norm = self._norms(self._diffs(self.reference, f"{phase}_reference"))
         for c, (diff, (t, b)) in zip(cands, self._diffs_raw(cands, phase), strict=True):
@@ -184,7 +185,7 @@ class Funnel:
             kind = max(z, key=lambda k: z[k])
             self.screened.setdefault(c, t[kind])
             self.scored[c] = (t[kind], None if b is None else b[kind])
-            self.slot_of[c] = slot_kind[kind]
+            self.slot_of[c] = self._group_kind[kind]
             self.rank_score[c] = z[kind]
             self.group_score[c] = z
 
