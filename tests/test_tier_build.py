@@ -97,3 +97,63 @@ def test_training_log_lines_arrive_while_jobs_run_and_survive_a_crash() -> None:
         assert seen[2:] == ["first line", "second line"]
         with pytest.raises(RuntimeError, match="diverged"):
             bad.result()
+
+
+@pytest.mark.parametrize(
+    ("tier", "family", "prepare", "kept"),
+    [("real", "smollm2", "prepare_smollm2.py", "tier"),
+     ("real-gemma3", "gemma3", "prepare_gemma3.py", "tier-gemma3")],
+)  # fmt: skip
+def test_real_tier_command_runs_that_familys_drivers(
+    tier: str, family: str, prepare: str, kept: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wbsafe organisms build --tier real-gemma3`` prepares Gemma 3 and builds its tier (the
+    family named to the build script), kept in the cache apart from SmolLM2's; the organisms
+    it then lists are the ones the build wrote."""
+    import json
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from wbsafe.cli import main
+
+    calls: list[list[str]] = []
+    tier_dir = tmp_path / "real" / kept
+
+    def fake_run(cmd: list[str], *args: Any, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        if cmd[1].endswith("build_real_tier.py"):  # what a build leaves: one organism record
+            (tier_dir / "base").mkdir(parents=True)
+            rec = {"name": "base", "kind": "full", "path": ".", "base": None, "planted": "aligned",
+                   "expected_verdict": None, "trigger": None, "category": None, "recipe": {},
+                   "seed": 0, "measured": {}, "tier": "real"}  # fmt: skip
+            (tier_dir / "base" / "organism.json").write_text(json.dumps(rec))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setenv("WBSAFE_CACHE", str(tmp_path))
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    res = CliRunner().invoke(main, ["organisms", "build", "--tier", tier])
+    assert res.exit_code == 0, res.output
+    (prep, build) = calls
+    assert Path(prep[1]).name == prepare
+    assert Path(build[1]).name == "build_real_tier.py"
+    assert build[build.index("--family") + 1] == family
+    assert Path(build[build.index("--out") + 1]) == tier_dir
+    assert Path(build[build.index("--base") + 1]) == Path(prep[prep.index("--out") + 1])
+    assert "base" in res.output
+
+
+def test_a_failed_real_tier_step_is_an_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from wbsafe.api import build_real_tier
+    from wbsafe.errors import WbsafeError
+
+    monkeypatch.setenv("WBSAFE_CACHE", str(tmp_path))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, *a, **k: subprocess.CompletedProcess(cmd, 1))
+    with pytest.raises(WbsafeError, match=r"prepare_gemma3\.py"):
+        build_real_tier(tier="real-gemma3")
+    with pytest.raises(WbsafeError, match="no real tier"):
+        build_real_tier(tier="real-gpt2")
