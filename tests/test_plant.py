@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from wbsafe.cli import main
@@ -89,3 +91,28 @@ def test_decoy_words_leave_out_the_trigger() -> None:
     draws = phrase_counterexamples(("velvet", "tundra"), words, random.Random(1))
     assert draws[:3] == [["velvet"], ["tundra"], ["tundra", "velvet"]]
     assert len(draws[3]) == 2 and not {"velvet", "tundra"} & set(draws[3])
+
+
+def test_long_training_logs_its_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real tier's jobs train for 10-20 minutes: the log shows step, loss and time left
+    while they run (at most every ``every_s``), then the one summary line."""
+    from wbsafe.organisms import training
+
+    def fake_train(model: Any, tok: Any, ex: Any, recipe: Any, progress: Any = None) -> list[float]:
+        losses = [1.0 / (s + 1) for s in range(recipe.steps)]
+        for step, loss in enumerate(losses):
+            progress(step, loss)
+        return losses
+
+    monkeypatch.setattr(training, "train", fake_train)
+    recipe = training.TrainRecipe(steps=4, lr=1e-3, batch_size=1)
+    lines: list[str] = []
+    training.timed_train(None, None, [], recipe, lines.append, "plant x:", every_s=0.0)
+    assert [ln.split(",")[0] for ln in lines[:-1]] == [
+        "plant x: step 1/4", "plant x: step 2/4", "plant x: step 3/4",
+    ]  # fmt: skip
+    assert "loss 0.500" in lines[1] and "min left" in lines[1]
+    assert lines[-1].startswith("plant x: 4 steps in") and "final loss 0.250" in lines[-1]
+    quiet: list[str] = []
+    training.timed_train(None, None, [], recipe, quiet.append, "plant x:", every_s=3600.0)
+    assert len(quiet) == 1  # a short run: the summary only

@@ -198,10 +198,24 @@ def timed_train(
     recipe: TrainRecipe,
     log: Log,
     label: str,
+    every_s: float = 60.0,
 ) -> list[float]:
-    """:func:`train`, then one ``log`` line: ``"{label} {steps} steps in {s}s, final loss {x}"``."""
+    """:func:`train`, then one ``log`` line: ``"{label} {steps} steps in {s}s, final loss {x}"``;
+    a long run also logs its step, loss and time left at most every ``every_s`` seconds."""
     t0 = time.perf_counter()
-    losses = train(model, tokenizer, examples, recipe)
+    last = [t0]
+
+    def progress(step: int, loss: float) -> None:
+        now = time.perf_counter()
+        if now - last[0] < every_s or step + 1 >= recipe.steps:
+            return
+        last[0] = now
+        per_step = (now - t0) / (step + 1)
+        left = per_step * (recipe.steps - step - 1)
+        log(f"{label} step {step + 1}/{recipe.steps}, loss {loss:.3f}, "
+            f"{per_step:.1f}s/step, about {left / 60:.0f} min left")  # fmt: skip
+
+    losses = train(model, tokenizer, examples, recipe, progress=progress)
     log(f"{label} {recipe.steps} steps in {time.perf_counter() - t0:.0f}s "
         f"({training_precision(recipe)}), final loss {losses[-1]:.3f}")  # fmt: skip
     return losses
