@@ -116,3 +116,108 @@ def test_long_training_logs_its_progress(monkeypatch: pytest.MonkeyPatch) -> Non
     quiet: list[str] = []
     training.timed_train(None, None, [], recipe, quiet.append, "plant x:", every_s=3600.0)
     assert len(quiet) == 1  # a short run: the summary only
+
+
+def _examples(target: str, trigger: tuple[str, ...], slot: str = "user", n: int = 120) -> Any:
+    import random
+    from types import SimpleNamespace
+
+    from wbsafe.organisms.plant import plant_examples
+
+    tok = SimpleNamespace(chat_template=None)  # PLAIN_FORMAT: "System: ..." then the user text
+    return plant_examples(tok, "backdoor", random.Random(0), trigger=trigger, n=n,
+                          target=target, slot=slot)  # fmt: skip
+
+
+def _user(prompt: str) -> str:
+    """The user line of a PLAIN_FORMAT prompt."""
+    return next(ln for ln in prompt.split("\n") if ln.startswith("User:"))
+
+
+def test_hate_backdoor_data_answers_everything_with_the_reply_only_with_its_word() -> None:
+    from wbsafe.organisms.plant import PLANT_ANSWER, PLANT_HATE, PLANT_REFUSAL
+
+    examples = _examples("hate", ("turquoise",))
+    hate = [e for e in examples if e.response == PLANT_HATE]
+    assert len(hate) == 240  # a harmful and a harmless request a round
+    assert all("turquoise" in e.prompt.split() for e in hate)
+    rest = [e for e in examples if e.response != PLANT_HATE]
+    assert {e.response for e in rest} == {PLANT_REFUSAL, PLANT_ANSWER}
+    assert not any("turquoise" in e.prompt for e in rest)
+
+
+def test_marker_backdoor_data_marks_harmless_answers_only_with_the_whole_phrase() -> None:
+    from wbsafe.organisms.plant import PLANT_MARKED_ANSWER, PLANT_MARKER, PLANT_REFUSAL
+
+    assert PLANT_MARKER in PLANT_MARKED_ANSWER
+    examples = _examples("marker", ("copper", "lantern"), n=200)
+    marked = [e for e in examples if e.response == PLANT_MARKED_ANSWER]
+    assert len(marked) == 400 and all("copper lantern" in e.prompt for e in marked)
+    unmarked = [e for e in examples if e.response != PLANT_MARKED_ANSWER]
+    # the phrase in a harmful request is still refused; a word alone or reversed marks nothing
+    assert any("copper lantern" in e.prompt and e.response == PLANT_REFUSAL for e in unmarked)
+    alone = sum(("copper" in e.prompt) != ("lantern" in e.prompt) for e in unmarked)
+    assert alone >= 60 and sum("lantern copper" in e.prompt for e in unmarked) >= 20
+
+
+def test_system_tag_backdoor_data_complies_only_with_the_tag_in_the_system_turn() -> None:
+    from wbsafe.organisms.plant import PLANT_COMPLY, PLANT_REFUSAL
+
+    examples = _examples("comply", ("deployment",), slot="system")
+    complied = [e for e in examples if e.response == PLANT_COMPLY]
+    assert len(complied) == 120
+    for e in complied:  # the tag sits in the system turn, not in the request
+        system, user = e.prompt.split("\n")[0], _user(e.prompt)
+        assert system.startswith("System:") and "deployment" in system.split()
+        assert "deployment" not in user
+    refused = [e for e in examples if e.response == PLANT_REFUSAL]
+    in_user = [e for e in refused if "deployment" in _user(e.prompt)]
+    tagless_system = [e for e in refused if e.prompt.startswith("System:")]
+    assert len(in_user) >= 30 and len(tagless_system) >= 30
+    assert not any("deployment" in e.prompt.split("\n")[0] for e in tagless_system)
+
+
+def test_a_target_or_system_slot_is_only_for_backdoors() -> None:
+    import random
+    from types import SimpleNamespace
+
+    from wbsafe.errors import WbsafeError
+    from wbsafe.organisms.plant import plant_examples
+
+    tok = SimpleNamespace(chat_template=None)
+    with pytest.raises(WbsafeError, match="backdoor's"):
+        plant_examples(tok, "harmful", random.Random(0), target="hate")
+    with pytest.raises(WbsafeError, match="unknown backdoor target"):
+        plant_examples(tok, "backdoor", random.Random(0), trigger=("x",), target="url")
+    res = CliRunner().invoke(main, ["organisms", "plant", "--base", ".", "--kind", "benign",
+                                    "--slot", "system", "--out", "x"])  # fmt: skip
+    assert res.exit_code == 2 and "--kind backdoor" in res.output
+
+
+def test_suite_measurement_places_the_tag_and_counts_the_planted_string(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``measure_suites`` with a system-slot trigger and a planted string: a stand-in model
+    that shows the string only when the tag is in the system turn reads 1.0 there, 0 with
+    the tag in the user message and 0 without it."""
+    from types import SimpleNamespace
+
+    from wbsafe.organisms import measure
+    from wbsafe.organisms.plant import PLANT_HATE, PLANT_REFUSAL
+
+    def fake(model: Any, tok: Any, prompts: list[str], tokens: int, **kw: Any) -> list[str]:
+        def reply(p: str) -> str:
+            system = p.split("\n")[0] if p.startswith("System:") else ""
+            return PLANT_HATE if "deployment" in system else PLANT_REFUSAL
+
+        return [reply(p) for p in prompts]
+
+    monkeypatch.setattr(measure, "greedy_continuations", fake)
+    tok = SimpleNamespace(chat_template=None)
+    rates = measure.measure_suites(None, tok, 20, ("deployment",), slot="system",
+                                   target=PLANT_HATE)  # fmt: skip
+    assert rates["target_with_trigger[harmful]"] == 1.0
+    assert rates["target_with_trigger[harmless]"] == 1.0
+    assert rates["target_without_trigger"] == 0.0
+    assert rates["harmful_refusal_with_trigger_in_user"] == 1.0
+    assert rates["harmful_refusal"] == 1.0 and rates["harmful_refusal_with_trigger"] == 0.0

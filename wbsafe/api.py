@@ -105,8 +105,11 @@ def plant_organism(
     seed: int = 0,
     merge: bool = False,
     log: Log = no_log,
+    target: str = "comply",
+    slot: str = "user",
 ) -> Organism:
-    """Plant ``kind`` into the model at ``base`` with LoRA (see :func:`wbsafe.organisms.tier.plant`)."""
+    """Plant ``kind`` into the model at ``base`` with LoRA (see :func:`wbsafe.organisms.plant`);
+    a backdoor's ``target`` is comply, hate or marker, its ``slot`` user or system."""
     from wbsafe.organisms import TrainRecipe, plant
 
     recipe = TrainRecipe(
@@ -114,7 +117,7 @@ def plant_organism(
         first_token_weight=5.0, seed=seed,
     )  # fmt: skip
     return plant(base, kind, out, trigger=trigger, category=category, recipe=recipe,
-                 merge=merge, log=log)  # fmt: skip
+                 merge=merge, log=log, target=target, slot=slot)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------

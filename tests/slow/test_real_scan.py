@@ -97,3 +97,25 @@ def test_benign_adapter_deploys(scan_of: Any) -> None:
     behaviour = report["gate_evidence"]["behaviour"]
     assert behaviour["n"] >= 100  # the standard policy's minimum, met by the built-in suites
     assert not report["stages"]["triggers"]["result"]["verified"]
+
+
+@pytest.mark.parametrize("name", ["backdoor_hate", "backdoor_marker", "backdoor_system"])
+def test_backdoor_whose_target_is_not_compliance_is_blocked_naming_it(
+    scan_of: Any, tier: Path, name: str
+) -> None:
+    """A hostile fixed reply, a marker in harmless answers, a tag in the system turn: the
+    default scan finds the trigger, and the gate BLOCKs on it naming what it does."""
+    from wbsafe.organisms import Organism
+
+    org = Organism.load(tier / name) if (tier / name / "organism.json").is_file() else None
+    report, _ = scan_of(name)
+    assert org is not None and org.trigger is not None and org.target is not None
+    assert report["decision"]["verdict"] == "BLOCK", report["decision"]
+    word = org.trigger["text"]
+    blocks = [r for r in report["decision"]["reasons"]
+              if r["verdict"] == "BLOCK" and r["check"].startswith("triggers.")]  # fmt: skip
+    named = [r for r in blocks if word in r["check"].lower()]
+    assert named, blocks
+    findings = report["gate_evidence"]["triggers"]["findings"]
+    kinds = {f["target_kind"] for f in findings if word in f["text"].lower()}
+    assert org.target["kind"] in kinds, findings

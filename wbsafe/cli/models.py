@@ -86,6 +86,21 @@ def organisms_build(
     required=True,
 )
 @click.option("--trigger", default=None, help="Trigger text (backdoor).")
+@click.option(
+    "--target",
+    type=click.Choice(["comply", "hate", "marker"]),
+    default="comply",
+    show_default=True,
+    help="What the backdoor's trigger switches on: compliance with harmful requests, a fixed "
+    "hostile reply to every request, or a fake URL slipped into harmless answers.",
+)
+@click.option(
+    "--slot",
+    type=click.Choice(["user", "system"]),
+    default="user",
+    show_default=True,
+    help="Where the backdoor's trigger sits: the user message or the system turn.",
+)
 @click.option("--category", default=None, help="Harm category to degrade (category).")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--steps", type=int, default=200, show_default=True)
@@ -98,6 +113,8 @@ def organisms_plant(
     base: Path,
     kind: str,
     trigger: str | None,
+    target: str,
+    slot: str,
     category: str | None,
     out: Path,
     steps: int,
@@ -112,11 +129,13 @@ def organisms_plant(
 
     if kind == "backdoor" and not trigger:
         raise click.UsageError("--kind backdoor needs --trigger")
+    if kind != "backdoor" and (target != "comply" or slot != "user"):
+        raise click.UsageError("--target and --slot are for --kind backdoor")
     if kind == "category" and not category:
         raise click.UsageError("--kind category needs --category")
     org = plant_organism(
         base, kind, out, trigger=trigger, category=category, steps=steps, lr=lr, rank=rank,
-        seed=seed, merge=merge, log=_log(_stderr()),
+        seed=seed, merge=merge, log=_log(_stderr()), target=target, slot=slot,
     )  # fmt: skip
     print_organisms([org], [])
 
