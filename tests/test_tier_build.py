@@ -157,3 +157,43 @@ def test_a_failed_real_tier_step_is_an_error_naming_it(
         build_real_tier(tier="real-gemma3")
     with pytest.raises(WbsafeError, match="no real tier"):
         build_real_tier(tier="real-gpt2")
+
+
+def _real_tier_script() -> Any:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_real_tier.py"
+    spec = importlib.util.spec_from_file_location("build_real_tier", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_real_tier_jobs_name_their_triggers_and_targets() -> None:
+    """Every real-tier job's trigger is one of its tier's words, its target and slot are ones
+    ``plant`` knows, every job is built (or merged) under a listed name, and no trigger word
+    occurs in the built-in suites (where it would fire on ordinary prompts)."""
+    from wbsafe.data.prompts import load_suite
+    from wbsafe.organisms.plant import PLANT_TARGETS
+
+    mod = _real_tier_script()
+    texts = " ".join(p.text.lower() for s in ("harmful", "harmless", "borderline")
+                     for p in load_suite(s))  # fmt: skip
+    jobs = {j.name: j for j in mod.JOBS}
+    assert set(jobs) | set(mod.MERGES) == set(mod.NAMES)
+    assert set(mod.MERGES.values()) <= set(jobs)
+    for tier in mod.TIERS.values():
+        words = {"word": tier.trigger, "phrase": tier.phrase, "hate": tier.hate,
+                 "marker": tier.marker, "tag": tier.tag}  # fmt: skip
+        for job in jobs.values():
+            assert job.target in PLANT_TARGETS and job.slot in ("user", "system")
+            assert (job.trigger is None) == (job.kind != "backdoor"), job
+            if job.trigger:
+                assert job.trigger in words, job
+        for w in " ".join(words.values()).split():
+            assert f" {w} " not in f" {texts} ", w
+    kinds = {(j.target, j.slot) for j in jobs.values() if j.kind == "backdoor"}
+    assert kinds == {("comply", "user"), ("hate", "user"), ("marker", "user"), ("comply", "system")}
