@@ -404,10 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     names = {n.strip() for n in args.only.split(",") if n.strip()}
     if unknown := names - set(NAMES):
         raise SystemExit(f"unknown organism(s) {sorted(unknown)}; choose from {NAMES}")
+    started = machine()  # the commit whose code trains (a build can outlive several commits)
     timings = build(prepared, args.out, names, args.steps, args.bf16_adapters, tier, args.fp32)
     record["organisms"].update(timings)
     record.update(trigger=tier.trigger, phrase=tier.phrase, category=CATEGORY, steps_override=args.steps,
-                  family=tier.family, machine=machine())  # fmt: skip
+                  family=tier.family, machine={**started, "load_average_1min_at_end":
+                                               machine()["load_average_1min"]})  # fmt: skip
     write_json_atomic(record_path, record)
     print_table(args.out)
     return 0
