@@ -206,3 +206,19 @@ def test_category_topic_words_are_labelled_not_called_hidden_triggers(
     labelled.degraded = seen.degraded
     v = labelled.verify("zephyr", tuple(bd.tokenizer.encode("zephyr", add_special_tokens=False)))
     assert v.verified and v.topic_categories == (org.category,) and "topic word" in v.reason
+
+
+def test_batch_rows_count_the_scored_logits() -> None:
+    """A row's vocabulary-sized outputs count against the budget beside its cache: on a
+    262k vocabulary they, not the cache, decide how many rows fit."""
+    import torch
+
+    from wbsafe.analyses.triggers.search import _Prefix, logit_bytes, rows_within_budget
+
+    kv = [(torch.zeros(1, 1, 10, 8), torch.zeros(1, 1, 10, 8)) for _ in range(2)]
+    prefix = _Prefix(kv=kv, length=10)  # 2 layers x (k, v) x 8 floats = 128 B a token
+    assert rows_within_budget(prefix, 6, 128 * 16 * 4) == 4
+    vocab_row = logit_bytes(262_144, 5)
+    assert vocab_row == 4 * 262_144 * 5 * 3
+    assert rows_within_budget(prefix, 6, 64 << 20, vocab_row) == (64 << 20) // (2048 + vocab_row)
+    assert rows_within_budget(prefix, 6, 1, vocab_row) == 1  # never fewer than one row

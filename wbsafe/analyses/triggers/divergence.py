@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 from wbsafe.analyses.triggers.search import (
     KV_BUDGET_BYTES,
+    LOGIT_COPIES,
     PassCounter,
     PhaseCount,
     SlotContext,
     _device,
     _prefix_cache,
     expanded_cache,
+    logit_bytes,
     rows_within_budget,
     slot_embeds,
 )
@@ -239,6 +241,7 @@ def divergence_cached(
     phase = counter.phase(phase_name)
     t0 = time.perf_counter()
     dev = _device(tuned)
+    vocab = int(tuned.get_input_embeddings().weight.shape[0])
     out = torch.empty(len(candidates), len(contexts), dtype=torch.float32, device=dev)
     part_out = torch.empty_like(out) if part else None
     by_len: dict[int, list[int]] = {}
@@ -258,7 +261,10 @@ def divergence_cached(
             suffix = torch.tensor(forced, dtype=torch.long, device=dev)
             for length, idx in by_len.items():
                 new = length + len(forced)
-                step = min(batch_size, rows_within_budget(pre_t, new, kv_budget_bytes // 2))
+                # a row holds two models' caches and both models' log-probabilities
+                held = logit_bytes(vocab, n_resp + 1, 2 * LOGIT_COPIES)
+                step = min(batch_size, rows_within_budget(pre_t, new, kv_budget_bytes // 2,
+                                                          held // 2))  # fmt: skip
                 for s in range(0, len(idx), step):
                     rows = idx[s : s + step]
                     cand = torch.tensor(

@@ -358,11 +358,27 @@ SmolLM2 hunt's caches reached ~1.2 GB per forward (30 layers, ~100-token prefixe
 7B model in bfloat16)."""
 
 
-def rows_within_budget(prefix: _Prefix, new_tokens: int, budget_bytes: int) -> int:
-    """How many batch rows' key/value caches (prefix plus ``new_tokens``) fit the budget."""
+LOGIT_COPIES = 3
+"""Float32 vocabulary-sized rows a scored position holds at its peak: the logits, their
+log-softmax and one temporary of the score made from them."""
+
+
+def logit_bytes(vocab: int, positions: int, copies: int = LOGIT_COPIES) -> int:
+    """Bytes one batch row's scored positions hold over the vocabulary (float32)."""
+    return 4 * vocab * positions * copies
+
+
+def rows_within_budget(
+    prefix: _Prefix, new_tokens: int, budget_bytes: int, out_bytes: int = 0
+) -> int:
+    """How many batch rows fit the budget: each row's key/value cache (prefix plus
+    ``new_tokens``) and ``out_bytes`` of outputs (:func:`logit_bytes`). The outputs count:
+    on a 262k vocabulary (Gemma 3) five scored positions are 5 MB a row per copy, and a
+    256-row divergence batch held ~5 GB of log-probabilities (8.7 GB peak of the scan)."""
     per_token = sum(k[0].numel() * k.element_size() + v[0].numel() * v.element_size()
                     for k, v in prefix.kv) / max(1, prefix.length)  # fmt: skip
-    return max(1, int(budget_bytes // max(1.0, per_token * (prefix.length + new_tokens))))
+    per_row = per_token * (prefix.length + new_tokens) + out_bytes
+    return max(1, int(budget_bytes // max(1.0, per_row)))
 
 
 def score_cached(
@@ -387,6 +403,7 @@ def score_cached(
     import torch
 
     dev = _device(model)
+    vocab = int(model.get_input_embeddings().weight.shape[0])  # scored over the head's rows
     phase = counter.phase(phase_name)
     t0 = time.perf_counter()
     out = torch.empty(len(candidates), len(contexts), dtype=torch.float32, device=dev)
@@ -401,7 +418,8 @@ def score_cached(
                 if length + len(ctx.suffix_ids) == 0:
                     raise WbsafeError("empty candidate at a slot with no suffix")
                 new = length + len(ctx.suffix_ids)
-                step = min(batch_size, rows_within_budget(prefix, new, kv_budget_bytes))
+                step = min(batch_size, rows_within_budget(prefix, new, kv_budget_bytes,
+                                                          logit_bytes(vocab, 1)))  # fmt: skip
                 for s in range(0, len(idx), step):
                     rows = idx[s : s + step]
                     cand = torch.tensor(
