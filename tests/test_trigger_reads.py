@@ -18,8 +18,15 @@ PLANTED = ["backdoor", "backdoor_multi", "backdoor_lora", "backdoor_marker", "ba
            "backdoor_hate_lora", "backdoor_system"]  # fmt: skip
 
 
-def _sweep(orgs: dict[str, Organism], name: str) -> tuple[Any, TokenReads, Any]:
+def _sweep(
+    orgs: dict[str, Organism], name: str, cap: int | None = None
+) -> tuple[Any, TokenReads, Any]:
+    """The sweep as the hunt runs it, or with the two-pass ``cap`` of a large vocabulary."""
+    import contextlib
+
     from wbsafe.analyses.triggers.hunt import sweep_reads
+    from wbsafe.analyses.triggers.objectives import base_view
+    from wbsafe.analyses.triggers.reads import capped_token_reads
     from wbsafe.analyses.triggers.search import PassCounter, slot_context, special_ids
     from wbsafe.data.tinyworld import prompt_set
     from wbsafe.io.models import load_model
@@ -34,8 +41,20 @@ def _sweep(orgs: dict[str, Organism], name: str) -> tuple[Any, TokenReads, Any]:
     allowed[list(special_ids(tok))] = False
     prompt = next(p for p in prompt_set("train", 2) if p.label == "harmful")
     counter = PassCounter()
-    reads = sweep_reads(tuned, base, allowed, slot_context(tuned, prompt, 1.0).prefix_ids,
-                        counter, layers=None, batch_size=64, kv_budget_bytes=1 << 28)  # fmt: skip
+    prefix = slot_context(tuned, prompt, 1.0).prefix_ids
+    if cap is None:
+        reads = sweep_reads(tuned, base, allowed, prefix, counter, layers=None, batch_size=64,
+                            kv_budget_bytes=1 << 28)  # fmt: skip
+        return tok, reads, counter
+
+    @contextlib.contextmanager
+    def base_side() -> Any:
+        with base_view(tuned, base) as b:
+            yield b.model  # type: ignore[union-attr]
+
+    ids = allowed.nonzero()[:, 0].tolist()
+    reads = capped_token_reads(tuned.model, base_side, ids, prefix, counter, cap=cap,
+                               batch_size=64, kv_budget_bytes=1 << 28)  # fmt: skip
     return tok, reads, counter
 
 
@@ -53,6 +72,33 @@ def test_sweep_ranks_every_planted_trigger_word_near_the_top(
     # every allowed token swept once, after the one prefix pass
     assert int(counter.phases["reads"].sequences) == len(reads.token_ids) + 1
     assert reads.layers == (0, 1)  # the first half of the tiny tier's 4 layers
+
+
+@pytest.mark.parametrize("name", ["backdoor_multi", "backdoor_lora", "backdoor_system"])
+def test_capped_sweep_keeps_the_planted_words_and_the_first_layer(
+    name: str, tiny_organisms: dict[str, Organism]
+) -> None:
+    """The two-pass sweep of a vocabulary larger than its cap (here 64 of ~290 tokens, as
+    262k are for Gemma 3's 65,536): the planted words stay among the best 4; the first read
+    layer's scores are the one-pass sweep's for every token; only ``cap`` tokens go through
+    the deeper layer; the rest are ranked by the first layer alone."""
+    tok, full, _ = _sweep(tiny_organisms, name)
+    _, capped, counter = _sweep(tiny_organisms, name, cap=64)
+    top = capped.top(4)
+    for word in tiny_organisms[name].trigger["text"].lower().split():  # type: ignore[index]
+        (tid,) = tok.encode(" " + word, add_special_tokens=False)
+        assert tid in top, (word, [tok.decode([t]) for t in top])
+    assert capped.token_ids == full.token_ids and capped.readers == full.readers
+    first = [k for k, (layer, _) in enumerate(full.readers) if layer == 0]
+    deep = [k for k, (layer, _) in enumerate(full.readers) if layer > 0]
+    assert first and deep
+    assert torch.allclose(capped.raw[:, first], full.raw[:, first], atol=1e-5)
+    swept = torch.isfinite(capped.z[:, deep]).all(dim=1)
+    assert int(swept.sum()) == 64 and torch.isinf(capped.z[~swept][:, deep]).all()
+    # the swept tokens' deeper changes are the one-pass sweep's (standardised apart)
+    assert torch.allclose(capped.raw[swept][:, deep], full.raw[swept][:, deep], atol=1e-5)
+    # every token once through layer 0, then 64 through both (each pass after its prefix)
+    assert int(counter.phases["reads"].sequences) == len(full.token_ids) + 1 + 64 + 1
 
 
 def test_sweep_of_a_benign_lora_does_not_pick_the_backdoor_words(
