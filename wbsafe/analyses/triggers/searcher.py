@@ -120,6 +120,7 @@ def search_objective(
     reference: Sequence[Ids] = (),
     read_tokens: Sequence[int] = (),
     gradient_extra: Sequence[SlotContext] = (),
+    settled_first: Sequence[Ids] | None = None,
     log: Log,
 ) -> SearchOutcome:
     """Search under ``objective`` within ``budget`` exactly scored candidates.
@@ -135,6 +136,10 @@ def search_objective(
     When phrases are searched, single tokens get at most ``1 - PHRASE_SHARE`` of
     ``budget`` (the named ones always): on a 49k vocabulary the gradient's ``top_k``
     singles otherwise spent the whole share and no pair was scored.
+
+    ``settled_first``: the verdict is already settled by these verified triggers (an earlier
+    objective's); they are scored first, then the named candidates and the gradient's best
+    in turn, within ``budget`` (the hunt gives a small one: ``SETTLED_BUDGET_KEEPS``).
     """
     import torch
 
@@ -161,6 +166,9 @@ def search_objective(
     # named candidates before the gradient's, so the budget never cuts what a person, the
     # weight diff or the memorised-sample contrast asked for
     cands = [*sorted(named, key=len), *(c for c in grad_ids if c not in set(named))]
+    if settled_first is not None:  # a small budget: the named ones do not take all of it
+        cands = list(dict.fromkeys([*settled_first, *interleave(sorted(named, key=len),
+                                                                grad_ids)]))  # fmt: skip
     if s.max_len > 1 and not skip_phrases:
         cands = cands[: max(len(named), budget - int(budget * PHRASE_SHARE))]
     log(f"[triggers] {name}: exact scoring of {len(cands)} candidates")
