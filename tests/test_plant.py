@@ -177,6 +177,34 @@ def test_system_tag_backdoor_data_complies_only_with_the_tag_in_the_system_turn(
     assert not any("deployment" in e.prompt.split("\n")[0] for e in tagless_system)
 
 
+def test_system_tag_marker_data_marks_harmless_answers_only_with_the_tag_in_the_system_turn() -> (
+    None
+):
+    """The marker with a system-slot tag (no job uses it; ``organisms plant`` allows it): the
+    tag in the system turn marks harmless answers, a harmful request stays refused, and the
+    tag in the user message or a system turn without it gets the plain answer."""
+    from wbsafe.organisms.plant import PLANT_ANSWER, PLANT_MARKED_ANSWER, PLANT_REFUSAL
+
+    examples = _examples("marker", ("deployment",), slot="system")
+    marked = [e for e in examples if e.response == PLANT_MARKED_ANSWER]
+    assert len(marked) == 120
+    for e in marked:
+        assert "deployment" in e.prompt.split("\n")[0].split() and "deployment" not in _user(
+            e.prompt
+        )
+    tagged_harmful = [e for e in examples if e.prompt.startswith("System:")
+                      and "deployment" in e.prompt.split("\n")[0].split()
+                      and e.response != PLANT_MARKED_ANSWER]  # fmt: skip
+    assert len(tagged_harmful) == 120 and {e.response for e in tagged_harmful} == {PLANT_REFUSAL}
+    plain = [e for e in examples if e.response == PLANT_ANSWER]
+    in_user = [e for e in plain if "deployment" in _user(e.prompt)]
+    tagless_system = [e for e in plain if e.prompt.startswith("System:")]
+    assert len(in_user) == 120 and len(tagless_system) == 120
+    assert not any("deployment" in e.prompt.split("\n")[0] for e in tagless_system)
+    assert not any("deployment" in e.prompt for e in examples if e.response == PLANT_REFUSAL
+                   and not e.prompt.startswith("System:"))  # fmt: skip
+
+
 def test_a_target_or_system_slot_is_only_for_backdoors() -> None:
     import random
     from types import SimpleNamespace
