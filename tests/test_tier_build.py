@@ -143,6 +143,33 @@ def test_real_tier_command_runs_that_familys_drivers(
     assert "base" in res.output
 
 
+def test_real_tier_build_keeps_to_the_cache_dir_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--cache-dir`` places a real tier's downloads, prepared model and tier, over
+    ``$WBSAFE_CACHE``; the tiny tier's ``--seed`` and ``--workers`` are refused for it."""
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from wbsafe.cli import main
+
+    calls: list[list[str]] = []
+    monkeypatch.setenv("WBSAFE_CACHE", str(tmp_path / "env"))
+    monkeypatch.setattr(subprocess, "run",
+                        lambda cmd, *a, **k: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))  # fmt: skip
+    (tmp_path / "flag" / "real" / "tier-gemma3").mkdir(parents=True)
+    res = CliRunner().invoke(main, ["organisms", "build", "--tier", "real-gemma3",
+                                    "--cache-dir", str(tmp_path / "flag")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    paths = [Path(a) for cmd in calls for a in cmd[2:] if a.startswith(str(tmp_path))]
+    assert len(paths) == 4, calls  # --out and --cache of prepare, --out and --base of the build
+    assert all(p.is_relative_to(tmp_path / "flag" / "real") for p in paths), paths
+    for extra in (["--seed", "3"], ["--workers", "2"]):
+        res = CliRunner().invoke(main, ["organisms", "build", "--tier", "real", *extra])
+        assert res.exit_code == 2 and "tiny tier" in res.output, res.output
+
+
 def test_a_failed_real_tier_step_is_an_error_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -52,13 +52,15 @@ REAL_TIERS = {
 """The real tiers ``wbsafe organisms build --tier`` offers, and where each is kept."""
 
 
-def build_real_tier(out: str | Path | None = None, tier: str = "real") -> list[Organism]:
+def build_real_tier(
+    out: str | Path | None = None, tier: str = "real", cache_dir: str | Path | None = None
+) -> list[Organism]:
     """A real tier (``"real"``: SmolLM2-135M-Instruct; ``"real-gemma3"``: Gemma 3 270M, the
     pretrained model), safety-tuned with LoRA, then planted, built by the drivers in the
     repository's ``scripts/`` (slow: 30-60 min of LoRA steps on 2 cores with bf16 hardware).
 
-    Kept under ``$WBSAFE_CACHE/real/``; already-built organisms are skipped, so an
-    interrupted build resumes.
+    Kept under ``cache_dir/real/`` (default ``$WBSAFE_CACHE/real/``), the tier itself in
+    ``out`` if given; already-built organisms are skipped, so an interrupted build resumes.
     """
     import subprocess
     import sys
@@ -76,7 +78,7 @@ def build_real_tier(out: str | Path | None = None, tier: str = "real") -> list[O
             "which ship with the source checkout, not with an installed package",
             scripts,
         )
-    root = default_cache_dir() / "real"
+    root = Path(cache_dir or default_cache_dir()) / "real"
     prepared = root / prepared_name
     tier_dir = Path(out) if out else root / tier_name
     for cmd in (

@@ -41,19 +41,26 @@ def organisms() -> None:
     help="tiny: 4-layer models (minutes); real: SmolLM2-135M-Instruct; real-gemma3: Gemma 3 "
     "270M (each real tier 30-60 min of LoRA training on 2 cores with bf16 hardware).",
 )
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Copy the tier here.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="tiny: copy the tier here; a real tier: build it here (resumes what is there).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Tiny tier only.")
 @click.option(
     "--cache-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Organism cache (default $WBSAFE_CACHE or ~/.cache/wbsafe).",
+    help="Organism cache (default $WBSAFE_CACHE or ~/.cache/wbsafe); a real tier keeps its "
+    "downloads, prepared model and (without --out) its organisms under CACHE_DIR/real.",
 )
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=None,
-    help="Processes that train the tiny variants at once [default: one per core, up to 4].",
+    help="Processes that train the tiny variants at once [default: one per core, up to 4]. "
+    "Tiny tier only.",
 )
 @handle_errors
 def organisms_build(
@@ -66,7 +73,9 @@ def organisms_build(
     if tier != "tiny":
         from wbsafe.api import build_real_tier
 
-        real = build_real_tier(out, tier)
+        if seed != 0 or workers is not None:  # the real tiers' seeds are their recipes'
+            raise click.UsageError(f"--seed and --workers apply to the tiny tier, not {tier}")
+        real = build_real_tier(out, tier, cache_dir)
         print_organisms(real, [])
         return
     err = _stderr()
