@@ -17,6 +17,7 @@ from wbsafe.analyses.triggers.divergence import (
     layer_spread,
     mid_layers,
 )
+from wbsafe.analyses.triggers.hunt import SETTLED_BUDGET_KEEPS
 from wbsafe.analyses.triggers.memorised import memorised_spans
 from wbsafe.analyses.triggers.search import SLOT_KINDS, Slot, accepts, place
 from wbsafe.config import RuntimeConfig
@@ -167,6 +168,8 @@ def test_default_hunt_both_objectives_all_slots(
     # divergence objective still ranked single tokens, but searched no phrase
     assert cov.singles_only == ("divergence",) and cov.stopped_at_length == 1
     assert "divergence: single tokens only" in cov.statement()
+    # and a small share (zephyr scored first): still enough to rank it 1st, as above
+    assert cov.budgets[1] == SETTLED_BUDGET_KEEPS * 16 < cov.budget - cov.exact_by_objective[0]
     assert not [k for k in res.passes if k.startswith("divergence_extend")]
     assert res.passes["divergence_exact"]["passes"] > 0
 
