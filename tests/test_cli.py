@@ -71,10 +71,13 @@ def test_log_lines_print_as_written_not_as_markup() -> None:
     from wbsafe.cli.app import _log
 
     buf = io.StringIO()
-    say = _log(Console(file=buf, force_terminal=False, width=200))
+    now = iter([100.0, 100.4, 163.0, 3825.0])  # made, then each line (seconds)
+    say = _log(Console(file=buf, force_terminal=False, width=200), clock=lambda: next(now))
     say("[weights] done in 1.0 s")
     say("adapter [bold red]evil[/] loaded")
+    say("[triggers] done")
     assert buf.getvalue().splitlines() == [
-        "[weights] done in 1.0 s",
-        "adapter [bold red]evil[/] loaded",
+        "00:00 [weights] done in 1.0 s",
+        "01:03 adapter [bold red]evil[/] loaded",
+        "1:02:05 [triggers] done",
     ]

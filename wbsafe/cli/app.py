@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,12 +81,18 @@ def _stderr() -> Any:
     return Console(stderr=True)
 
 
-def _log(console: Any) -> Callable[[str], None]:
+def _log(console: Any, clock: Callable[[], float] = time.monotonic) -> Callable[[str], None]:
     """A log callback printing each message as it is, not as rich markup: "[weights] done"
-    keeps its stage name, and text from the files scanned (names, triggers) styles nothing."""
+    keeps its stage name, and text from the files scanned (names, triggers) styles nothing.
+    Each line starts with the time since the command began (``mm:ss``, ``h:mm:ss`` past an
+    hour): a scan's hunt logs a line per phase for tens of minutes."""
+    start = clock()
 
     def say(message: str) -> None:
-        console.print(message, markup=False, highlight=False)
+        s = int(clock() - start)
+        h, m = divmod(s // 60, 60)
+        elapsed = f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m:02d}:{s % 60:02d}"
+        console.print(f"{elapsed} {message}", markup=False, highlight=False)
 
     return say
 
