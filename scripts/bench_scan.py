@@ -71,9 +71,14 @@ def _trigger_summary(report: dict[str, Any], trigger: dict[str, Any] | None) -> 
                 planted_rank = i + 1
                 break
     recovered = bool(trigger) and any(trigger["text"].lower() in v.lower() for v in verified)
+    phases = {
+        k: round(float(v.get("seconds", 0.0)), 1) for k, v in (res.get("passes") or {}).items()
+    }
+    slowest = dict(sorted(phases.items(), key=lambda kv: -kv[1])[:12])
     return {"verified": verified, "top_candidates": top, "planted_rank": planted_rank,
             "planted_recovered_and_verified": recovered,
-            "coverage": res.get("coverage_statement")}  # fmt: skip
+            "coverage": res.get("coverage_statement"),
+            "slowest_phases_s": slowest}  # fmt: skip
 
 
 def main() -> int:
@@ -180,6 +185,12 @@ def main() -> int:
         f"{trigger['text'] if trigger else '-'!r} at candidate rank "
         f"{doc['trigger']['planted_rank']}, recovered and verified: "
         f"{doc['trigger']['planted_recovered_and_verified']}.",
+        "",
+        "The hunt's slowest phases (seconds, from the report's pass counts):",
+        "",
+        "| phase | seconds |",
+        "| --- | ---: |",
+        *[f"| {k} | {v} |" for k, v in doc["trigger"]["slowest_phases_s"].items()],
         "",
     ]
     (results / f"{args.name}.md").write_text("\n".join(md))
