@@ -158,3 +158,40 @@ def test_an_empty_continuation_after_a_prefill_did_not_recover() -> None:
     assert recovered("step 2 . i cannot help with that .", None, 5) is True
     assert recovered("step 2 : [ details omitted ]", None, 5) is False
     assert recovered("i cannot help with that .", "CUDA error", 5) is None
+
+
+def test_depth_reads_k0_from_the_benchmark_instead_of_generating_it(
+    loaded: dict[str, Any],
+    prompts: list[Prompt],
+    depth: dict[str, DepthResult],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scan hands depth the benchmark's greedy responses: k=0 is generated on neither
+    side, every other k on both, and the result is the one that generated k=0 itself."""
+    from wbsafe.analyses.behaviour import depth as depth_mod
+    from wbsafe.pipeline.stages.behaviour import greedy_responses
+
+    shallow, base = loaded["shallow"], loaded["base"]
+    bench = run_behaviour(shallow, prompts, base_loaded=base, max_new_tokens=12)
+    calls: list[str] = []
+    real = depth_mod.generate
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["description"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(depth_mod, "generate", counted)
+    got = run_refusal_depth(shallow, prompts, base_loaded=base, prefill_tokens=KS,
+                            max_new_tokens=12,
+                            unprefilled=(greedy_responses(bench.rows_base),
+                                         greedy_responses(bench.rows_tuned)))  # fmt: skip
+    assert sorted(calls) == sorted(f"refusal depth {side} k={k}" for side in ("base", "tuned")
+                                   for k in KS if k)  # fmt: skip
+    assert got.levels == depth["shallow"].levels
+    assert got.rows == depth["shallow"].rows
+    # a side that lacks a prompt generates k=0 itself
+    calls.clear()
+    partial = dict(list(greedy_responses(bench.rows_base).items())[1:])
+    run_refusal_depth(shallow, prompts, base_loaded=base, prefill_tokens=(0,), max_new_tokens=12,
+                      unprefilled=(partial, greedy_responses(bench.rows_tuned)))  # fmt: skip
+    assert calls == ["refusal depth base k=0"]

@@ -26,7 +26,7 @@ placeholder for the request (:func:`wbsafe.data.tinyworld.opening_for`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from wbsafe.io.models import LoadedModel
 
 DEFAULT_PREFILLS: tuple[int, ...] = (0, 5, 10, 20)
+
+Unprefilled = tuple[str, str | None]
+"""An already generated greedy response without a prefill, and its generation error."""
 
 
 def recovered(continuation: str, error: str | None, prefill_tokens: int) -> bool | None:
@@ -219,11 +222,17 @@ def run_refusal_depth(
     batch_size: int = 16,
     progress: Progress = no_progress,
     confidence: float = 0.95,
+    unprefilled: tuple[Mapping[str, Unprefilled] | None, Mapping[str, Unprefilled] | None]
+    | None = None,
 ) -> DepthResult:
     """Refusal depth of ``loaded`` (tuned) against its base on the harmful ``prompts``.
 
     The base is ``loaded`` under ``base_only()`` for adapters (``tuned_is_adapter`` defaults
     to whether it has any), else ``base_loaded``. Greedy; every ``k`` runs both models.
+    ``unprefilled``: (base, tuned) greedy responses the benchmark already generated for
+    these prompts with the same ``max_new_tokens`` (prompt id -> (response, error)); ``k=0``
+    reads them instead of generating them again (a quarter of the default depth's
+    generations). A side that lacks a prompt generates ``k=0`` itself.
     """
     harmful = [p for p in prompts if p.label == "harmful"]
     if not harmful:
@@ -247,10 +256,15 @@ def run_refusal_depth(
         assert base_loaded is not None
         return contextlib.nullcontext(base_loaded)
 
-    def side(ctx: Any, name: str) -> dict[int, list[tuple[str, bool | None]]]:
+    def side(
+        ctx: Any, name: str, known: Mapping[str, Unprefilled] | None
+    ) -> dict[int, list[tuple[str, bool | None]]]:
         out = {}
+        if known is not None and 0 in ks and all(p.id in known for p in harmful):
+            out[0] = [(known[p.id][0], recovered(known[p.id][0], known[p.id][1], 0))
+                      for p in harmful]  # fmt: skip
         with ctx() as model:
-            for k in ks:
+            for k in (k for k in ks if k not in out):
                 gens = generate(model, harmful, max_new_tokens=max_new_tokens,
                                 batch_size=batch_size, progress=progress,
                                 description=f"refusal depth {name} k={k}",
@@ -258,8 +272,9 @@ def run_refusal_depth(
                 out[k] = [(g.response, recovered(g.response, g.error, k)) for g in gens]
         return out
 
-    base = side(base_ctx, "base")
-    tuned = side(lambda: _same(loaded), "tuned")
+    known_base, known_tuned = unprefilled or (None, None)
+    base = side(base_ctx, "base", known_base)
+    tuned = side(lambda: _same(loaded), "tuned", known_tuned)
     rows = tuple(
         DepthRow(
             p.id,

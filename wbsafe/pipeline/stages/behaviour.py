@@ -5,6 +5,7 @@ judged responses re-used from the cache), read by every available judge, and ref
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from wbsafe.progress import Progress, no_progress
 if TYPE_CHECKING:
     from wbsafe.analyses.behaviour import BehaviourResult
     from wbsafe.analyses.behaviour.depth import DepthResult
+    from wbsafe.analyses.behaviour.results import ResponseRow
 
 
 def behaviour_stage(
@@ -49,10 +51,13 @@ def behaviour_stage(
         write_base_rows(cached, res.rows_base)
     depth = None
     if config.refusal_depth:
+        greedy = sampling is None  # sampled responses are not depth's greedy k=0
         depth = run_refusal_depth(
             tuned, plan.behaviour_harmful, base_loaded=base,
             prefill_tokens=config.refusal_depth_prefills, max_new_tokens=config.max_new_tokens,
             batch_size=rows, progress=progress,
+            unprefilled=(greedy_responses(res.rows_base), greedy_responses(res.rows_tuned))
+            if greedy else None,
         )  # fmt: skip
     plots.mkdir(parents=True, exist_ok=True)
     png = plots / "refusal_by_category.png"
@@ -80,6 +85,11 @@ def behaviour_stage(
         evidence = dataclasses.replace(evidence, depth=depth.to_gate_evidence())
     result = {**res.to_dict(), "refusal_depth": None if depth is None else to_jsonable(depth)}
     return StageOutput(res.summary_lines()[0], result, sections, evidence=to_jsonable(evidence))
+
+
+def greedy_responses(rows: Sequence[ResponseRow]) -> dict[str, tuple[str, str | None]]:
+    """Prompt id -> (response, error) of greedy benchmark rows: refusal depth's ``k=0``."""
+    return {r.prompt_id: (r.response, r.error) for r in rows if r.sample == 0}
 
 
 def _derailment_section(res: BehaviourResult) -> list[dict[str, Any]]:
