@@ -171,7 +171,7 @@ def search_objective(
                                                                 grad_ids)]))  # fmt: skip
     if s.max_len > 1 and not skip_phrases:
         cands = cands[: max(len(named), budget - int(budget * PHRASE_SHARE))]
-    log(f"[triggers] {name}: exact scoring of {len(cands)} candidates")
+    log(f"[triggers] {name}: exact scoring of up to {min(len(cands), budget)} candidates")
     funnel.score(cands, "exact" if name == "refusal" else f"{name}_exact")
     decided = verify(funnel.leading(1)[: s.verify_top], funnel)
     stopped_at: int | None = 1 if decided and s.max_len > 1 else None
