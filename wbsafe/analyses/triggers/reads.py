@@ -124,10 +124,12 @@ class TokenReads:
         return list(out)
 
 
-def robust_z(x: torch.Tensor) -> torch.Tensor:
-    """Per column of ``x`` ``[n, k]``: (x - median) / (1.4826 * MAD), the MAD floored."""
-    med = x.median(dim=0).values
-    mad = (x - med).abs().median(dim=0).values * 1.4826
+def robust_z(x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+    """Per column of ``x`` ``[n, k]``: (x - median) / (1.4826 * MAD), the MAD floored; the
+    median and MAD are those of ``ref`` ``[m, k]`` (rows of an unbiased sample) if given."""
+    ref = x if ref is None else ref
+    med = ref.median(dim=0).values
+    mad = (ref - med).abs().median(dim=0).values * 1.4826
     return (x - med) / mad.clamp(min=EPS + 1e-3 * med.abs())
 
 
@@ -211,10 +213,7 @@ def capped_token_reads(
     sample = [rest[int(i)] for i in torch.randperm(len(rest), generator=g)[:n_random]]
     deep_cols, deep_raw = _raw_reads(tuned, base_side, [*head, *sample], prefix_ids, counter,
                                      layers=layers[1:], **kw)  # fmt: skip
-    ref = deep_raw[len(head) :]
-    med = ref.median(dim=0).values
-    mad = (ref - med).abs().median(dim=0).values * 1.4826
-    deep_z = (deep_raw - med) / mad.clamp(min=EPS + 1e-3 * med.abs())
+    deep_z = robust_z(deep_raw, ref=deep_raw[len(head) :])
     row = {t: i for i, t in enumerate(first.token_ids)}
     at = torch.tensor([row[t] for t in [*head, *sample]], dtype=torch.long)
     n, k0 = len(first.token_ids), len(first.readers)
