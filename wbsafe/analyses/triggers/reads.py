@@ -134,7 +134,7 @@ def robust_z(x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
 
 
 SWEEP_ALL_UP_TO = 65_536
-"""A vocabulary up to this size goes through every read layer, token by token (SmolLM2's
+"""A vocabulary up to this size sends every token through every read layer (SmolLM2's
 49k, Llama-2's 32k). A larger one (Llama-3's 128k, Qwen's 152k, Gemma's 262k) is swept in
 two passes (:func:`capped_token_reads`): every token through the first read layer, then
 this many through all of them. Measured on Gemma 3 270M (2 cores): the one-pass sweep of
@@ -197,11 +197,7 @@ def capped_token_reads(
 
     kw: dict[str, Any] = dict(batch_size=batch_size, kv_budget_bytes=kv_budget_bytes,
                               phase_name=phase_name)  # fmt: skip
-    if layers is None:
-        with base_side() as bm:
-            n_layers = int(getattr(bm.config.get_text_config(), "num_hidden_layers", 0))
-        layers = read_layers(n_layers)
-    layers = tuple(sorted(set(layers)))
+    layers = _sweep_layers(base_side, layers)
     if len(token_ids) <= cap or len(layers) == 1:
         return token_reads(tuned, base_side, token_ids, prefix_ids, counter, layers=layers, **kw)
     first = token_reads(tuned, base_side, token_ids, prefix_ids, counter, layers=layers[:1],
@@ -224,6 +220,15 @@ def capped_token_reads(
     return TokenReads(first.token_ids, (*first.readers, *deep_cols), raw, z)
 
 
+def _sweep_layers(base_side: BaseSide, layers: Sequence[int] | None) -> tuple[int, ...]:
+    """``layers`` sorted, or the default :func:`read_layers` of the base side's depth."""
+    if layers:
+        return tuple(sorted(set(layers)))
+    with base_side() as bm:
+        n_layers = int(getattr(bm.config.get_text_config(), "num_hidden_layers", 0))
+    return read_layers(n_layers)
+
+
 def _raw_reads(
     tuned: Any,
     base_side: BaseSide,
@@ -242,9 +247,7 @@ def _raw_reads(
 
     if not token_ids:
         raise WbsafeError("the token sweep needs at least one token")
-    with base_side() as bm:
-        n_layers = int(getattr(bm.config.get_text_config(), "num_hidden_layers", 0))
-    layers = tuple(sorted(set(layers))) if layers else read_layers(n_layers)
+    layers = _sweep_layers(base_side, layers)
     phase = counter.phase(phase_name)
     t0 = time.perf_counter()
     dev = _device(tuned)
