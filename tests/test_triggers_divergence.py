@@ -172,6 +172,9 @@ def test_default_hunt_both_objectives_all_slots(
     assert cov.budgets[1] == SETTLED_BUDGET_KEEPS * 16 < cov.budget - cov.exact_by_objective[0]
     assert not [k for k in res.passes if k.startswith("divergence_extend")]
     assert res.passes["divergence_exact"]["passes"] > 0
+    # nor does it score the reference tokens that put several groups on one scale
+    assert "exact_reference" in res.passes
+    assert not [k for k in res.passes if k.startswith("divergence") and "reference" in k]
 
 
 def test_benign_default_hunt_verifies_nothing(

@@ -80,7 +80,12 @@ Gemma 3 270M, 2 cores: the divergence objective's full share of 1,180 single tok
 REFERENCE = 32
 """Ordinary tokens (a seeded sample of the vocabulary) scored in every scoring group to put
 the groups' scores on one scale (only when there are several: slot kinds, or the harmless
-prompts' group beside the user slot)."""
+prompts' group beside the user slot). A settled objective scores none: it only says
+whether it ranks the settling trigger too and which others it would verify, and those are
+taken by their rank within each group (:meth:`~.funnel.Funnel.leading`), which needs no
+common scale; its list compares the groups' raw scores (measured on Gemma 3 270M, 2 cores:
+the 32 took 229 s of the divergence objective's settled share, more than screening its 128
+candidates)."""
 
 
 def hunt_triggers(
@@ -301,7 +306,8 @@ def hunt_triggers(
         out = search_objective(obj, ctxs, pool, named, allowed, share, settings, verify,
                                gradient_extra=extra_grad,
                                skip_phrases=verifier.broadly_unsafe or settled,
-                               reference=reference, settled_first=lead,
+                               reference=() if settled else reference,
+                               settled_first=lead,
                                read_tokens=read_ids, log=log)  # fmt: skip
         outcomes.append(out)
         left -= len(out.funnel.screened)
