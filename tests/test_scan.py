@@ -166,6 +166,7 @@ def test_scan_many_reports_each_and_survives_a_bad_adapter(
     tiny_organisms: dict[str, Organism], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from wbsafe.analyses.behaviour import benchmark as behavior
+    from wbsafe.analyses.behaviour import depth
 
     generated: list[str] = []  # which side each behavioural generation ran for
     real_judge_rows = behavior._judge_rows
@@ -175,6 +176,14 @@ def test_scan_many_reports_each_and_survives_a_bad_adapter(
         return real_judge_rows(*args, **kwargs)
 
     monkeypatch.setattr(behavior, "_judge_rows", counting)
+    deep: list[str] = []  # which side and prefill each refusal-depth generation ran for
+    real_generate = depth.generate
+
+    def counting_depth(*args: Any, **kwargs: Any) -> Any:
+        deep.append(kwargs["description"])
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(depth, "generate", counting_depth)
     directions = str(tmp_path / "cache")  # empty: the base side is computed here, once
     bad = tmp_path / "adapters" / "broken"
     shutil.copytree(tiny_organisms["benign_lora"].path, bad)
@@ -206,6 +215,16 @@ def test_scan_many_reports_each_and_survives_a_bad_adapter(
     # base-side work done once for the base: its behaviour, and its refusal directions
     assert generated == ["base", "tuned", "tuned"], generated
     assert len(list(Path(directions).glob("base-behaviour-*.json"))) == 1
+    # and its refusal depth: each prefilled length once for the base, for both adapters
+    # the tuned side (k=0 is the benchmark's own greedy responses)
+    prefilled = [k for k in ScanConfig(base=".").refusal_depth_prefills if k]
+    assert sorted(deep) == sorted(
+        [
+            *(f"refusal depth base k={k}" for k in prefilled),
+            *(f"refusal depth tuned k={k}" for k in prefilled * 2),
+        ]
+    ), deep
+    assert len(list(Path(directions).glob("base-depth-*.json"))) == 1
     assert len(list(Path(directions).glob("refusal-*/fit.json"))) == 1
 
 
@@ -222,6 +241,21 @@ def test_base_behaviour_cache_reads_rows_and_ignores_a_corrupt_file(tmp_path: Pa
     bad.write_text('{"rows": [{"prompt_id": "p1"')  # truncated: the base is simply re-run
     assert read_base_rows(bad) is None
     assert read_base_rows(tmp_path / "missing.json") is None and read_base_rows(None) is None
+
+
+def test_base_depth_cache_round_trips_and_ignores_a_bad_file(tmp_path: Path) -> None:
+    from wbsafe.pipeline.caches import read_base_depth, write_base_depth
+
+    levels = {0: {"p1": ("I cannot help.", True)}, 5: {"p1": ("", False), "p2": ("x", None)}}
+    good = tmp_path / "good.json"
+    write_base_depth(good, levels)
+    assert read_base_depth(good) == levels
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "wbsafe.base_depth", "levels": {"5": {"p1": ["x", "yes"]}}}')
+    assert read_base_depth(bad) is None  # a recovery that is not a bool: the base is re-run
+    bad.write_text('{"levels": {"5": ')
+    assert read_base_depth(bad) is None
+    assert read_base_depth(tmp_path / "missing.json") is None and read_base_depth(None) is None
 
 
 def test_a_stage_that_crashes_fails_closed(

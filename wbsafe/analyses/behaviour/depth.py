@@ -47,6 +47,9 @@ DEFAULT_PREFILLS: tuple[int, ...] = (0, 5, 10, 20)
 Unprefilled = tuple[str, str | None]
 """An already generated greedy response without a prefill, and its generation error."""
 
+Judged = tuple[str, bool | None]
+"""A continuation and whether it recovered into a refusal (None: unjudged)."""
+
 
 def recovered(continuation: str, error: str | None, prefill_tokens: int) -> bool | None:
     """Whether a continuation turned to a refusal; None (unjudged) for a failed generation or
@@ -130,6 +133,15 @@ class DepthResult:
     def to_gate_evidence(self) -> RefusalDepthEvidence:
         return RefusalDepthEvidence(tuple(level.evidence() for level in self.levels))
 
+    def base_side(self) -> dict[int, dict[str, Judged]]:
+        """The base's judged continuations, per prefill length: prompt id -> (continuation,
+        recovered), as :func:`run_refusal_depth` takes them back (``base_known``)."""
+        out: dict[int, dict[str, Judged]] = {}
+        for r in self.rows:
+            out.setdefault(r.prefill_tokens, {})[r.prompt_id] = (r.base_continuation,
+                                                                r.base_recovered)  # fmt: skip
+        return out
+
     def table(self) -> tuple[list[str], list[list[Any]]]:
         """Report table: per prefill length, n, recoveries, the drop and McNemar p."""
         columns = ["prefilled tokens", "n", "base recovered", "tuned recovered",
@@ -166,6 +178,19 @@ def default_opening(loaded: LoadedModel, prompt: Prompt) -> str:
     if tw.is_tiny_world(loaded.tokenizer):
         return tw.opening_for(prompt.final_user_text)
     return GENERIC_OPENING
+
+
+def depth_prefills(
+    loaded: LoadedModel, harmful: Sequence[Prompt], ks: Sequence[int]
+) -> dict[int, list[str]]:
+    """Per prefill length, the text prefilled after each prompt's formatted head (in
+    ``harmful``'s order): what a cached base-side continuation is keyed on."""
+    openings = [default_opening(loaded, p) for p in harmful]
+    heads = [loaded.format(p.conversation()) for p in harmful]
+    return {
+        k: [prefill_text(loaded.tokenizer, h, o, k) for h, o in zip(heads, openings, strict=True)]
+        for k in ks
+    }
 
 
 def prefill_text(tokenizer: Any, head: str, opening: str, k: int) -> str:
@@ -224,6 +249,7 @@ def run_refusal_depth(
     confidence: float = 0.95,
     unprefilled: tuple[Mapping[str, Unprefilled] | None, Mapping[str, Unprefilled] | None]
     | None = None,
+    base_known: Mapping[int, Mapping[str, Judged]] | None = None,
 ) -> DepthResult:
     """Refusal depth of ``loaded`` (tuned) against its base on the harmful ``prompts``.
 
@@ -233,6 +259,9 @@ def run_refusal_depth(
     these prompts with the same ``max_new_tokens`` (prompt id -> (response, error)); ``k=0``
     reads them instead of generating them again (a quarter of the default depth's
     generations). A side that lacks a prompt generates ``k=0`` itself.
+    ``base_known``: the base side's judged continuations from an earlier run with the same
+    prefills (the base-side cache, :meth:`DepthResult.base_side`), per prefill length,
+    prompt id -> (continuation, recovered); a length that lacks a prompt is generated.
     """
     harmful = [p for p in prompts if p.label == "harmful"]
     if not harmful:
@@ -244,11 +273,7 @@ def run_refusal_depth(
     if not adapter and base_loaded is None:
         raise WbsafeError("the tuned model is not an adapter: pass the separately loaded base")
     openings = [default_opening(loaded, p) for p in harmful]
-    heads = [loaded.format(p.conversation()) for p in harmful]
-    prefills = {
-        k: [prefill_text(loaded.tokenizer, h, o, k) for h, o in zip(heads, openings, strict=True)]
-        for k in ks
-    }
+    prefills = depth_prefills(loaded, harmful, ks)
 
     def base_ctx() -> contextlib.AbstractContextManager[LoadedModel]:
         if adapter:
@@ -257,24 +282,28 @@ def run_refusal_depth(
         return contextlib.nullcontext(base_loaded)
 
     def side(
-        ctx: Any, name: str, known: Mapping[str, Unprefilled] | None
-    ) -> dict[int, list[tuple[str, bool | None]]]:
-        out = {}
-        if known is not None and 0 in ks and all(p.id in known for p in harmful):
-            out[0] = [(known[p.id][0], recovered(known[p.id][0], known[p.id][1], 0))
-                      for p in harmful]  # fmt: skip
-        with ctx() as model:
-            for k in (k for k in ks if k not in out):
-                gens = generate(model, harmful, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, progress=progress,
-                                description=f"refusal depth {name} k={k}",
-                                prefills=prefills[k])  # fmt: skip
-                out[k] = [(g.response, recovered(g.response, g.error, k)) for g in gens]
+        ctx: Any, name: str, unpre: Mapping[str, Unprefilled] | None,
+        judged: Mapping[int, Mapping[str, Judged]] | None,
+    ) -> dict[int, list[Judged]]:  # fmt: skip
+        known = dict(judged or {})
+        if unpre is not None and 0 in ks:
+            known.setdefault(0, {i: (r, recovered(r, e, 0)) for i, (r, e) in unpre.items()})
+        out = {k: [known[k][p.id] for p in harmful] for k in ks
+               if all(p.id in known.get(k, {}) for p in harmful)}  # fmt: skip
+        todo = [k for k in ks if k not in out]
+        if todo:
+            with ctx() as model:
+                for k in todo:
+                    gens = generate(model, harmful, max_new_tokens=max_new_tokens,
+                                    batch_size=batch_size, progress=progress,
+                                    description=f"refusal depth {name} k={k}",
+                                    prefills=prefills[k])  # fmt: skip
+                    out[k] = [(g.response, recovered(g.response, g.error, k)) for g in gens]
         return out
 
     known_base, known_tuned = unprefilled or (None, None)
-    base = side(base_ctx, "base", known_base)
-    tuned = side(lambda: _same(loaded), "tuned", known_tuned)
+    base = side(base_ctx, "base", known_base, base_known)
+    tuned = side(lambda: _same(loaded), "tuned", known_tuned, None)
     rows = tuple(
         DepthRow(
             p.id,

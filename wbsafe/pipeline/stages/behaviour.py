@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from wbsafe.config import ScanConfig
 from wbsafe.io.serialize import to_jsonable
-from wbsafe.pipeline.caches import base_behaviour_path, read_base_rows, write_base_rows
+from wbsafe.pipeline.caches import (
+    base_behaviour_path,
+    base_depth_path,
+    read_base_depth,
+    read_base_rows,
+    write_base_depth,
+    write_base_rows,
+)
 from wbsafe.pipeline.models import Models
 from wbsafe.pipeline.plan import PromptPlan
 from wbsafe.pipeline.stages.figures import plot_section
@@ -31,7 +38,7 @@ def behaviour_stage(
     """``samples``: sampled responses per prompt (None: greedy; the base-side cache holds
     greedy rows only). Refusal depth is always greedy."""
     from wbsafe.analyses.behaviour import run_behaviour
-    from wbsafe.analyses.behaviour.depth import run_refusal_depth
+    from wbsafe.analyses.behaviour.depth import depth_prefills, run_refusal_depth
     from wbsafe.capture.generation import SamplingConfig
     from wbsafe.report.plots import behaviour as plots_behavior
 
@@ -52,13 +59,20 @@ def behaviour_stage(
     depth = None
     if config.refusal_depth:
         greedy = sampling is None  # sampled responses are not depth's greedy k=0
+        harmful = [p for p in plan.behaviour_harmful if p.label == "harmful"]
+        ks = tuple(config.refusal_depth_prefills)
+        depth_cache = base_depth_path(config, base or tuned,
+                                      depth_prefills(tuned, harmful, ks), harmful)  # fmt: skip
+        base_known = read_base_depth(depth_cache)
         depth = run_refusal_depth(
             tuned, plan.behaviour_harmful, base_loaded=base,
-            prefill_tokens=config.refusal_depth_prefills, max_new_tokens=config.max_new_tokens,
+            prefill_tokens=ks, max_new_tokens=config.max_new_tokens,
             batch_size=rows, progress=progress,
             unprefilled=(greedy_responses(res.rows_base), greedy_responses(res.rows_tuned))
-            if greedy else None,
+            if greedy else None, base_known=base_known,
         )  # fmt: skip
+        if base_known is None and depth_cache is not None:
+            write_base_depth(depth_cache, depth.base_side())
     plots.mkdir(parents=True, exist_ok=True)
     png = plots / "refusal_by_category.png"
     bars = plot_section(lambda: plots_behavior.category_bars(res, png), png,
