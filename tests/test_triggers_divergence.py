@@ -154,6 +154,8 @@ def test_default_hunt_both_objectives_all_slots(
     cov = res.coverage
     assert cov.objectives == ("refusal", "divergence") and cov.slots == SLOT_KINDS
     assert sum(cov.exact_by_objective) <= cov.budget and cov.budgets[0] == cov.budget // 2
+    # each within its own share: cross-scoring the other's best is not counted against it
+    assert all(n <= b for n, b in zip(cov.exact_by_objective, cov.budgets, strict=True)), cov
     assert "slots searched: user, system, turn" in cov.statement()
     top = res.candidates[0]
     # the slot where it scores best is the organism's: on the tier built with portable

@@ -278,6 +278,7 @@ def hunt_triggers(
     reference = [(i,) for i in reference_tokens(allowed, seed, REFERENCE)]
     outcomes: list[SearchOutcome] = []
     budgets: list[int] = []
+    searched: list[int] = []  # what each objective's own search scored (cross-scoring adds)
     left = budget
     singles_only: list[str] = []
     for k, name in enumerate(runnable):
@@ -310,7 +311,8 @@ def hunt_triggers(
                                settled_first=lead,
                                read_tokens=read_ids, log=log)  # fmt: skip
         outcomes.append(out)
-        left -= len(out.funnel.screened)
+        searched.append(len(out.funnel.screened))
+        left -= searched[-1]
 
     # candidates a person named are verified whatever their rank: no objective is sure to
     # rank a trigger whose target is not compliance (a fixed reply opening with "i")
@@ -395,7 +397,7 @@ def hunt_triggers(
         stopped_at_length=min(stops) if len(stops) == len(outcomes) else None,
         objectives=tuple(runnable),
         budgets=tuple(budgets),
-        exact_by_objective=tuple(len(o.funnel.screened) for o in outcomes),
+        exact_by_objective=tuple(searched),
         slots=searched_kinds,
         memorised=sum(1 for c in pool if "memorised" in pool[c].sources),
         read_tokens=len(reads.token_ids),

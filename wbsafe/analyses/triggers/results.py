@@ -156,7 +156,9 @@ class Coverage:
     """The objectives searched, in order; ``budgets`` their shares of ``budget``."""
     budgets: tuple[int, ...] = ()
     exact_by_objective: tuple[int, ...] = ()
-    """Candidates each objective scored exactly (screened), in ``objectives`` order."""
+    """Candidates each objective's own search scored exactly (screened), in ``objectives``
+    order: within its share of ``budgets`` (the other objectives' best that it scores too,
+    cross-scoring, are not counted)."""
     slots: tuple[str, ...] = ("user",)
     """The slot kinds searched (the last user message, a system turn, an earlier turn)."""
     memorised: int = 0
