@@ -328,8 +328,10 @@ def _prefix_cache(model: Any, ids: Sequence[int], phase: PhaseCount) -> _Prefix:
 
     x = torch.tensor([list(ids)], device=_device(model))
     # a cache without the config keeps every key: a sliding-window layer's default cache
-    # (Gemma 2 / 3) drops keys beyond its window, which the expanded copy below cannot carry
-    out = model(input_ids=x, use_cache=True, past_key_values=DynamicCache())
+    # (Gemma 2 / 3) drops keys beyond its window, which the expanded copy below cannot carry.
+    # Only the cache is used: one position's logits, not the prefix's (on Gemma 3 270M the
+    # 262k head over a 60-token prefix cost more than its 18 layers: 0.37 s against 0.16 s)
+    out = model(input_ids=x, use_cache=True, past_key_values=DynamicCache(), logits_to_keep=1)
     phase.forward_calls += 1
     phase.passes += 1
     phase.sequences += 1
