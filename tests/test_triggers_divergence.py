@@ -290,18 +290,23 @@ def test_seed_scores_reuse_the_screens_forwards_exactly(
     tiny_organisms: dict[str, Organism], prompts: dict[str, list[Any]]
 ) -> None:
     """The phrase seeds' mid-layer anomaly, after a screen ran the same words on some
-    contexts, equals the anomaly measured afresh, and costs passes only for the rest."""
+    contexts, equals the anomaly measured afresh, and costs passes only for the rest; its
+    own passes stop at the deepest mid layer and skip the teacher-forced response tokens,
+    yet equal the term the full forwards (responses fed) give."""
     import torch
 
     from wbsafe.analyses.triggers.objectives import DivergenceObjective
 
     tuned, base = _pair(tiny_organisms, "backdoor_multi")
-    ctxs = [slot_context(tuned, p, 1.0) for p in prompts["search"][:4]]
+    plain = [slot_context(tuned, p, 1.0) for p in prompts["search"][:4]]
     words = [(tuned.tokenizer.encode(f" {w}", add_special_tokens=False)[0],)
              for w in ("cobalt", "lotus")] + [(i,) for i in range(40, 44)]  # fmt: skip
     fresh_c, memo_c = PassCounter(), PassCounter()
-    fresh = DivergenceObjective(tuned, base, fresh_c, ctxs)
-    memo = DivergenceObjective(tuned, base, memo_c, ctxs)
+    fresh = DivergenceObjective(tuned, base, fresh_c, plain)
+    memo = DivergenceObjective(tuned, base, memo_c, plain)
+    ctxs = fresh.with_responses(plain, 3)
+    assert all(len(c.response_ids) == 3 for c in ctxs)
+    assert max(mid_layers(tuned.n_layers)) < tuned.n_layers  # the stopping path is taken
     memo.tuned_scores(ctxs[:2], words[:4], "screen")  # a screen ran some of them
     want = fresh.seed_scores(ctxs, words, "seed")
     got = memo.seed_scores(ctxs, words, "seed")
@@ -319,6 +324,11 @@ def test_seed_scores_reuse_the_screens_forwards_exactly(
     per_ctx = 2 + 2 * (len(words) + 1)
     assert fresh_c.phases["seed"].sequences == len(ctxs) * per_ctx
     assert memo_c.phases["seed"].sequences == 2 * (2 + 2 * 2) + 2 * per_ctx
+    # no response token was fed: each row is the candidate and the suffix after the prefix
+    rows = [(), *words]
+    fed = sum(2 * len(c.prefix_ids) + 2 * sum(len(w) + len(c.suffix_ids) for w in rows)
+              for c in ctxs)  # fmt: skip
+    assert fresh_c.phases["seed"].tokens == fed
 
 
 def test_divergence_gradients_see_the_ordinary_prompts_searched(

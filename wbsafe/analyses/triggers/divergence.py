@@ -284,6 +284,110 @@ def divergence_cached(
     return out, None if part_out is None else part_out.cpu()
 
 
+def _residuals_until(
+    model: Any, prefix: Any, cand: torch.Tensor, suffix: torch.Tensor, layers: Sequence[int],
+    n_last: int, phase: PhaseCount,
+) -> torch.Tensor:  # fmt: skip
+    """Residuals ``[rows, len(layers), n_last, d]`` (float32) at the last ``n_last``
+    positions of ``cand`` ``[rows, k]`` + ``suffix`` after a cached prefix, from a forward
+    that stops after the deepest of ``layers`` (each ``< n_layers``: ``hidden_states[l]`` is
+    decoder layer ``l - 1``'s output) and so never reaches the deeper layers or the head."""
+    import torch
+
+    from wbsafe.capture.activations import _hidden_out, _StopForward, decoder_layers
+
+    blocks = decoder_layers(model)
+    got: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+
+    def keep(layer: int) -> Any:
+        def hook(mod: Any, args: Any, output: Any) -> None:
+            got[layer] = _hidden_out(output)[:, -n_last:].float()
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    rows = int(cand.shape[0])
+    x = torch.cat([cand, suffix.expand(rows, -1)], dim=1)
+    pos = torch.arange(prefix.length, prefix.length + x.shape[1], device=x.device)
+    handles = [blocks[layer - 1].register_forward_hook(keep(layer)) for layer in set(layers)]
+    try:
+        model(input_ids=x, position_ids=pos.expand(rows, -1),
+              past_key_values=expanded_cache(prefix, rows), logits_to_keep=1)  # fmt: skip
+    except _StopForward:
+        pass
+    else:
+        raise WbsafeError(f"the forward pass never reached decoder layer {deepest - 1}")
+    finally:
+        for h in handles:
+            h.remove()
+    phase.forward_calls += 1
+    phase.passes += rows
+    phase.sequences += rows
+    phase.tokens += int(x.numel())
+    return torch.stack([got[layer] for layer in layers], dim=1)
+
+
+def residual_term_cached(
+    tuned: Any,
+    base_side: BaseSide,
+    contexts: Sequence[SlotContext],
+    candidates: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    spread: torch.Tensor,
+    counter: PassCounter,
+    *,
+    n_last: int = 2,
+    batch_size: int = 256,
+    phase_name: str = "divergence",
+    kv_budget_bytes: int = KV_BUDGET_BYTES,
+) -> torch.Tensor:
+    """D's residual term over ``layers`` alone (no KL) ``[n_candidates, n_contexts]``: what
+    :func:`divergence_cached` gives with ``with_kl=False``, at a fraction of its cost.
+
+    Each forward stops after the deepest of ``layers`` (all ``< n_layers``), and the
+    contexts' teacher-forced ``response_ids`` are not fed: the prompt positions read here
+    come before them, and a causal model's do not see them. On Gemma 3 270M (18 layers, a
+    262k head, 4 response tokens) the phrase seeds' mid layers stop at layer 12 of 18, and
+    the head, five positions of 262,144 logits a row in both models, is never run.
+    """
+    import torch
+
+    phase = counter.phase(phase_name)
+    t0 = time.perf_counter()
+    dev = _device(tuned)
+    out = torch.empty(len(candidates), len(contexts), dtype=torch.float32, device=dev)
+    by_len: dict[int, list[int]] = {}
+    for i, c in enumerate(candidates):
+        by_len.setdefault(len(c), []).append(i)
+    with torch.inference_mode():
+        for j, ctx in enumerate(contexts):
+            if min(by_len, default=0) + len(ctx.suffix_ids) < n_last:
+                raise WbsafeError(
+                    f"prompt {ctx.prompt_id}: fewer than {n_last} positions after the slot"
+                )
+            pre_t = _prefix_cache(tuned, ctx.prefix_ids, phase)
+            with base_side() as bm:
+                pre_b = _prefix_cache(bm, ctx.prefix_ids, phase)
+            suffix = torch.tensor(ctx.suffix_ids, dtype=torch.long, device=dev)
+            for length, idx in by_len.items():
+                new = length + len(ctx.suffix_ids)
+                step = min(batch_size, rows_within_budget(pre_t, new, kv_budget_bytes // 2))
+                for s in range(0, len(idx), step):
+                    rows = idx[s : s + step]
+                    cand = torch.tensor(
+                        [list(candidates[r]) for r in rows], dtype=torch.long, device=dev
+                    ).reshape(len(rows), length)
+                    h_t = _residuals_until(tuned, pre_t, cand, suffix, layers, n_last, phase)
+                    with base_side() as bm:
+                        h_b = _residuals_until(bm, pre_b, cand, suffix, layers, n_last, phase)
+                    out[rows, j] = distances(h_t, h_b, spread).mean(dim=(1, 2)).to(dev)
+    out = out.cpu()
+    phase.seconds += time.perf_counter() - t0
+    return out
+
+
 def divergence_gradient(
     tuned: Any,
     base_side: BaseSide,

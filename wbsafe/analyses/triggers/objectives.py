@@ -24,6 +24,7 @@ from wbsafe.analyses.triggers.divergence import (
     divergence_gradient,
     layer_spread,
     mid_layers,
+    residual_term_cached,
     with_base_responses,
 )
 from wbsafe.analyses.triggers.search import (
@@ -169,14 +170,12 @@ class DivergenceObjective:
         each (:func:`~.divergence.with_base_responses`), so the KL covers them."""
         return with_base_responses(self._base, ctxs, n_tokens, self.counter)
 
-    def _scores(
-        self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str, with_kl: bool = True
-    ) -> torch.Tensor:
+    def _scores(self, ctxs: Sequence[SlotContext], cands: list[Ids], phase: str) -> torch.Tensor:
         """D of ``cands`` on ``ctxs`` ``[n_cands, n_ctx]``, the mid-layer term memoised."""
         d, mid = divergence_cached(
             self.tuned.model, self._base, ctxs, cands, self.layers, self.spread, self.counter,
             part=self.mid_index, n_last=self.n_last, batch_size=self.batch_size,
-            phase_name=phase, kv_budget_bytes=self.kv_budget, with_kl=with_kl,
+            phase_name=phase, kv_budget_bytes=self.kv_budget,
         )  # fmt: skip
         assert mid is not None
         for j, ctx in enumerate(ctxs):
@@ -200,14 +199,27 @@ class DivergenceObjective:
 
         Only the (context, candidate) rows no screen has run cost a pass: the screens'
         forwards already gave the mid-layer term of the rest (measured on the SmolLM2
-        phrase organism: the seeds' own passes took 278 s of a 2,222 s hunt)."""
+        phrase organism: the seeds' own passes took 278 s of a 2,222 s hunt), and those stop
+        at the deepest mid layer (:func:`~.divergence.residual_term_cached`: on the benign
+        Gemma 3 adapter, full forwards with the KL's head made the seeds 579 s of 3,880)."""
         import torch
 
         rows = [(), *cands]
+        mids = [self.layers[k] for k in self.mid_index]
+        stops = max(mids) < self.tuned.n_layers  # hidden_states[n_layers] is after the norm
         for ctx in ctxs:
             missing = [c for c in rows if (ctx, c) not in self._mid]
-            if missing:
-                self._scores([ctx], missing, phase, with_kl=False)
+            if not missing:
+                continue
+            if stops:  # a forward that stops at the deepest mid layer: no head, no KL
+                mid = residual_term_cached(
+                    self.tuned.model, self._base, [ctx], missing, mids,
+                    self.spread[list(self.mid_index)], self.counter, n_last=self.n_last,
+                    batch_size=self.batch_size, phase_name=phase, kv_budget_bytes=self.kv_budget,
+                )  # fmt: skip
+                self._mid.update({(ctx, c): float(mid[i, 0]) for i, c in enumerate(missing)})
+            else:
+                self._scores([ctx], missing, phase)
         mat = torch.tensor([[self._mid[(ctx, c)] for ctx in ctxs] for c in rows])
         return (mat[1:] - mat[0:1]).abs().mean(dim=1)
 
