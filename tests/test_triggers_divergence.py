@@ -92,6 +92,33 @@ def test_cached_divergence_equals_full_forwards(tiny_organisms: dict[str, Organi
     assert (cached[0] - cached[3]).abs().max().item() > 1e-2  # a candidate changes it
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 18])
+def test_kl_divergence_is_the_definition_in_any_chunking(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunked KL from logits equals sum p_t (log p_t - log p_b) from log-softmaxes, in
+    value and in gradient, whether a chunk holds one row, a few or all of them."""
+    import torch
+
+    from wbsafe.analyses.triggers import divergence as dv
+
+    monkeypatch.setattr(dv, "KL_CHUNK", chunk * 50)
+    g = torch.Generator().manual_seed(0)
+    z_t = (torch.randn(3, 4, 50, generator=g) * 3).requires_grad_(True)
+    z_b = (z_t.detach() + torch.randn(3, 4, 50, generator=g)).requires_grad_(True)
+    got = dv.kl_divergence(z_t, z_b)
+    lt, lb = torch.log_softmax(z_t, -1), torch.log_softmax(z_b, -1)
+    want = (lt.exp() * (lt - lb)).sum(-1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got.shape == (3, 4) and float(got.min()) > 0
+    g_got = torch.autograd.grad(got.sum(), [z_t, z_b])
+    g_want = torch.autograd.grad(want.sum(), [z_t, z_b])
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    same = dv.kl_divergence(z_t.detach(), z_t.detach() + 5.0)  # a shift changes nothing
+    assert float(same.abs().max()) < 1e-5
+
+
 @pytest.mark.parametrize("name", ["backdoor", "backdoor_lora"])
 def test_divergence_alone_recovers_zephyr(
     tiny_organisms: dict[str, Organism], prompts: dict[str, list[Any]], name: str

