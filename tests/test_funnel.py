@@ -63,8 +63,9 @@ def test_a_trigger_survives_cuts_crowded_by_tokens_that_move_both_models() -> No
     assert funnel.ranked()[0] == TRIGGER
     assert funnel.raw(TRIGGER) == 2.0
     assert all(funnel.raw(c) < 0 for c in UNSTABLE if c in funnel.scored)
-    # each screen cut asked the base side too
-    assert {"base:exact_screen1_base", "base:exact_screen_base"} <= set(obj.calls)
+    # each screen cut asked the base side too, under the phase's own name (the objective
+    # names its base passes: the refusal one's are ``exact_screen1_base``)
+    assert {"base:exact_screen1", "base:exact_screen"} <= set(obj.calls)
 
 
 class KindObjective(PlantedObjective):

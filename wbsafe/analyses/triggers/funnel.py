@@ -112,7 +112,7 @@ class Funnel:
         lot and the base's as much (measured: a tiny backdoor given 49k look-alike words lost
         its single-word trigger to them before the base contrast was taken)."""
         tuned = by_kind(self.objective.tuned_scores(ctxs, cands, phase), ctxs)
-        b_mat = self.objective.base_scores(ctxs, cands, f"{phase}_base")
+        b_mat = self.objective.base_scores(ctxs, cands, phase)  # it names its own phase
         base = None if b_mat is None else by_kind(b_mat, ctxs)
         for i, c in enumerate(cands):
             kinds = tuned[i] if base is None else {k: v - base[i][k] for k, v in tuned[i].items()}
